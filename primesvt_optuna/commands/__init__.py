@@ -1,0 +1,1 @@
+"""One module per `primesvt` subcommand (see cli.py)."""
