@@ -1,0 +1,31 @@
+"""The Optuna plugin: PrimeSVT's prioritized walk and its baselines as samplers, the pruning
+objective with accuracy/memory constraints, the early-cut pruner, and the study's result."""
+
+from .constraints import DEFAULT_GRID, RATE_PREFIX, Constraints, parse_bytes, rate_param
+from .objective import PruningObjective, RateObjective
+from .pruner import ConstraintPruner
+from .samplers import (
+    PrioritizedSampler,
+    RandomOrderSampler,
+    SmallestFirstSampler,
+    UniformSampler,
+    fail_stale_trials,
+)
+from .synthetic import SyntheticObjective
+
+__all__ = [
+    "DEFAULT_GRID",
+    "RATE_PREFIX",
+    "ConstraintPruner",
+    "Constraints",
+    "PrioritizedSampler",
+    "PruningObjective",
+    "RandomOrderSampler",
+    "RateObjective",
+    "SmallestFirstSampler",
+    "SyntheticObjective",
+    "UniformSampler",
+    "fail_stale_trials",
+    "parse_bytes",
+    "rate_param",
+]

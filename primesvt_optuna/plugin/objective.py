@@ -1,0 +1,432 @@
+"""PruningObjective: a trial suggests one rate per prunable layer, prunes, evaluates, and records.
+
+Both objectives (this one, on a real model, and :class:`SyntheticObjective`, on a known formula)
+share :class:`RateObjective`, so everything a sampler, a report or the dashboard reads is written
+by one piece of code:
+
+* parameters ``rate:<layer>``, suggested largest layer first;
+* constraints ``accuracy`` (drop - budget) and ``memory`` (target - saving), fractions, set once;
+* user attributes ``phase``, ``layer``, ``rate``, ``accuracy``, ``accuracy_drop``,
+  ``memory_saving``, ``model_bytes``, ``images_evaluated``, ``constraint_accuracy``,
+  ``constraint_memory``, ``feasible``, ``wall_time``; ``cut_reason`` on cut trials,
+  ``fail_reason`` on failed ones;
+* study attributes ``primesvt:layers``, ``base_bytes``, ``grid``, ``constraints``,
+  ``checkpoint_sha256`` (compared on every attach: a study never mixes settings) and
+  ``base_accuracy`` (written by the reference trial).
+
+A trial whose evaluation raises or yields NaN returns NaN, so Optuna records it as FAIL (with
+``fail_reason``) and carries on; the walk treats it as a rejected rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.study import Study
+from optuna.trial import Trial, TrialState
+
+from ..errors import PrimeSVTError
+from .constraints import CLAIM, DEFAULT_GRID, STUDY_PREFIX, WORKER, Constraints, normalize_grid, rate_param
+from .pruner import ConstraintPruner, Cut
+from .samplers._walk import fail_stale_trials, worker_info, write_study_attrs
+
+BASE_ACCURACY = f"{STUDY_PREFIX}base_accuracy"
+DIRECTIONS = ["maximize", "minimize"]
+METRIC_NAMES = ["accuracy", "model_bytes"]
+
+
+class RateObjective:
+    """The trial logic shared by every PrimeSVT objective; subclasses say how to predict bytes and
+    how to evaluate a rate vector batch by batch."""
+
+    def __init__(
+        self,
+        *,
+        layers: Sequence[tuple[str, int]],
+        base_bytes: int,
+        constraints: Constraints,
+        grid: Sequence[float] = DEFAULT_GRID,
+        pruner: ConstraintPruner | None = None,
+        single_objective: bool = False,
+        identity: str,
+        robustness_cache: Mapping[tuple[str, float], float] | None = None,
+        wait_timeout: float = 3600.0,
+    ) -> None:
+        if not layers:
+            raise PrimeSVTError("the layer table is empty: this model has nothing to prune")
+        self.layers = list(layers)
+        self.base_bytes = int(base_bytes)
+        self.constraints = constraints
+        constraints.check_model(self.base_bytes)
+        self.grid = normalize_grid(grid)
+        self.pruner = pruner
+        self.single_objective = single_objective
+        self.identity = identity
+        self._cache = {(layer, round(rate, 6)): acc for (layer, rate), acc in (robustness_cache or {}).items()}
+        self._wait_timeout = wait_timeout
+        self._attached: set[int] = set()
+        self._lock = threading.Lock()
+
+    # ----- what subclasses define -------------------------------------------------------------
+    def predict_bytes(self, rates: Mapping[str, float]) -> int:
+        raise NotImplementedError
+
+    def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[int, int]]:
+        """``(correct, n)`` per evaluation batch of the model pruned at ``rates``."""
+        raise NotImplementedError
+
+    @property
+    def eval_images(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def eval_batches(self) -> int:
+        raise NotImplementedError
+
+    # ----- study set-up -------------------------------------------------------------------------
+    @property
+    def directions(self) -> list[str]:
+        """``create_study(directions=objective.directions)``."""
+        return ["maximize"] if self.single_objective else list(DIRECTIONS)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return ["memory_saving"] if self.single_objective else list(METRIC_NAMES)
+
+    def study_attrs(self) -> dict[str, Any]:
+        return {
+            "layers": [{"layer": name, "params": int(params)} for name, params in self.layers],
+            "base_bytes": self.base_bytes,
+            "grid": list(self.grid),
+            "constraints": self.constraints.to_dict(),
+            "checkpoint_sha256": self.identity,
+        }
+
+    def attach(self, study: Study) -> None:
+        """Record this objective's settings on ``study``; refuse a study made with other ones."""
+        with self._lock:
+            if study._study_id in self._attached:
+                return
+            if [d.name.lower() for d in study.directions] != self.directions:
+                raise PrimeSVTError(
+                    f"study {study.study_name!r} has directions {[d.name.lower() for d in study.directions]}, "
+                    f"this objective needs {self.directions}: create it with directions=objective.directions"
+                )
+            write_study_attrs(study, self.study_attrs())
+            if study.metric_names is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(self.metric_names)
+            self._attached.add(study._study_id)
+
+    # ----- one trial ----------------------------------------------------------------------------
+    def suggest(self, trial: Trial, layer: str) -> float:
+        """One rate: a float with a step when the grid is evenly spaced from 0, else a categorical."""
+        step = self.grid[0]
+        if all(abs(r - step * (i + 1)) < 1e-9 for i, r in enumerate(self.grid)):
+            return float(trial.suggest_float(rate_param(layer), 0.0, self.grid[-1], step=step))
+        return float(trial.suggest_categorical(rate_param(layer), [0.0, *self.grid]))
+
+    def __call__(self, trial: Trial) -> float | tuple[float, float]:
+        started = time.perf_counter()
+        study = trial.study
+        self.attach(study)
+        storage, tid = study._storage, trial._trial_id
+        system = storage.get_trial_system_attrs(tid)
+        claim = system.get(CLAIM) or {}
+        if claim.get("phase") == "idle":
+            raise optuna.TrialPruned(claim["reason"])
+        if WORKER not in system:  # for stale-trial detection under other samplers (TPE, NSGA-II)
+            storage.set_trial_system_attr(tid, WORKER, worker_info())
+        rates = {name: rate for name, _ in self.layers if (rate := round(self.suggest(trial, name), 6)) > 0}
+        reference = not rates
+        if "phase" not in storage.get_trial_user_attrs(tid):
+            trial.set_user_attr("phase", "reference" if reference else "search")
+        complete = not reference and claim.get("complete", True)
+
+        attrs: dict[str, Any] = {}
+        try:
+            model_bytes = int(self.predict_bytes(rates))
+            saving = 1.0 - model_bytes / self.base_bytes
+            memory = self.constraints.memory_violation(saving, self.base_bytes)
+            attrs.update(model_bytes=model_bytes, memory_saving=saving, constraint_memory=memory)
+            pruner = self._pruner(study)
+            if complete and pruner is not None:
+                cut = pruner.memory_cut(saving, self.constraints.target_saving(self.base_bytes))
+                if cut is not None:
+                    self._cut(trial, cut, attrs, None, 0, started)
+            accuracy, seen = self._evaluate(trial, rates, reference, pruner, attrs, started)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+        except _Interrupted as exc:
+            return self._fail(trial, str(exc), attrs, started, interrupted=True)
+        except Exception as exc:  # noqa: BLE001 - any failure rejects this configuration, the study goes on
+            return self._fail(trial, f"{type(exc).__name__}: {exc}", attrs, started)
+
+        if reference:
+            base = accuracy
+            if storage.get_study_user_attrs(study._study_id).get(BASE_ACCURACY) is None:
+                storage.set_study_user_attr(study._study_id, BASE_ACCURACY, accuracy)
+        else:
+            try:
+                base, extra = self._base_accuracy(study, trial)
+            except _Interrupted as exc:
+                return self._fail(trial, str(exc), attrs, started, interrupted=True)
+            seen += extra
+        violation = self.constraints.accuracy_violation(accuracy, base)
+        trial.set_constraint("accuracy", violation)
+        if memory is not None:
+            trial.set_constraint("memory", memory)
+        attrs.update(
+            accuracy=accuracy,
+            accuracy_drop=None if base is None else round(base - accuracy, 12),
+            constraint_accuracy=violation,
+            feasible=violation <= 0 and (memory is None or memory <= 0),
+            images_evaluated=seen,
+            wall_time=round(time.perf_counter() - started, 4),
+        )
+        self._record(trial, attrs)
+        return saving if self.single_objective else (accuracy, float(model_bytes))
+
+    # ----- internals ----------------------------------------------------------------------------
+    def _pruner(self, study: Study) -> ConstraintPruner | None:
+        if self.pruner is not None:
+            return self.pruner
+        return study.pruner if isinstance(study.pruner, ConstraintPruner) else None
+
+    def _evaluate(
+        self, trial: Trial, rates: dict[str, float], reference: bool, pruner: ConstraintPruner | None,
+        attrs: dict[str, Any], started: float,
+    ) -> tuple[float, int]:
+        """Accuracy of the pruned model, cut batch by batch once the floor is out of reach."""
+        if len(rates) == 1:
+            ((layer, rate),) = rates.items()
+            cached = self._cache.get((layer, rate))
+            if cached is not None:
+                trial.set_user_attr("cached", True)
+                return float(cached), 0
+        total, batches = self.eval_images, self.eval_batches
+        single_pruner = len(trial.study.directions) == 1 and isinstance(trial.study.pruner, ConstraintPruner)
+        floor = None if reference else self._floor(trial.study)
+        if single_pruner:
+            trial.set_user_attr("eval_images", total)
+            trial.set_user_attr("eval_batches", batches)
+            trial.set_user_attr("accuracy_floor", floor)
+        correct = seen = 0
+        for c, n in self.iter_batches(rates):
+            correct, seen = correct + c, seen + n
+            if reference or pruner is None or math.isnan(correct):
+                continue
+            if floor is None and (floor := self._floor(trial.study)) is not None and single_pruner:
+                trial.set_user_attr("accuracy_floor", floor)
+            if single_pruner:
+                trial.report(correct / seen, seen)
+                if not trial.should_prune():
+                    continue
+            cut = pruner.accuracy_cut(int(correct), seen, total, floor, batches)
+            if cut is not None:
+                self._cut(trial, cut, attrs, floor, seen, started)
+        if seen == 0:
+            raise PrimeSVTError("the evaluation set is empty")
+        accuracy = correct / seen
+        if math.isnan(accuracy):
+            raise ValueError("the evaluation yielded NaN accuracy")
+        return accuracy, seen
+
+    def _floor(self, study: Study) -> float | None:
+        base = study._storage.get_study_user_attrs(study._study_id).get(BASE_ACCURACY)
+        return self.constraints.accuracy_floor(base)
+
+    def _base_accuracy(self, study: Study, trial: Trial) -> tuple[float | None, int]:
+        """The unpruned model's accuracy: from the study, else wait for the reference trial, else
+        (no live reference trial, e.g. plain TPE) evaluate it here. Returns (base, images used)."""
+        storage = study._storage
+        deadline = time.monotonic() + self._wait_timeout
+        while True:
+            base = storage.get_study_user_attrs(study._study_id).get(BASE_ACCURACY)
+            if base is not None or self.constraints.min_accuracy is not None:
+                return base, 0
+            fail_stale_trials(study)
+            live = [
+                t for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number != trial.number and t.user_attrs.get("phase") == "reference"
+            ]
+            if not live:
+                correct = seen = 0
+                for c, n in self.iter_batches({}):
+                    correct, seen = correct + c, seen + n
+                base = correct / seen
+                if storage.get_study_user_attrs(study._study_id).get(BASE_ACCURACY) is None:
+                    storage.set_study_user_attr(study._study_id, BASE_ACCURACY, base)
+                return base, seen
+            if time.monotonic() > deadline:
+                raise _Interrupted(
+                    f"waited {self._wait_timeout:g} s for reference trial {live[0].number} to finish"
+                )
+            time.sleep(0.2)
+
+    def _cut(
+        self, trial: Trial, cut: Cut, attrs: dict[str, Any], floor: float | None, seen: int, started: float
+    ) -> None:
+        """Record a cut trial's constraints and reason, then end it as PRUNED."""
+        memory = attrs.get("constraint_memory")
+        accuracy = None
+        if cut.kind != "memory" and floor is not None and cut.accuracy_bound is not None:
+            accuracy = round(floor - cut.accuracy_bound, 12)
+            trial.set_constraint("accuracy", accuracy)
+        if memory is not None:
+            trial.set_constraint("memory", memory)
+        attrs.update(
+            constraint_accuracy=accuracy, feasible=False, cut_reason=cut.reason, images_evaluated=seen,
+            accuracy_upper_bound=cut.accuracy_bound, wall_time=round(time.perf_counter() - started, 4),
+        )
+        self._record(trial, attrs)
+        raise optuna.TrialPruned(cut.reason)
+
+    def _fail(
+        self, trial: Trial, reason: str, attrs: dict[str, Any], started: float, interrupted: bool = False
+    ) -> float | tuple[float, float]:
+        """Return NaN so Optuna records FAIL (and keeps optimizing), with the reason attached."""
+        attrs.update(fail_reason=reason, feasible=False, wall_time=round(time.perf_counter() - started, 4))
+        if interrupted:
+            attrs["interrupted"] = True
+        self._record(trial, attrs)
+        optuna.logging.get_logger(__name__).warning(f"Trial {trial.number} failed: {reason}")
+        return math.nan if self.single_objective else (math.nan, math.nan)
+
+    @staticmethod
+    def _record(trial: Trial, attrs: Mapping[str, Any]) -> None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+
+class _Interrupted(Exception):
+    """A failure that says nothing about the configuration (the walk will retry it)."""
+
+
+def _state_sha256(model: Any) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class PruningObjective(RateObjective):
+    """The Optuna objective for PrimeSVT on a real model.
+
+    Built from a checkpoint (model, data spec and all) or from a model and data. Each trial
+    suggests ``rate:<layer>`` for every prunable layer (largest first), prunes with the engine
+    (L2-norm filter removal), evaluates on a fixed seeded subset of the validation split, and
+    returns ``(accuracy, model_bytes)`` (``directions = ["maximize", "minimize"]``), or the memory
+    saving with ``single_objective=True``. Model bytes are the engine's exact prediction.
+
+    Example:
+
+        .. code-block:: python
+
+            import optuna
+            from primesvt_optuna.plugin import PrioritizedSampler, PruningObjective
+            from primesvt_optuna.checkpoint import shipped
+
+            objective = PruningObjective(shipped("digits-2-64"), max_accuracy_drop=0.03,
+                                         memory_target=0.4, eval_images=300)
+            study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler())
+            study.optimize(objective)
+
+    Args:
+        checkpoint: a checkpoint path (see ``primesvt_optuna.checkpoint``).
+        model, data: instead of a checkpoint: an unpruned model and its ``Splits`` or data spec.
+        max_accuracy_drop, min_accuracy: the accuracy constraint (fraction; one of the two).
+        memory_target, memory_budget: the memory constraint (fraction to save, or bytes / "2MB").
+        grid: rates each layer may take, besides 0.
+        eval_images: size of the seeded validation subset that drives the search (None: all).
+        pruner: the early cut (default: memory pre-check and exact accuracy cut); None: no cut.
+        robustness_cache: ``{(layer, rate): accuracy}`` from a cached robustness table measured on
+            the same evaluation subset; single-layer trials it covers are filled without evaluation.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        *,
+        model: Any = None,
+        data: Any = None,
+        max_accuracy_drop: float | None = 0.03,
+        min_accuracy: float | None = None,
+        memory_target: float | None = None,
+        memory_budget: int | str | None = None,
+        grid: Sequence[float] = DEFAULT_GRID,
+        eval_images: int | None = None,
+        batch_size: int = 256,
+        device: str = "cpu",
+        seed: int = 0,
+        pruner: ConstraintPruner | None = ConstraintPruner(),
+        single_objective: bool = False,
+        prune_embed: bool = False,
+        robustness_cache: Mapping[tuple[str, float], float] | None = None,
+        wait_timeout: float = 3600.0,
+    ) -> None:
+        from ..data import Splits, load_splits, subset
+        from ..pruning import Engine
+
+        if (checkpoint is None) == (model is None):
+            raise PrimeSVTError("give either a checkpoint or a model (with data)")
+        if checkpoint is not None:
+            from ..checkpoint import checkpoint_sha256, load_checkpoint
+
+            model, ckpt = load_checkpoint(checkpoint)
+            data = data if data is not None else ckpt["data"]
+            identity = checkpoint_sha256(checkpoint)
+            self.checkpoint = ckpt
+        else:
+            if data is None:
+                raise PrimeSVTError("a model needs its data: pass data=Splits or a data spec")
+            identity = f"state:{_state_sha256(model)}"
+            self.checkpoint = None
+        self.splits = data if isinstance(data, Splits) else load_splits(data)
+        self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
+        self.eval_set = subset(self.splits.val, eval_images, seed)
+        self.batch_size = batch_size
+        self.device = device
+        constraints = Constraints.from_dict({
+            "max_accuracy_drop": max_accuracy_drop if min_accuracy is None else None,
+            "min_accuracy": min_accuracy, "memory_target": memory_target, "memory_budget": memory_budget,
+        })
+        table = self.engine.table
+        super().__init__(
+            layers=list(zip(table["layer"], table["params"])), base_bytes=self.engine.base_bytes,
+            constraints=constraints, grid=grid, pruner=pruner, single_objective=single_objective,
+            identity=identity, robustness_cache=robustness_cache, wait_timeout=wait_timeout,
+        )
+
+    def study_attrs(self) -> dict[str, Any]:
+        return {**super().study_attrs(), "eval_images": self.eval_images}
+
+    def predict_bytes(self, rates: Mapping[str, float]) -> int:
+        return self.engine.predict_bytes(rates)
+
+    @property
+    def eval_images(self) -> int:
+        return len(self.eval_set)
+
+    @property
+    def eval_batches(self) -> int:
+        return math.ceil(len(self.eval_set) / self.batch_size)
+
+    def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[int, int]]:
+        from ..training import iter_eval
+
+        model = self.engine.prune(rates) if rates else self.engine.model
+        yield from iter_eval(model.to(self.device), self.eval_set, batch_size=self.batch_size, device=self.device)

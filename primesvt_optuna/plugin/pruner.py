@@ -1,0 +1,132 @@
+"""ConstraintPruner: end a trial as soon as its constraints say it cannot be feasible.
+
+Two cuts, both recorded on the trial (constraint values, ``cut_reason``, images evaluated):
+
+* **memory**, before any evaluation: a complete configuration (TPE, NSGA-II, uniform, a
+  hand-enqueued trial) whose exactly predicted bytes miss the memory target. The walk's
+  intermediate steps are not complete configurations and are never cut for memory.
+* **accuracy**, batch by batch: the *exact* cut fires once the floor is out of reach even if every
+  remaining image were right, so the trial's verdict (infeasible) is the one a full evaluation
+  would give and the walk's selection never changes. The optional *statistical* cut
+  (``confidence=0.99``) fires once a one-sided Wilson upper bound on the accuracy of the remaining
+  images, Bonferroni-split over the trial's batches, cannot lift the final accuracy to the floor:
+  with probability at least ``confidence`` (images drawn at random, as the seeded evaluation
+  subset is) it only cuts trials a full evaluation would reject; it may change the selection.
+
+``trial.report``/``trial.should_prune`` raise NotImplementedError in multi-objective studies, so
+the objectives consult the pruner directly (``accuracy_cut``) and raise ``optuna.TrialPruned``.
+In single-objective studies it is also a normal pruner for ``create_study(pruner=...)``: the
+objective reports the running accuracy at step = images seen, and records ``eval_images``,
+``eval_batches`` and ``accuracy_floor`` as user attributes for ``prune`` to read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import Study
+from optuna.trial import FrozenTrial
+
+from ..errors import PrimeSVTError
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Why a trial was cut, and the best accuracy it could still have reached."""
+
+    kind: str  # "memory" | "accuracy" | "statistical"
+    reason: str
+    accuracy_bound: float | None = None
+
+
+def wilson_upper(correct: int, n: int, confidence: float) -> float:
+    """One-sided Wilson score upper bound for a binomial proportion."""
+    if n == 0:
+        return 1.0
+    z = NormalDist().inv_cdf(confidence)
+    p = correct / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
+class ConstraintPruner(BasePruner):
+    """Cut trials that cannot meet the memory target or the accuracy floor (see module docs).
+
+    Args:
+        memory: reject complete configurations whose predicted bytes miss the memory target.
+        accuracy: cut evaluations once the floor is out of reach (exact: never changes results).
+        confidence: also cut when the floor is out of reach with this probability (e.g. 0.99);
+            ``None`` (default) keeps only the exact cut.
+        min_images: images to see before the statistical cut may fire.
+    """
+
+    def __init__(
+        self, *, memory: bool = True, accuracy: bool = True, confidence: float | None = None, min_images: int = 64
+    ) -> None:
+        if confidence is not None and not 0.5 < confidence < 1.0:
+            raise PrimeSVTError(f"confidence must lie in (0.5, 1), got {confidence}")
+        self.memory = memory
+        self.accuracy = accuracy
+        self.confidence = confidence
+        self.min_images = min_images
+
+    @property
+    def statistical(self) -> bool:
+        return self.accuracy and self.confidence is not None
+
+    def describe(self) -> str:
+        parts = ["memory pre-check" if self.memory else "no memory pre-check"]
+        if self.statistical:
+            parts.append(f"statistical accuracy cut at {self.confidence:.1%} confidence (may change the selection)")
+        elif self.accuracy:
+            parts.append("exact accuracy cut (never changes the selection)")
+        return ", ".join(parts)
+
+    def memory_cut(self, saving: float, target: float | None) -> Cut | None:
+        if not self.memory or target is None or saving >= target:
+            return None
+        return Cut("memory", f"memory: predicted saving {saving:.2%} < target {target:.2%} (not evaluated)")
+
+    def accuracy_cut(self, correct: int, seen: int, total: int, floor: float | None, batches: int = 1) -> Cut | None:
+        """A cut when ``correct`` of ``seen`` (of ``total``) images rule the accuracy floor out."""
+        if not self.accuracy or floor is None or seen >= total:
+            return None
+        best = (correct + total - seen) / total
+        if best < floor - 1e-12:
+            return Cut(
+                "accuracy",
+                f"accuracy: at most {best:.4f} reachable after {seen}/{total} images, floor {floor:.4f}",
+                best,
+            )
+        if self.confidence is not None and seen >= self.min_images:
+            per_look = 1.0 - (1.0 - self.confidence) / max(1, batches)
+            upper = wilson_upper(correct, seen, per_look)
+            bound = (correct + upper * (total - seen)) / total
+            if bound < floor:
+                return Cut(
+                    "statistical",
+                    f"accuracy: {self.confidence:.1%}-confidence bound {bound:.4f} < floor {floor:.4f} "
+                    f"after {seen}/{total} images",
+                    bound,
+                )
+        return None
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        """Single-objective use: read the running accuracy reported at step = images seen."""
+        step = trial.last_step
+        attrs = trial.user_attrs
+        if step is None or "eval_images" not in attrs:
+            return False
+        value = trial.intermediate_values[step]
+        if math.isnan(value):
+            return False
+        correct = round(value * step)
+        cut = self.accuracy_cut(
+            correct, step, int(attrs["eval_images"]), attrs.get("accuracy_floor"), int(attrs.get("eval_batches", 1))
+        )
+        return cut is not None

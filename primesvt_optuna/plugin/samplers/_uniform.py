@@ -1,0 +1,54 @@
+"""One rate for every layer: the simplest baseline a user would try first."""
+
+from __future__ import annotations
+
+from optuna.study import Study
+
+from ._walk import FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
+
+
+class UniformSampler(ClaimSampler):
+    """Trial 0 is the unpruned reference; then every layer at the same rate, each grid rate from
+    the highest down; then :meth:`optuna.study.Study.stop`.
+
+    Each trial is a complete configuration, so a rate whose model cannot meet the memory target is
+    cut before evaluation (see :class:`~primesvt_optuna.plugin.ConstraintPruner`). No layer sizes
+    are needed. Multi-worker behaviour and state-in-storage are those of the other PrimeSVT samplers.
+
+    Example:
+
+        .. testcode::
+
+            import optuna
+            from primesvt_optuna.plugin import UniformSampler
+
+
+            def objective(trial):
+                rates = [trial.suggest_float(f"rate:l{i}", 0.0, 0.9, step=0.1) for i in range(3)]
+                trial.set_constraint("accuracy", sum(rates) / 10 - 0.1)
+                return sum(rates)
+
+            study = optuna.create_study(direction="maximize", sampler=UniformSampler())
+            study.optimize(objective)
+            assert len(study.trials) == 10  # the reference and 9 uniform rates
+    """
+
+    policy = "uniform"
+
+    def _next(self, study: Study, snap: Snapshot) -> Decision:
+        if snap.status(rates_key({})) == FREE:
+            return Candidate(rates_key({}), "reference")
+        layers = self._layers(study, snap, need_sizes=False)
+        if layers is None:
+            return Wait("the reference trial (the layer names are not known yet)")
+        if not layers:
+            return Free()
+        pending = False
+        for rate in reversed(self._grid):
+            rates = {name: rate for name, _ in layers}
+            key = rates_key(rates)
+            status = snap.status(key)
+            if status == FREE:
+                return Candidate(key, "search", None, rate, rates, uniform=rate, complete=True)
+            pending = pending or status == HELD
+        return Wait("the last uniform rates to finish") if pending else Done("every grid rate tried")

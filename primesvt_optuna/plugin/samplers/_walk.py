@@ -1,0 +1,585 @@
+"""What every PrimeSVT sampler shares: claims written to trials, state derived from storage,
+waiting instead of duplicating work, stale-worker detection, and the layer walk itself.
+
+Nothing here keeps state in memory that the study does not also hold. Each trial records
+``primesvt:worker`` (host, PID, process start) and then ``primesvt:claim`` (the configuration it
+evaluates) as trial system attributes, and ``primesvt:outcome`` once the objective has returned.
+From these, any process computes the same picture of the study:
+
+* a configuration is *done* when a finished trial evaluated it (accepted when its ``accuracy``
+  constraint is <= 0; rejected when it was infeasible, cut, or failed with a recorded reason);
+* it is *held* while a live running trial claims it;
+* a trial decides only after every lower-numbered running trial has decided, and takes the first
+  configuration that is neither done nor held. Lower numbers go first, so two workers never take
+  the same configuration, and one or many workers commit the same rates.
+
+A trial killed without an outcome (SIGKILL, power loss) frees its configuration: on RDB storages a
+heartbeat marks it failed; on journal storages, which have no heartbeat, a running trial whose
+recorded process is gone (same host) or that has run longer than ``stale_after`` seconds is marked
+failed here.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from ...errors import PrimeSVTError
+from ..constraints import CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, layer_of, normalize_grid
+
+_logger = optuna.logging.get_logger(__name__)
+
+STALE = "primesvt:stale"
+FREE, HELD, ACCEPTED, REJECTED = "free", "held", "accepted", "rejected"
+
+
+def rates_key(rates: Mapping[str, float]) -> str:
+    """The identity of a configuration: its non-zero rates, sorted and rounded."""
+    items = sorted((p, round(float(r), 6)) for p, r in rates.items() if round(float(r), 6) != 0.0)
+    return "rates:" + json.dumps(items, separators=(",", ":"))
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks) of a live process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def worker_info() -> dict[str, Any]:
+    """Who runs a trial: enough to tell later, on the same host, whether it is still alive."""
+    stat = _proc_stat(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": stat[1] if stat else None}
+
+
+def stale_reason(trial: FrozenTrial, stale_after: float | None = None) -> str | None:
+    """Why a RUNNING trial can no longer finish, or None when it may still be alive."""
+    worker = trial.system_attrs.get(WORKER)
+    if worker and worker.get("host") == socket.gethostname():
+        pid = int(worker["pid"])
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        stat = _proc_stat(pid) if alive else None
+        if not alive or stat is None or stat[0] == "Z" or (worker.get("start") and stat[1] != worker["start"]):
+            return f"its worker (pid {pid} on {worker['host']}) is gone"
+    if stale_after is not None and trial.datetime_start is not None:
+        age = (datetime.datetime.now() - trial.datetime_start).total_seconds()
+        if age > stale_after:
+            return f"it has been running for {age:.0f} s (stale_after={stale_after:g} s)"
+    return None
+
+
+def fail_stale_trials(study: Study, stale_after: float | None = None) -> list[int]:
+    """Mark running trials whose worker is gone as FAIL (recording why); returns their numbers.
+
+    Journal storage has no heartbeat in Optuna 5.0, so a killed worker's trial stays RUNNING; the
+    samplers call this before every decision, and ``primesvt search --resume`` can call it too.
+    """
+    storage = study._storage
+    failed = []
+    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = stale_reason(trial, stale_after)
+        if reason is None:
+            continue
+        try:
+            storage.set_trial_system_attr(trial._trial_id, STALE, reason)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError):
+            continue  # another worker got there first
+        _logger.warning(f"Trial {trial.number} marked failed: {reason}.")
+        failed.append(trial.number)
+    return failed
+
+
+def accuracy_outcome(trial: FrozenTrial) -> bool | None:
+    """True: the configuration met the accuracy constraint; False: rejected; None: no outcome.
+
+    Cut (PRUNED) trials and trials that failed while being evaluated (NaN, an exception) reject
+    their rate; a trial that died or was interrupted before an outcome was recorded has none.
+    """
+    if trial.state == TrialState.COMPLETE:
+        violation = trial.constraints.get("accuracy")
+        return violation is None or violation <= 0.0
+    if trial.state == TrialState.PRUNED:
+        return False
+    if trial.state == TrialState.FAIL:
+        if trial.user_attrs.get("interrupted") or STALE in trial.system_attrs:
+            return None
+        if "fail_reason" in trial.user_attrs or OUTCOME in trial.system_attrs:
+            return False
+    return None
+
+
+def _memory_met(trial: FrozenTrial | None) -> bool:
+    if trial is None:
+        return False
+    violation = trial.constraints.get("memory")
+    return violation is not None and violation <= 0.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration to evaluate, as claimed on a trial."""
+
+    key: str
+    phase: str
+    layer: str | None = None  # parameter name of the layer this trial serves
+    rate: float | None = None
+    rates: dict[str, float] = field(default_factory=dict)
+    uniform: float | None = None  # UniformSampler: the rate of every layer
+    complete: bool = False  # a complete configuration: may be cut for memory before evaluation
+
+    def claim(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "phase": self.phase, "layer": self.layer, "rate": self.rate,
+            "rates": self.rates, "uniform": self.uniform, "complete": self.complete,
+        }
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Free:
+    """No rate parameters in this study: the trial is left to the fallback sampler."""
+
+
+Decision = Candidate | Wait | Done | Free
+
+
+class Snapshot:
+    """The study as one read of storage sees it, from the point of view of trial ``me``."""
+
+    def __init__(self, trials: Sequence[FrozenTrial], me: int | None, is_rate: Any) -> None:
+        self.trials = [t for t in trials if t.state != TrialState.WAITING]
+        self.me = me
+        self.outcomes: dict[str, FrozenTrial] = {}
+        self.held: dict[str, int] = {}
+        self.undecided: list[int] = []
+        for t in sorted(self.trials, key=lambda t: t.number):
+            if t.number == me:
+                continue
+            claim = t.system_attrs.get(CLAIM)
+            if t.state == TrialState.RUNNING:
+                if claim is None:
+                    if WORKER in t.system_attrs and (me is None or t.number < me):
+                        self.undecided.append(t.number)
+                elif claim.get("key"):
+                    self.held.setdefault(claim["key"], t.number)
+                continue
+            key = claim.get("key") if claim else None
+            if key is None and not claim:
+                rates = {p: v for p, v in t.params.items() if is_rate(p) and isinstance(v, (int, float))}
+                key = rates_key(rates) if rates else None
+            if key is not None and key not in self.outcomes and accuracy_outcome(t) is not None:
+                self.outcomes[key] = t
+
+    def status(self, key: str) -> str:
+        trial = self.outcomes.get(key)
+        if trial is not None:
+            return ACCEPTED if accuracy_outcome(trial) else REJECTED
+        return HELD if key in self.held else FREE
+
+    def trial_for(self, key: str) -> FrozenTrial | None:
+        return self.outcomes.get(key)
+
+
+@dataclass
+class Commit:
+    layer: str  # parameter name
+    rate: float
+    trial: int | None  # the trial whose evaluation committed it (None for rate 0 / not a target)
+
+
+@dataclass
+class WalkState:
+    """Where a walk stands: what is committed, which layer it waits on, the next free candidate."""
+
+    candidate: Candidate | None = None
+    done: bool = False
+    memory_met: bool = False
+    blocked_on: str | None = None
+    committed: dict[str, float] = field(default_factory=dict)
+    commits: list[Commit] = field(default_factory=list)
+    bounds: dict[str, float | None] = field(default_factory=dict)
+    selected_trial: int | None = None
+
+
+def robustness_bound(grid: Sequence[float], passed: Sequence[bool], rule: str) -> float | None:
+    """The highest rate the walk may try for a layer, from its robustness sweep.
+
+    ``highest``: the highest grid rate at which the layer alone met the accuracy constraint.
+    ``contiguous``: the highest rate up to which every rate met it (ignores lucky isolated passes).
+    """
+    bound = None
+    for rate, ok in zip(grid, passed):
+        if ok:
+            bound = rate
+        elif rule == "contiguous":
+            break
+    return bound
+
+
+class ClaimSampler(BaseSampler):
+    """Base of the PrimeSVT samplers: claims, waiting, fallback, settings kept in the study."""
+
+    policy = "claims"
+
+    def __init__(
+        self,
+        *,
+        grid: Sequence[float] = DEFAULT_GRID,
+        layer_sizes: Mapping[str, int] | None = None,
+        fallback: BaseSampler | None = None,
+        seed: int | None = None,
+        wait_timeout: float = 3600.0,
+        poll_interval: float = 0.2,
+        stale_after: float | None = None,
+    ) -> None:
+        self._grid = normalize_grid(grid)
+        if layer_sizes is not None and not layer_sizes:
+            raise PrimeSVTError("layer_sizes is empty: give {parameter name: size} for each prunable layer")
+        self._layer_sizes = dict(layer_sizes) if layer_sizes is not None else None
+        self._seed = seed
+        self._fallback = fallback if fallback is not None else RandomSampler(seed=seed)
+        self._wait_timeout = wait_timeout
+        self._poll = poll_interval
+        self._stale_after = stale_after
+        self._checked: set[int] = set()
+
+    # ----- what subclasses define -------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes which trials run; stored on the study, compared on resume."""
+        return {"policy": self.policy, "grid": list(self._grid), "seed": self._seed,
+                "layer_sizes": self._layer_sizes}
+
+    def _next(self, study: Study, snap: Snapshot) -> Decision:
+        raise NotImplementedError
+
+    # ----- Optuna's sampler interface ----------------------------------------------------------
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def reseed_rng(self) -> None:
+        self._fallback.reseed_rng()
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._fallback.before_trial(study, trial)
+        storage = study._storage
+        storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
+        if CLAIM in trial.system_attrs:  # a retried trial keeps the claim it inherited
+            return
+        self._check_settings(study)
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed is not None:  # enqueued by hand: record what it evaluates, so nobody repeats it
+            rates = {p: float(v) for p, v in fixed.items() if self._is_rate(p)}
+            phase = trial.user_attrs.get("phase") or ("reference" if not any(rates.values()) else "search")
+            self._write_claim(study, trial, Candidate(rates_key(rates), phase, rates=rates, complete=True))
+            return
+        decision = self._decide(study, trial)
+        if isinstance(decision, Candidate):
+            self._write_claim(study, trial, decision)
+        elif isinstance(decision, Free):
+            storage.set_trial_system_attr(trial._trial_id, CLAIM, {"key": None, "phase": None})
+        else:
+            reason = f"nothing left to evaluate: {decision.reason}"
+            storage.set_trial_system_attr(trial._trial_id, CLAIM, {"key": None, "phase": "idle", "reason": reason})
+            storage.set_trial_user_attr(trial._trial_id, "phase", "idle")
+            storage.set_trial_user_attr(trial._trial_id, "cut_reason", reason)
+            self._stop(study)
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        claim = trial.system_attrs.get(CLAIM)
+        if not self._is_rate(param_name) or not claim or claim.get("phase") is None:
+            return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+        if claim["phase"] == "idle":
+            raise optuna.TrialPruned(claim["reason"])
+        rate = claim["uniform"] if claim.get("uniform") is not None else claim.get("rates", {}).get(param_name, 0.0)
+        return _fit(param_name, float(rate), param_distribution)
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        study._storage.set_trial_system_attr(trial._trial_id, OUTCOME, state.name)
+        self._fallback.after_trial(study, trial, state, values)
+        claim = study._storage.get_trial_system_attrs(trial._trial_id).get(CLAIM) or {}
+        if not claim.get("key"):
+            return
+        finished = copy.copy(study._storage.get_trial(trial._trial_id))
+        finished.state = state
+        trials = [finished if t.number == trial.number else t for t in self._read(study)]
+        decision = self._next(study, Snapshot(trials, None, self._is_rate))
+        if isinstance(decision, Done):
+            _logger.info(f"PrimeSVT {self.policy} finished: {decision.reason}.")
+            self._stop(study)
+
+    # ----- public helpers -----------------------------------------------------------------------
+    def is_exhausted(self, study: Study) -> bool:
+        """True when the policy has nothing left to evaluate in ``study``."""
+        return isinstance(self._next(study, Snapshot(self._read(study), None, self._is_rate)), Done)
+
+    # ----- internals ----------------------------------------------------------------------------
+    def _is_rate(self, param: str) -> bool:
+        return param.startswith(RATE_PREFIX) or (self._layer_sizes is not None and param in self._layer_sizes)
+
+    @staticmethod
+    def _read(study: Study) -> list[FrozenTrial]:
+        return study._storage.get_all_trials(study._study_id, deepcopy=False)
+
+    @staticmethod
+    def _stop(study: Study) -> None:
+        try:
+            study.stop()
+        except RuntimeError:  # ask-and-tell outside optimize(): nothing to stop
+            pass
+
+    def _check_settings(self, study: Study) -> None:
+        if study._study_id in self._checked:
+            return
+        settings = self.settings()
+        write_study_attrs(study, {
+            "policy": settings["policy"], "grid": settings["grid"], "seed": settings["seed"], "sampler": settings,
+        })
+        self._checked.add(study._study_id)
+
+    def _write_claim(self, study: Study, trial: FrozenTrial, candidate: Candidate) -> None:
+        storage = study._storage
+        storage.set_trial_system_attr(trial._trial_id, CLAIM, candidate.claim())
+        storage.set_trial_user_attr(trial._trial_id, "phase", candidate.phase)
+        storage.set_trial_user_attr(trial._trial_id, "layer", layer_of(candidate.layer) if candidate.layer else None)
+        storage.set_trial_user_attr(trial._trial_id, "rate", candidate.rate)
+
+    def _decide(self, study: Study, trial: FrozenTrial) -> Decision:
+        """Wait until every lower-numbered running trial has decided, then take the first free
+        candidate; with none free but outcomes pending, wait (up to ``wait_timeout`` seconds)."""
+        deadline = time.monotonic() + self._wait_timeout
+        delay = self._poll / 4
+        while True:
+            if fail_stale_trials(study, self._stale_after):
+                continue
+            snap = Snapshot(self._read(study), trial.number, self._is_rate)
+            if snap.undecided:
+                reason = f"trial {snap.undecided[0]} to choose its configuration"
+            else:
+                decision = self._next(study, snap)
+                if not isinstance(decision, Wait):
+                    return decision
+                reason = decision.reason
+            if time.monotonic() > deadline:
+                _logger.warning(f"Trial {trial.number}: gave up after waiting {self._wait_timeout:g} s for {reason}.")
+                return Done(f"waited {self._wait_timeout:g} s for {reason}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, self._poll)
+
+    def _layers(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> list[tuple[str, int]] | None:
+        """Rate parameters with sizes, largest first; [] when the study has none; None while
+        unknown (the reference trial has not finished and the objective wrote no layer table)."""
+        if self._layer_sizes is not None:
+            items = list(self._layer_sizes.items())
+        else:
+            table = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}layers")
+            if table:
+                items = [(f"{RATE_PREFIX}{row['layer']}", int(row["params"])) for row in table]
+            else:
+                reference = snap.trial_for(rates_key({}))
+                if reference is None:
+                    return None
+                names = [p for p in reference.params if self._is_rate(p)]
+                if names and need_sizes:
+                    raise PrimeSVTError(
+                        f"{type(self).__name__} needs layer sizes to order the layers: pass "
+                        "layer_sizes={param: size} or use PruningObjective (it records the layer table)"
+                    )
+                items = [(p, 0) for p in names]
+        order = sorted(range(len(items)), key=lambda i: (-items[i][1], i))
+        return [items[i] for i in order]
+
+
+def write_study_attrs(study: Study, attrs: Mapping[str, Any]) -> None:
+    """Set ``primesvt:<key>`` study attributes; an existing different value is refused, so a
+    study never mixes settings (another checkpoint, grid, constraints or policy)."""
+    storage = study._storage
+    current = storage.get_study_user_attrs(study._study_id)
+    for key, value in attrs.items():
+        name = f"{STUDY_PREFIX}{key}"
+        value = json.loads(json.dumps(value))
+        if name in current:
+            if current[name] != value:
+                raise PrimeSVTError(
+                    f"study {study.study_name!r} was created with {key} = {json.dumps(current[name])}, "
+                    f"not {json.dumps(value)}: use another study name, or the same settings"
+                )
+        else:
+            storage.set_study_user_attr(study._study_id, name, value)
+
+
+def _fit(name: str, rate: float, distribution: BaseDistribution) -> Any:
+    """The planned rate in the objective's own representation; a clear error when the objective's
+    distribution cannot express it (a different grid)."""
+    if isinstance(distribution, CategoricalDistribution):
+        for choice in distribution.choices:
+            if isinstance(choice, (int, float)) and not isinstance(choice, bool) and abs(float(choice) - rate) < 1e-6:
+                return choice
+    elif isinstance(distribution, FloatDistribution):
+        if distribution._contains(rate):
+            return rate
+        if distribution.step is not None:
+            snapped = round(round((rate - distribution.low) / distribution.step) * distribution.step + distribution.low, 10)
+            if abs(snapped - rate) < 1e-6 and distribution._contains(snapped):
+                return snapped
+    raise ValueError(
+        f"the sampler planned rate {rate:g} for {name!r}, which its distribution {distribution} cannot "
+        "express: give the objective and the sampler the same rate grid"
+    )
+
+
+class WalkSampler(ClaimSampler):
+    """Reference, robustness sweeps, then a walk over the target layers in ``_order``."""
+
+    policy = "walk"
+
+    def __init__(
+        self,
+        *,
+        grid: Sequence[float] = DEFAULT_GRID,
+        layer_sizes: Mapping[str, int] | None = None,
+        robustness_rule: str = "highest",
+        walk_all: bool = False,
+        fallback: BaseSampler | None = None,
+        seed: int | None = None,
+        wait_timeout: float = 3600.0,
+        poll_interval: float = 0.2,
+        stale_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            grid=grid, layer_sizes=layer_sizes, fallback=fallback, seed=seed,
+            wait_timeout=wait_timeout, poll_interval=poll_interval, stale_after=stale_after,
+        )
+        if robustness_rule not in ("highest", "contiguous"):
+            raise PrimeSVTError(f"robustness_rule must be 'highest' or 'contiguous', got {robustness_rule!r}")
+        self._rule = robustness_rule
+        self._walk_all = walk_all
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "robustness_rule": self._rule, "walk_all": self._walk_all}
+
+    def _order(self, layers: list[tuple[str, int]]) -> list[str]:
+        """The walk order of the layers (given largest first)."""
+        raise NotImplementedError
+
+    def walk_state(self, study: Study) -> WalkState:
+        """The walk as the study's trials define it (committed rates, bounds, what is pending)."""
+        snap = Snapshot(self._read(study), None, self._is_rate)
+        layers = self._layers(study, snap)
+        return self._walk(snap, layers or [])
+
+    def _next(self, study: Study, snap: Snapshot) -> Decision:
+        if snap.status(rates_key({})) == FREE:
+            return Candidate(rates_key({}), "reference")
+        layers = self._layers(study, snap)
+        if layers is None:
+            return Wait("the reference trial (the layer table is not known yet)")
+        if not layers:
+            return Free()
+        state = self._walk(snap, layers)
+        if state.candidate is not None:
+            return state.candidate
+        if state.done:
+            saved = "memory target met" if state.memory_met else "every target layer walked"
+            return Done(f"walk finished ({saved})")
+        return Wait(f"the outcome of {state.blocked_on}")
+
+    def _walk(self, snap: Snapshot, layers: list[tuple[str, int]]) -> WalkState:
+        state = WalkState()
+        reference = rates_key({})
+        if snap.status(reference) == FREE:
+            state.candidate = Candidate(reference, "reference")
+            return state
+        for param, _ in layers:
+            for rate in self._grid:
+                key = rates_key({param: rate})
+                if snap.status(key) == FREE:
+                    state.candidate = Candidate(key, "robustness", param, rate, {param: rate})
+                    return state
+        state.selected_trial = getattr(snap.trial_for(reference), "number", None)
+        if not self._walk_all and _memory_met(snap.trial_for(reference)):
+            state.done = state.memory_met = True
+            return state
+        for param in self._order(layers):
+            statuses = [snap.status(rates_key({param: r})) for r in self._grid]
+            if HELD in statuses:
+                state.blocked_on = f"the robustness sweep of {param}"
+                return state
+            bound = robustness_bound(self._grid, [s == ACCEPTED for s in statuses], self._rule)
+            state.bounds[param] = bound
+            decided: float | None = None
+            first_free: Candidate | None = None
+            pending_above = False
+            for rate in sorted((r for r in self._grid if bound is not None and r <= bound), reverse=True):
+                rates = {**state.committed, param: rate}
+                key = rates_key(rates)
+                status = snap.status(key)
+                if status == ACCEPTED:
+                    if not pending_above:
+                        decided = rate
+                    break
+                if status == REJECTED:
+                    continue
+                pending_above = True
+                if status == FREE and first_free is None:
+                    first_free = Candidate(key, "walk", param, rate, rates)
+            else:
+                if not pending_above:
+                    decided = 0.0
+            if decided is None:
+                state.candidate = first_free
+                state.blocked_on = f"the walk at {param}"
+                return state
+            if decided > 0:
+                state.committed[param] = decided
+                trial = snap.trial_for(rates_key(state.committed))
+                state.selected_trial = trial.number if trial is not None else None
+                state.commits.append(Commit(param, decided, state.selected_trial))
+            else:
+                state.commits.append(Commit(param, 0.0, None))
+            if not self._walk_all and _memory_met(snap.trial_for(rates_key(state.committed))):
+                state.done = state.memory_met = True
+                return state
+        state.done = True
+        return state

@@ -1,0 +1,140 @@
+"""SyntheticObjective: accuracy a known function of the per-layer rates, no model.
+
+It runs the same trial code as :class:`PruningObjective` (constraints, user attributes, early
+cut, failure handling), so tests can check a walk's order and committed rates exactly, and scale
+and fault tests can run hundreds of trials in seconds.
+
+Accuracy of a rate vector ``r``::
+
+    base_accuracy - sum_l sensitivity[l] * r_l**2 - interaction * sum_{l<m} r_l * r_m
+
+rounded to whole images out of ``n_images``. The images are evaluated in batches; which ones are
+right is a fixed pseudo-random pattern, so the exact early cut behaves as on real data. Bytes are
+4 per parameter: ``other_params`` stay, each layer keeps ``round(size * (1 - r))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .constraints import DEFAULT_GRID, Constraints
+from .objective import RateObjective
+from .pruner import ConstraintPruner
+
+
+class SyntheticObjective(RateObjective):
+    """A PruningObjective stand-in with a closed-form accuracy (see module docs).
+
+    Example:
+
+        .. testcode::
+
+            import optuna
+            from primesvt_optuna.plugin import PrioritizedSampler, SyntheticObjective
+
+            objective = SyntheticObjective(
+                {"fc1": 4000, "fc2": 4000, "qkv": 1500, "proj": 500},
+                sensitivity={"fc1": 0.05, "fc2": 0.2, "qkv": 0.1, "proj": 0.5},
+                max_accuracy_drop=0.03, memory_target=0.3,
+            )
+            study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler())
+            study.optimize(objective)
+            print(study.user_attrs["primesvt:base_accuracy"])
+
+    Args:
+        layer_sizes: ``{layer: parameter count}`` (layer names without the ``rate:`` prefix).
+        sensitivity: accuracy lost per squared rate, per layer (default 0.1).
+        interaction: accuracy lost per product of two layers' rates.
+        fail, nan: ``(layer, rate)`` pairs whose configurations raise / yield NaN.
+        delay: seconds slept per batch (to simulate slow evaluations in multi-worker tests).
+    """
+
+    def __init__(
+        self,
+        layer_sizes: Mapping[str, int],
+        *,
+        sensitivity: Mapping[str, float] | None = None,
+        base_accuracy: float = 0.9,
+        interaction: float = 0.0,
+        other_params: int = 0,
+        n_images: int = 1000,
+        batch_size: int = 100,
+        max_accuracy_drop: float | None = 0.03,
+        min_accuracy: float | None = None,
+        memory_target: float | None = None,
+        memory_budget: int | str | None = None,
+        grid: Sequence[float] = DEFAULT_GRID,
+        pruner: ConstraintPruner | None = ConstraintPruner(),
+        single_objective: bool = False,
+        fail: Sequence[tuple[str, float]] = (),
+        nan: Sequence[tuple[str, float]] = (),
+        delay: float = 0.0,
+        robustness_cache: Mapping[tuple[str, float], float] | None = None,
+        wait_timeout: float = 3600.0,
+    ) -> None:
+        self.sizes = dict(layer_sizes)
+        self.sensitivity = {name: 0.1 for name in self.sizes} | dict(sensitivity or {})
+        self.base_accuracy = base_accuracy
+        self.interaction = interaction
+        self.other_params = other_params
+        self.n_images = n_images
+        self.batch_size = batch_size
+        self.fail = {(layer, round(rate, 6)) for layer, rate in fail}
+        self.nan = {(layer, round(rate, 6)) for layer, rate in nan}
+        self.delay = delay
+        self._order = np.random.RandomState(0).permutation(n_images)
+        settings = {
+            "sizes": self.sizes, "sensitivity": self.sensitivity, "base": base_accuracy, "interaction": interaction,
+            "other": other_params, "n": n_images, "fail": sorted(self.fail), "nan": sorted(self.nan),
+        }
+        identity = "synthetic:" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        constraints = Constraints.from_dict({
+            "max_accuracy_drop": max_accuracy_drop if min_accuracy is None else None,
+            "min_accuracy": min_accuracy, "memory_target": memory_target, "memory_budget": memory_budget,
+        })
+        layers = sorted(self.sizes.items(), key=lambda kv: -kv[1])
+        super().__init__(
+            layers=layers, base_bytes=4 * (sum(self.sizes.values()) + other_params), constraints=constraints,
+            grid=grid, pruner=pruner, single_objective=single_objective, identity=identity,
+            robustness_cache=robustness_cache, wait_timeout=wait_timeout,
+        )
+
+    def accuracy(self, rates: Mapping[str, float]) -> float:
+        """The exact accuracy (whole images) the objective will measure for ``rates``."""
+        values = [rates.get(name, 0.0) for name in self.sizes]
+        loss = sum(self.sensitivity[n] * r * r for n, r in zip(self.sizes, values))
+        loss += self.interaction * sum(
+            values[i] * values[j] for i in range(len(values)) for j in range(i + 1, len(values))
+        )
+        return round(min(1.0, max(0.0, self.base_accuracy - loss)) * self.n_images) / self.n_images
+
+    def predict_bytes(self, rates: Mapping[str, float]) -> int:
+        kept = sum(round(size * (1.0 - rates.get(name, 0.0))) for name, size in self.sizes.items())
+        return 4 * (kept + self.other_params)
+
+    @property
+    def eval_images(self) -> int:
+        return self.n_images
+
+    @property
+    def eval_batches(self) -> int:
+        return math.ceil(self.n_images / self.batch_size)
+
+    def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[Any, int]]:
+        items = {(name, round(rate, 6)) for name, rate in rates.items()}
+        if items & self.fail:
+            raise RuntimeError(f"synthetic failure at {sorted(items & self.fail)}")
+        right = round(self.accuracy(rates) * self.n_images)
+        correct = self._order < right
+        for start in range(0, self.n_images, self.batch_size):
+            if self.delay:
+                time.sleep(self.delay)
+            batch = correct[start:start + self.batch_size]
+            yield (math.nan if items & self.nan else int(batch.sum())), len(batch)
