@@ -1,0 +1,181 @@
+"""Training and evaluation of zoo models: AdamW, warm-up + cosine schedule, label smoothing.
+
+Spiking neurons keep a membrane state across calls, so ``reset_net`` runs after every batch, in
+training and in evaluation alike; evaluation is deterministic (eval mode, fixed order, no
+autograd), which is what lets ``primesvt evaluate`` reproduce a recorded accuracy exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .data import Splits
+from .errors import PrimeSVTError
+
+EVAL_BATCH_SIZE = 256
+
+
+def machine() -> dict[str, Any]:
+    """Where timings come from: CPU model, cores, torch version and threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise PrimeSVTError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PrimeSVTError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
+    return dev
+
+
+def iter_eval(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = EVAL_BATCH_SIZE, device: str | torch.device = "cpu"
+) -> Iterator[tuple[int, int]]:
+    """``(correct_in_batch, batch_size)`` batch by batch, in a fixed order (lets callers stop early)."""
+    dev = _device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+                try:
+                    logits = model(x.to(dev))
+                finally:
+                    functional.reset_net(model)
+                yield int((logits.argmax(1).cpu() == y).sum()), len(y)
+    finally:
+        functional.reset_net(model)
+        model.train(was_training)
+
+
+def evaluate(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = EVAL_BATCH_SIZE, device: str | torch.device = "cpu"
+) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``dataset``."""
+    correct = total = 0
+    for c, n in iter_eval(model, dataset, batch_size=batch_size, device=device):
+        correct, total = correct + c, total + n
+    if total == 0:
+        raise PrimeSVTError("cannot evaluate on an empty data set")
+    return correct / total
+
+
+def _schedule(total_steps: int, warmup_steps: int):
+    """Linear warm-up, then cosine decay to zero: the usual ViT recipe."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train(
+    model: nn.Module,
+    splits: Splits,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 0.05,
+    label_smoothing: float = 0.1,
+    warmup_epochs: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place on ``splits.train``; validation accuracy after each epoch.
+
+    ``max_steps`` caps the batches per epoch (for smoke tests). Returns ``history`` (per epoch:
+    loss, train and validation accuracy, learning rate), the final ``val_accuracy`` and
+    ``train_seconds``.
+    """
+    if epochs < 0 or batch_size < 1 or lr <= 0:
+        raise PrimeSVTError(f"need epochs >= 0, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
+    dev = _device(device)
+    model.to(dev)
+    torch.manual_seed(seed)
+    loader = DataLoader(
+        splits.train, batch_size=batch_size, shuffle=True, num_workers=0,
+        generator=torch.Generator().manual_seed(seed), drop_last=len(splits.train) > batch_size,
+    )
+    steps = min(len(loader), max_steps or len(loader))
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # biases and norms
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * steps, warmup_epochs * steps))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=epochs * steps, desc="train", unit="batch", disable=not progress, leave=False)
+    for epoch in range(epochs):
+        model.train()
+        loss_sum = correct = seen = 0.0
+        for step, (x, y) in enumerate(loader):
+            if step >= steps:
+                break
+            x, y = x.to(dev), y.to(dev)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            functional.reset_net(model)
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.update()
+        val = evaluate(model, splits.val, device=dev)
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+                        "val_accuracy": val, "lr": opt.param_groups[0]["lr"]})
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", val=f"{val:.4f}")
+    bar.close()
+    model.eval()
+    return {
+        "epochs": epochs,
+        "history": history,
+        "val_accuracy": history[-1]["val_accuracy"] if history else evaluate(model, splits.val, device=dev),
+        "train_seconds": time.perf_counter() - start,
+    }
+
+
+def finetune(
+    model: nn.Module,
+    splits: Splits,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 5e-4,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Recover accuracy after pruning: a short low-rate run without warm-up. Training never changes
+    a layer's shape, so the pruned structure is kept."""
+    return train(model, splits, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=0, seed=seed,
+                 device=device, progress=progress, max_steps=max_steps)
