@@ -1,0 +1,462 @@
+"""One place that turns the user's storage string into an Optuna storage, and keeps crashed
+workers from leaving trials RUNNING forever.
+
+Accepted strings (``describe_storage`` prints them back with any password hidden):
+
+* ``sqlite:///path/study.db`` (the default), or a bare path ending ``.db``/``.sqlite``/``.sqlite3``;
+  ``sqlite:///file:path.db?mode=ro&uri=true`` opens a SQLite file read-only.
+* any other SQLAlchemy URL (``postgresql://user:pw@host/db``, ``mysql+pymysql://...``): an
+  ``RDBStorage`` with heartbeats, so a killed worker's trial is marked failed after the grace
+  period, and retried when it was not a PrimeSVT walk trial (the walk re-plans a freed
+  configuration itself; a retry copy would race with that).
+* ``journal:///abs/path.log``, ``journal://rel/path.log``, or a bare path ending ``.log``/
+  ``.jsonl``/``.journal``: a ``JournalStorage`` on a ``JournalFileBackend``. Optuna 5.0 gives the
+  journal no heartbeat, so ``HeartbeatJournalStorage`` adds one: each running trial renews a
+  ``primesvt:heartbeat`` time stamp, and a trial whose stamp is older than the grace period (other
+  hosts; clocks must agree within it) or whose recorded process is gone (this host) is stale.
+
+Every way of failing to open one (unreachable server, missing driver, read-only file, missing
+folder) raises ``PrimeSVTError`` with one line naming the storage and what to do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Container
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from .errors import PrimeSVTError
+
+_logger = optuna.logging.get_logger(__name__)
+
+# Trial system attributes. WORKER and STALE are the keys the samplers read
+# (primesvt_optuna.plugin.constraints.WORKER, samplers._walk.STALE); CLAIM marks a walk trial.
+WORKER = "primesvt:worker"
+STALE = "primesvt:stale"
+CLAIM = "primesvt:claim"
+HEARTBEAT = "primesvt:heartbeat"
+
+DEFAULT_HEARTBEAT_INTERVAL = 30
+"""Seconds between heartbeats; ``PRIMESVT_HEARTBEAT_INTERVAL`` overrides it."""
+DEFAULT_GRACE_PERIOD = 120
+"""Seconds without a heartbeat before a trial counts as dead; ``PRIMESVT_GRACE_PERIOD`` overrides."""
+DEFAULT_MAX_RETRY = 3
+SQLITE_BUSY_TIMEOUT = 120
+"""Seconds a SQLite writer waits for the file lock: K workers poll one file."""
+CONNECT_TIMEOUT = 10
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """A parsed storage string: which kind, the URL or path Optuna gets, and how to show it."""
+
+    kind: str  # "sqlite" | "rdb" | "journal"
+    url: str  # SQLAlchemy URL for sqlite/rdb (driver named); the file path for journal
+    text: str  # what the user wrote
+    read_only: bool = False
+
+    @property
+    def path(self) -> Path | None:
+        """The file behind a SQLite or journal storage (None for server databases)."""
+        if self.kind == "journal":
+            return Path(self.url)
+        if self.kind == "sqlite":
+            rest = self.url.split(":///", 1)[1].split("?", 1)[0]
+            rest = rest[len("file:"):] if rest.startswith("file:") else rest
+            return Path(rest) if rest and rest != ":memory:" else None
+        return None
+
+    def describe(self) -> str:
+        return describe_storage(self.text)
+
+
+def describe_storage(url: str) -> str:
+    """The storage string with any password replaced by ``***`` (safe for logs and errors)."""
+    if "://" not in url or "@" not in url.split("://", 1)[1].split("/", 1)[0]:
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, _, tail = rest.partition("/")
+    creds, _, host = netloc.rpartition("@")
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    return f"{scheme}://{creds}@{host}/{tail}" if tail or rest.endswith("/") else f"{scheme}://{creds}@{host}"
+
+
+def parse_storage(text: str) -> StorageSpec:
+    """Classify a storage string without touching the file or server."""
+    text = str(text).strip()
+    if not text:
+        raise PrimeSVTError("empty storage: give e.g. sqlite:///study.db, postgresql://user@host/db or journal:///study.log")
+    if text.startswith("journal:"):
+        path = text[len("journal:"):]
+        path = path[2:] if path.startswith("//") else path  # journal:///abs -> /abs, journal://rel -> rel
+        if not path:
+            raise PrimeSVTError(f"storage {text!r} names no journal file: use journal:///path/to/study.log")
+        return StorageSpec("journal", path, text)
+    if "://" not in text:
+        lower = text.lower()
+        if lower.endswith(_JOURNAL_SUFFIXES):
+            return StorageSpec("journal", text, text)
+        if lower.endswith(_SQLITE_SUFFIXES):
+            return StorageSpec("sqlite", f"sqlite:///{text}", text)
+        raise PrimeSVTError(
+            f"cannot tell what storage {text!r} is: use sqlite:///file.db, a SQLAlchemy URL "
+            "(postgresql://user@host/db, mysql+pymysql://user@host/db) or journal:///file.log"
+        )
+    if text.startswith("sqlite:"):
+        query = text.split("?", 1)[1] if "?" in text else ""
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        return StorageSpec("sqlite", text, text, read_only=params.get("mode") == "ro")
+    return StorageSpec("rdb", _with_driver(text), text)
+
+
+_DRIVERS = {"postgresql": ("psycopg", "psycopg2"), "mysql": ("MySQLdb", "pymysql")}
+
+
+def _with_driver(url: str) -> str:
+    """Name an installed driver when the URL names none: SQLAlchemy 2.1 picks psycopg 3 for
+    ``postgresql://`` and mysqlclient for ``mysql://``, while ``pip install
+    'primesvt-optuna[postgres]'`` brings psycopg2. ``postgres://`` is read as ``postgresql://``."""
+    scheme, sep, rest = url.partition("://")
+    scheme = "postgresql" if scheme == "postgres" else scheme
+    if scheme in _DRIVERS:
+        default, alternative = _DRIVERS[scheme]
+        if importlib.util.find_spec(default) is None and importlib.util.find_spec(alternative) is not None:
+            scheme = f"{scheme}+{alternative}"
+    return f"{scheme}{sep}{rest}"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise PrimeSVTError(f"{name} must be a whole number of seconds, got {value!r}") from None
+    if number <= 0:
+        raise PrimeSVTError(f"{name} must be positive, got {number}")
+    return number
+
+
+def open_storage(
+    text: str,
+    *,
+    read_only: bool = False,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = DEFAULT_MAX_RETRY,
+) -> BaseStorage:
+    """The Optuna storage for ``text``; ``read_only=True`` for commands that only read a study.
+
+    A storage string that is read-only (``?mode=ro``) is refused unless ``read_only`` is set, so a
+    search fails at once with one line instead of half way through with a database error.
+    """
+    spec = parse_storage(text)
+    interval = heartbeat_interval or _env_int("PRIMESVT_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL)
+    grace = grace_period or _env_int("PRIMESVT_GRACE_PERIOD", max(DEFAULT_GRACE_PERIOD, 2 * interval))
+    if grace <= interval:
+        raise PrimeSVTError(f"the grace period ({grace} s) must be longer than the heartbeat interval ({interval} s)")
+    if spec.read_only and not read_only:
+        raise PrimeSVTError(
+            f"storage {spec.describe()} is opened read-only (mode=ro), and this command writes to it: "
+            "drop ?mode=ro or use a writable copy"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        callback = RetryUnclaimedTrialCallback(max_retry=max_retry)
+    if spec.kind == "journal":
+        return _open_journal(spec, read_only, interval, grace, callback)
+    return _open_rdb(spec, read_only, interval, grace, callback)
+
+
+def _open_journal(
+    spec: StorageSpec, read_only: bool, interval: int, grace: int, callback: Callable[[Study, FrozenTrial], None]
+) -> BaseStorage:
+    path = Path(spec.url)
+    if read_only and not path.is_file():
+        raise PrimeSVTError(f"journal file {path} does not exist: check the path given to --storage")
+    if not read_only:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PrimeSVTError(f"cannot create the folder of journal file {path}: {exc.strerror}") from None
+    try:
+        backend = JournalFileBackend(str(path))
+        return HeartbeatJournalStorage(backend, heartbeat_interval=interval, grace_period=grace, stale_callback=callback)
+    except PrimeSVTError:
+        raise
+    except OSError as exc:
+        raise PrimeSVTError(f"cannot open journal file {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # a file that is not an Optuna journal: JSON decode errors and the like
+        raise PrimeSVTError(f"{path} is not a readable Optuna journal file: {_first_line(exc)}") from None
+
+
+def _open_rdb(
+    spec: StorageSpec, read_only: bool, interval: int, grace: int, callback: Callable[[Study, FrozenTrial], None]
+) -> BaseStorage:
+    engine_kwargs: dict[str, Any] = {}
+    shown = spec.describe()
+    if spec.kind == "sqlite":
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
+        path = spec.path
+        if path is not None:
+            if read_only or spec.read_only:
+                if not path.is_file():
+                    raise PrimeSVTError(f"SQLite file {path} does not exist: check the path given to --storage")
+            else:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise PrimeSVTError(f"cannot create the folder of SQLite file {path}: {exc.strerror}") from None
+    elif spec.url.startswith(("postgresql", "postgres")):
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        engine_kwargs["pool_pre_ping"] = True
+    elif spec.url.startswith("mysql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return RDBStorage(
+                spec.url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=callback,
+                skip_table_creation=read_only or spec.read_only,
+            )
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise PrimeSVTError(f"no database driver for {shown}: {_driver_hint(spec.url, exc)}") from None
+    except Exception as exc:
+        raise PrimeSVTError(_rdb_error(shown, spec, exc)) from None
+
+
+def _driver_hint(url: str, exc: BaseException) -> str:
+    if url.startswith(("postgresql", "postgres")):
+        return "install psycopg2 (pip install 'primesvt-optuna[postgres]')"
+    if url.startswith("mysql"):
+        return "install a MySQL driver and name it in the URL (pip install pymysql; mysql+pymysql://...)"
+    return f"install the SQLAlchemy driver it names ({_first_line(exc)})"
+
+
+def _rdb_error(shown: str, spec: StorageSpec, exc: BaseException) -> str:
+    """One line for a failed RDBStorage: what happened to which storage, and what to do."""
+    text = _first_line(_root_cause(exc))
+    lower = text.lower()
+    name = type(exc).__name__
+    if name == "NoSuchModuleError" or "can't load plugin" in lower:
+        return f"no database driver for {shown}: {_driver_hint(spec.url, exc)}"
+    if "readonly" in lower or "read-only" in lower or "read only" in lower:
+        return f"storage {shown} is read-only: use a writable file or drop ?mode=ro"
+    if spec.kind == "sqlite":
+        return f"cannot open SQLite storage {shown}: {text}"
+    if name == "ArgumentError" or "could not parse" in lower:
+        return f"cannot read storage URL {shown}: {text}"
+    return f"cannot reach storage {shown}: {text} (is the server running, and the URL's host, port and database right?)"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error (Optuna wraps database errors in StorageInternalError)."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None)
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def _first_line(exc: BaseException | object) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+class RetryUnclaimedTrialCallback(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a heartbeat-stale trial, except for PrimeSVT walk trials.
+
+    A walk trial carries a claim; once it failed without an outcome its configuration is free again
+    and the walk itself hands it to the next trial. A WAITING retry copy of it would be a second,
+    concurrent evaluation of the same configuration, so it is not made.
+    """
+
+    def __call__(self, study: Study, trial: FrozenTrial) -> None:
+        claim = trial.system_attrs.get(CLAIM)
+        if claim and claim.get("key"):
+            return
+        super().__call__(study, trial)
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A JournalStorage with Optuna's heartbeat interface, which 5.0 gives only to RDBStorage.
+
+    Optuna's own optimize loop then renews the heartbeat while a trial runs and fails stale trials
+    before each new one, exactly as on PostgreSQL: a heartbeat is a trial system attribute holding
+    the writer's clock, and a trial is stale when that is older than the grace period, or at once
+    when it records a worker on this host whose process is gone.
+    """
+
+    def __init__(
+        self,
+        backend: JournalFileBackend,
+        *,
+        heartbeat_interval: int,
+        grace_period: int,
+        stale_callback: Callable[[Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        super().__init__(backend)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.stale_callback = stale_callback
+
+    def __getstate__(self) -> dict[Any, Any]:
+        return {**super().__getstate__(), "heartbeat_interval": self.heartbeat_interval,
+                "grace_period": self.grace_period, "stale_callback": self.stale_callback}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        state = dict(state)
+        self.heartbeat_interval = state.pop("heartbeat_interval")
+        self.grace_period = state.pop("grace_period")
+        self.stale_callback = state.pop("stale_callback")
+        super().__setstate__(state)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+        except UpdateFinishedTrialError:
+            pass  # another worker declared it stale, or it just finished: nothing to renew
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = trial.system_attrs.get(HEARTBEAT)
+            if worker_gone(trial) is not None or (beat is not None and now - float(beat) > self.grace_period):
+                stale.append(trial._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[Study, FrozenTrial], None] | None:
+        return self.stale_callback
+
+
+# ----- who runs a trial, and whether it still can finish ------------------------------------------
+
+
+def _proc_start(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks) of a live process; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def worker_info() -> dict[str, Any]:
+    """Host, PID, the process's start tick (tells a reused PID apart) and the wall-clock start."""
+    stat = _proc_start(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": stat[1] if stat else None, "time": time.time()}
+
+
+def mark_worker(trial: optuna.Trial | FrozenTrial, study: Study | None = None) -> None:
+    """Record on ``trial`` which process runs it, so a crash can be recognised later.
+
+    Call it first thing in an objective (the PrimeSVT samplers already do it in ``before_trial``);
+    it is what lets ``fail_stale_trials`` free a killed worker's trial at once on this host.
+    """
+    if isinstance(trial, optuna.Trial):
+        trial.storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
+    else:
+        if study is None:
+            raise ValueError("mark_worker(FrozenTrial) needs the study")
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
+
+
+def worker_gone(trial: FrozenTrial) -> str | None:
+    """Why the trial's recorded worker (on this host) can no longer finish it, else None."""
+    worker = trial.system_attrs.get(WORKER)
+    if not worker or worker.get("host") != socket.gethostname():
+        return None
+    pid = int(worker["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"its worker (pid {pid} on {worker['host']}) is gone"
+    except PermissionError:
+        pass
+    stat = _proc_start(pid)
+    if stat is None or stat[0] in ("Z", "X") or (worker.get("start") and stat[1] != worker["start"]):
+        return f"its worker (pid {pid} on {worker['host']}) is gone"
+    return None
+
+
+def stale_reason(trial: FrozenTrial, lease: float | None) -> str | None:
+    """Why a RUNNING trial is stale: dead local worker, or no sign of life for ``lease`` seconds."""
+    reason = worker_gone(trial)
+    if reason is not None or lease is None:
+        return reason
+    stamps = [trial.system_attrs.get(HEARTBEAT), (trial.system_attrs.get(WORKER) or {}).get("time")]
+    if trial.datetime_start is not None:
+        stamps.append(trial.datetime_start.timestamp())
+    last = max((float(s) for s in stamps if s is not None), default=None)
+    if last is not None and time.time() - last > lease:
+        return f"no heartbeat for {time.time() - last:.0f} s (lease {lease:g} s)"
+    return None
+
+
+def fail_stale_trials(study: Study, lease: float | None = None, states: Container[TrialState] = (TrialState.RUNNING,)) -> list[int]:
+    """Mark trials that can no longer finish as FAIL, with the reason; returns the numbers of
+    trials that went from RUNNING to FAIL during the call.
+
+    Runs Optuna's heartbeat check (RDB and journal storages from ``open_storage``), then the
+    local-process check on any storage. ``lease`` additionally fails trials of other hosts with no
+    heartbeat or start for that many seconds (for storages opened without heartbeats). A resumed
+    walk sees these configurations free again and evaluates them.
+    """
+    storage = study._storage
+    before = {t._trial_id for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    failed = []
+    for trial in storage.get_all_trials(study._study_id, deepcopy=False):
+        if trial._trial_id in before and trial.state == TrialState.FAIL:
+            failed.append(trial.number)
+        if trial.state not in states:
+            continue
+        reason = stale_reason(trial, lease)
+        if reason is None:
+            continue
+        try:
+            storage.set_trial_system_attr(trial._trial_id, STALE, reason)
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError):
+            continue  # another process finished or failed it first
+        _logger.warning(f"Trial {trial.number} marked failed: {reason}.")
+        failed.append(trial.number)
+    return sorted(failed)
+
+
+def running_trials(study: Study) -> list[FrozenTrial]:
+    """Trials still RUNNING (what a consistent, finished study has none of)."""
+    return study._storage.get_all_trials(study._study_id, states=(TrialState.RUNNING,))
