@@ -1,0 +1,235 @@
+"""K worker processes on one study, and a Ctrl-C that leaves the study consistent.
+
+``run_workers(k, fn)`` calls ``fn(0) ... fn(k-1)`` in K processes (joblib's loky backend; K = 1
+runs in this process). Each ``fn`` opens the storage from its URL, loads the study and calls
+``optimize``, so the processes share nothing but the storage: the same code runs one worker per
+machine with ``primesvt search CONFIG --storage URL --study-name NAME`` on each.
+
+Ctrl-C: the terminal sends SIGINT to every process of the job, and ``run_workers`` forwards it to
+its workers when only the parent got it (``kill -INT``). A worker stops at the first SIGINT: a
+trial being evaluated is recorded as FAIL with ``interrupted=True`` (the walk does not count it as
+a rejected rate and evaluates it again on resume), a trial still being planned is failed the same
+way, and later SIGINTs are ignored until that bookkeeping is written. A second Ctrl-C in the
+parent stops at once; the next run's stale-trial check then fails what the killed workers held.
+Checkpoints and exports are written atomically by ``primesvt_optuna.checkpoint.save_checkpoint``
+(temporary file, fsync, rename), so no helper for that lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from .errors import PrimeSVTError
+from .storage import WORKER, fail_stale_trials
+
+R = TypeVar("R")
+
+INTERRUPTED = "interrupted"
+"""User attribute on a trial stopped by Ctrl-C (the samplers treat it as never evaluated)."""
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did: how many trials it finished, and whether Ctrl-C stopped it."""
+
+    worker: int
+    pid: int
+    finished: int
+    interrupted: bool
+    released: list[int]  # trials it failed on the way out (interrupted mid-trial or mid-plan)
+
+
+def run_workers(k: int, fn: Callable[[int], R]) -> list[R]:
+    """``[fn(0), ..., fn(k-1)]``, each in its own process (K = 1: here), results in order.
+
+    ``fn`` is pickled with cloudpickle, so a closure over the config is fine; it must open the
+    storage itself (connections do not survive pickling). SIGINT in the parent is forwarded to
+    the workers once, and the parent waits for them to record their trials.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise PrimeSVTError(f"--workers must be a whole number >= 1, got {k!r}")
+    if k == 1:
+        return [fn(0)]
+    from joblib import Parallel, delayed
+
+    with _forward_sigint():
+        return list(Parallel(n_jobs=k, backend="loky")(delayed(fn)(i) for i in range(k)))
+
+
+@contextmanager
+def _forward_sigint() -> Iterator[None]:
+    """First SIGINT: pass it on to our child processes and keep waiting; second: KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt
+        for pid in _children():
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _children() -> list[int]:
+    """PIDs whose parent is this process (Linux /proc; elsewhere none, and Ctrl-C reaches them anyway)."""
+    me = os.getpid()
+    pids = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == me:
+            pids.append(int(entry))
+    return pids
+
+
+def optimize(
+    study: Study,
+    objective: Callable[[optuna.Trial], Any],
+    *,
+    worker: int = 0,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    callbacks: Sequence[Callable[[Study, FrozenTrial], None]] = (),
+    catch: tuple[type[Exception], ...] = (),
+    show_progress_bar: bool = False,
+) -> WorkerReport:
+    """One worker's ``study.optimize`` that survives Ctrl-C with the study consistent.
+
+    Before starting it fails trials that can no longer finish (dead local workers, heartbeats
+    past the grace period), so a resumed walk retries them instead of waiting on them.
+    """
+    fail_stale_trials(study)
+    finished = [0]
+
+    def count(study: Study, trial: FrozenTrial) -> None:
+        finished[0] += 1
+
+    interrupted = False
+    released: list[int] = []
+    with _stop_on_sigint():
+        try:
+            study.optimize(
+                objective, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, count], catch=catch,
+                gc_after_trial=False, show_progress_bar=show_progress_bar,
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+            with _sigint_ignored():
+                released = release_own_trials(study)
+        except BaseException:
+            with _sigint_ignored(), suppress(Exception):  # the original error is the one to show
+                release_own_trials(study)
+            raise
+    return WorkerReport(worker, os.getpid(), finished[0], interrupted, released)
+
+
+class _Stop(KeyboardInterrupt):
+    """Raised by the first SIGINT a worker receives."""
+
+
+@contextmanager
+def _stop_on_sigint() -> Iterator[None]:
+    """First SIGINT raises KeyboardInterrupt; SIGINTs after it are ignored (cleanup must finish)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise _Stop
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _mine(trial: FrozenTrial) -> bool:
+    worker = trial.system_attrs.get(WORKER) or {}
+    return worker.get("host") == socket.gethostname() and worker.get("pid") == os.getpid()
+
+
+def release_own_trials(study: Study) -> list[int]:
+    """Fail this process's RUNNING trials as interrupted; returns their numbers.
+
+    They carry ``interrupted=True`` and ``fail_reason``, so the walk treats their configurations
+    as never evaluated, and nothing is left RUNNING for the next run to wait on.
+    """
+    storage = study._storage
+    released = []
+    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _mine(trial):
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted (Ctrl-C) before it finished")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError):
+            continue
+        released.append(trial.number)
+    return released
+
+
+def resume_command(argv: Sequence[str], prog: str = "primesvt") -> str:
+    """The command that continues an interrupted search: the same one, with ``--resume``."""
+    args = list(argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join([prog, *args])
+
+
+def interrupted_message(reports: Sequence[WorkerReport], argv: Sequence[str]) -> str:
+    """What to print after Ctrl-C: what was kept, and how to go on."""
+    finished = sum(r.finished for r in reports)
+    released = sorted(n for r in reports for n in r.released)
+    lines = [f"interrupted: {finished} trial(s) finished and kept in the study"]
+    if released:
+        lines.append(f"trial(s) {', '.join(map(str, released))} stopped mid-way, recorded as failed (interrupted); they will be evaluated again")
+    lines.append(f"resume with: {resume_command(argv)}")
+    return "\n".join(lines)
