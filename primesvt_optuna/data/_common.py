@@ -9,11 +9,13 @@ from torch.utils.data import Dataset
 
 
 class TensorImages(Dataset):
-    """Images held in memory as one float tensor ``[N, C, H, W]`` with integer labels."""
+    """Images held in memory as one float tensor ``[N, C, H, W]`` with integer labels; ``sources``
+    are the indices of the original images they came from (to check that splits are disjoint)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sources: np.ndarray | None = None) -> None:
         self.images = images.contiguous()
         self.labels = labels.long()
+        self.sources = np.arange(len(labels)) if sources is None else np.asarray(sources)
 
     def __len__(self) -> int:
         return len(self.labels)

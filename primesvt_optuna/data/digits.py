@@ -42,7 +42,7 @@ def load_digits_splits(img_size: int, seed: int) -> Splits:
     images, labels = _raw()
     images = _upsample(images, img_size)
     parts = stratified_split(labels, DIGITS_FRACTIONS, seed)
-    train, val, test = (TensorImages(images[p], torch.from_numpy(labels[p])) for p in parts)
+    train, val, test = (TensorImages(images[p], torch.from_numpy(labels[p]), p) for p in parts)
     return Splits(train, val, test, num_classes=10, in_channels=1)
 
 
@@ -75,5 +75,6 @@ def load_digits_hard_splits(img_size: int, seed: int) -> Splits:
     sets = []
     for part in stratified_split(labels, HARD_FRACTIONS, seed):
         src = images[part].repeat(HARD_COPIES, 1, 1, 1)
-        sets.append(TensorImages(distort(src, g), torch.from_numpy(labels[part]).repeat(HARD_COPIES)))
+        sets.append(TensorImages(distort(src, g), torch.from_numpy(labels[part]).repeat(HARD_COPIES),
+                                 np.tile(part, HARD_COPIES)))
     return Splits(*sets, num_classes=10, in_channels=1)
