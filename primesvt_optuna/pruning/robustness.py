@@ -127,7 +127,7 @@ def plot_robustness(table: pd.DataFrame, path: str | os.PathLike, title: str = "
 
     order = list(dict.fromkeys(table["layer"]))
     grid = table.pivot(index="layer", columns="rate", values="accuracy_drop").loc[order] * 100
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * grid.shape[1], 1.0 + 0.28 * grid.shape[0]))
+    fig, ax = plt.subplots(figsize=(4.5 + 0.6 * grid.shape[1], 1.5 + 0.28 * grid.shape[0]))
     im = ax.imshow(grid.values, aspect="auto", cmap="magma_r", vmin=min(0.0, grid.values.min()))
     ax.set_xticks(range(grid.shape[1]), [f"{r:.0%}" for r in grid.columns])
     ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
