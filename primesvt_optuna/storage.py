@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
@@ -235,7 +236,7 @@ def _open_rdb(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(
+            storage = RDBStorage(
                 spec.url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=interval,
@@ -243,10 +244,29 @@ def _open_rdb(
                 heartbeat_stale_trial_callback=callback,
                 skip_table_creation=read_only or spec.read_only,
             )
+        if spec.kind == "sqlite" and not (read_only or spec.read_only):
+            _sqlite_wal(storage)
+        return storage
     except (ImportError, ModuleNotFoundError) as exc:
         raise PrimeSVTError(f"no database driver for {shown}: {_driver_hint(spec.url, exc)}") from None
     except Exception as exc:
         raise PrimeSVTError(_rdb_error(shown, spec, exc)) from None
+
+
+def _sqlite_wal(storage: RDBStorage) -> None:
+    """Write-ahead logging: readers no longer block the writer (K workers poll one file), and a
+    commit is not an fsync, which made each trial cost 0.1-0.3 s here. A killed process loses
+    nothing; a power cut may lose the last commits but never corrupts the file. (WAL needs a
+    local disk: for workers on several machines use PostgreSQL, MySQL or a journal file.)"""
+
+    def pragmas(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # connections opened while creating the tables lack the pragmas
 
 
 def _driver_hint(url: str, exc: BaseException) -> str:
