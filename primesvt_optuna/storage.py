@@ -368,7 +368,14 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         stale = []
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             beat = trial.system_attrs.get(HEARTBEAT)
-            if worker_gone(trial) is not None or (beat is not None and now - float(beat) > self.grace_period):
+            reason = worker_gone(trial)
+            if reason is None and beat is not None and now - float(beat) > self.grace_period:
+                reason = f"no heartbeat for {now - float(beat):.0f} s (grace period {self.grace_period} s)"
+            if reason is not None:
+                try:  # recorded before Optuna fails it, so the study says why
+                    self.set_trial_system_attr(trial._trial_id, STALE, reason)
+                except UpdateFinishedTrialError:
+                    continue
                 stale.append(trial._trial_id)
         return stale
 
@@ -412,29 +419,39 @@ def mark_worker(trial: optuna.Trial | FrozenTrial, study: Study | None = None) -
         study._storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
 
 
-def worker_gone(trial: FrozenTrial) -> str | None:
-    """Why the trial's recorded worker (on this host) can no longer finish it, else None."""
+def _local_worker(trial: FrozenTrial) -> tuple[bool, str] | None:
+    """(alive, description) of the trial's recorded worker when it runs on this host, else None."""
     worker = trial.system_attrs.get(WORKER)
     if not worker or worker.get("host") != socket.gethostname():
         return None
     pid = int(worker["pid"])
+    described = f"pid {pid} on {worker['host']}"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return f"its worker (pid {pid} on {worker['host']}) is gone"
+        return False, described
     except PermissionError:
         pass
     stat = _proc_start(pid)
     if stat is None or stat[0] in ("Z", "X") or (worker.get("start") and stat[1] != worker["start"]):
-        return f"its worker (pid {pid} on {worker['host']}) is gone"
-    return None
+        return False, described
+    return True, described
+
+
+def worker_gone(trial: FrozenTrial) -> str | None:
+    """Why the trial's recorded worker (on this host) can no longer finish it, else None."""
+    local = _local_worker(trial)
+    return f"its worker ({local[1]}) is gone" if local is not None and not local[0] else None
 
 
 def stale_reason(trial: FrozenTrial, lease: float | None) -> str | None:
-    """Why a RUNNING trial is stale: dead local worker, or no sign of life for ``lease`` seconds."""
-    reason = worker_gone(trial)
-    if reason is not None or lease is None:
-        return reason
+    """Why a RUNNING trial is stale: its worker on this host is gone, or (another host, or no
+    recorded worker) no heartbeat, worker record or start for ``lease`` seconds."""
+    local = _local_worker(trial)
+    if local is not None:
+        return None if local[0] else f"its worker ({local[1]}) is gone"
+    if lease is None:
+        return None
     stamps = [trial.system_attrs.get(HEARTBEAT), (trial.system_attrs.get(WORKER) or {}).get("time")]
     if trial.datetime_start is not None:
         stamps.append(trial.datetime_start.timestamp())

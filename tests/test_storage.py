@@ -1,0 +1,269 @@
+"""storage.py: every storage string a user may give, its one-line errors, and stale-trial handling."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.trial import TrialState
+
+from primesvt_optuna.errors import PrimeSVTError
+from primesvt_optuna.storage import (
+    CLAIM,
+    HEARTBEAT,
+    STALE,
+    WORKER,
+    HeartbeatJournalStorage,
+    describe_storage,
+    fail_stale_trials,
+    mark_worker,
+    open_storage,
+    parse_storage,
+    running_trials,
+    worker_info,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _one_line(exc: pytest.ExceptionInfo[PrimeSVTError]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and text
+    return text
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "url"),
+    [
+        ("sqlite:///runs/a.db", "sqlite", "sqlite:///runs/a.db"),
+        ("runs/a.db", "sqlite", "sqlite:///runs/a.db"),
+        ("study.sqlite3", "sqlite", "sqlite:///study.sqlite3"),
+        ("journal:///tmp/x/study.log", "journal", "/tmp/x/study.log"),
+        ("journal://runs/study.log", "journal", "runs/study.log"),
+        ("runs/study.log", "journal", "runs/study.log"),
+        ("/abs/study.jsonl", "journal", "/abs/study.jsonl"),
+    ],
+)
+def test_parse_storage_kinds(text: str, kind: str, url: str) -> None:
+    spec = parse_storage(text)
+    assert (spec.kind, spec.url) == (kind, url)
+
+
+def test_parse_server_urls_name_an_installed_driver() -> None:
+    spec = parse_storage("postgres://u@h/db")
+    assert spec.kind == "rdb"
+    assert spec.url.startswith("postgresql") and spec.url.endswith("://u@h/db")
+    assert parse_storage("mysql+pymysql://u@h/db").url == "mysql+pymysql://u@h/db"
+
+
+def test_read_only_uri_is_recognised() -> None:
+    spec = parse_storage("sqlite:///file:runs/a.db?mode=ro&uri=true")
+    assert spec.read_only and str(spec.path) == "runs/a.db"
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "journal:"])
+def test_unknown_storage_strings_fail_with_one_line(text: str) -> None:
+    with pytest.raises(PrimeSVTError) as exc:
+        parse_storage(text)
+    _one_line(exc)
+
+
+def test_describe_hides_password() -> None:
+    assert describe_storage("postgresql://me:s3cret@db.example:5432/x") == "postgresql://me:***@db.example:5432/x"
+    assert describe_storage("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_sqlite_opens_with_heartbeat_and_creates_folder(tmp_path) -> None:
+    path = tmp_path / "new" / "folder" / "s.db"
+    storage = open_storage(f"sqlite:///{path}")
+    assert isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() > 0
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert path.is_file()
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+@pytest.mark.parametrize("text", ["journal:///{d}/j/s.log", "{d}/k/s.jsonl"])
+def test_journal_opens_with_heartbeat(tmp_path, text: str) -> None:
+    storage = open_storage(text.format(d=tmp_path))
+    assert isinstance(storage, HeartbeatJournalStorage) and isinstance(storage, JournalStorage)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    beats = [t.system_attrs.get(HEARTBEAT) for t in study.trials]
+    assert all(isinstance(b, float) for b in beats), "Optuna's optimize loop records the journal heartbeat"
+
+
+def test_heartbeat_settings_from_environment(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PRIMESVT_HEARTBEAT_INTERVAL", "2")
+    monkeypatch.setenv("PRIMESVT_GRACE_PERIOD", "5")
+    storage = open_storage(f"journal:///{tmp_path}/s.log")
+    assert (storage.get_heartbeat_interval(), storage.grace_period) == (2, 5)
+    monkeypatch.setenv("PRIMESVT_GRACE_PERIOD", "1")
+    with pytest.raises(PrimeSVTError, match="grace period"):
+        open_storage(f"sqlite:///{tmp_path}/s.db")
+    monkeypatch.setenv("PRIMESVT_HEARTBEAT_INTERVAL", "soon")
+    with pytest.raises(PrimeSVTError, match="PRIMESVT_HEARTBEAT_INTERVAL"):
+        open_storage(f"sqlite:///{tmp_path}/s.db")
+
+
+def test_read_only_sqlite_refused_for_writing_but_readable(tmp_path) -> None:
+    path = tmp_path / "s.db"
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{path}"), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    before = path.read_bytes()
+    ro = f"sqlite:///file:{path}?mode=ro&uri=true"
+    with pytest.raises(PrimeSVTError, match="read-only") as exc:
+        open_storage(ro)
+    _one_line(exc)
+    loaded = optuna.load_study(study_name="s", storage=open_storage(ro, read_only=True))
+    assert loaded.trials[0].state == TrialState.COMPLETE
+    assert path.read_bytes() == before
+
+
+def test_read_only_missing_files_are_named(tmp_path) -> None:
+    with pytest.raises(PrimeSVTError, match="does not exist"):
+        open_storage(f"sqlite:///file:{tmp_path}/none.db?mode=ro&uri=true", read_only=True)
+    with pytest.raises(PrimeSVTError, match="does not exist"):
+        open_storage(f"journal:///{tmp_path}/none.log", read_only=True)
+    assert not list(tmp_path.iterdir())
+
+
+def test_unreachable_server_is_one_line_without_password() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(PrimeSVTError, match="cannot reach storage") as exc:
+        open_storage(f"postgresql://me:s3cret@127.0.0.1:{port}/db")
+    text = _one_line(exc)
+    assert "s3cret" not in text and "me:***@" in text and "refused" in text.lower()
+    assert time.monotonic() - started < 30
+
+
+def test_missing_driver_names_the_package() -> None:
+    with pytest.raises(PrimeSVTError, match="no database driver") as exc:
+        open_storage("nosuchdb://u@h/x")
+    _one_line(exc)
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        try:
+            import pymysql  # noqa: F401
+        except ImportError:
+            with pytest.raises(PrimeSVTError, match="pymysql"):
+                open_storage("mysql://u@127.0.0.1/x")
+
+
+def test_folder_that_cannot_exist_is_one_line(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for text in (f"sqlite:///{blocker}/s.db", f"journal:///{blocker}/s.log"):
+        with pytest.raises(PrimeSVTError) as exc:
+            open_storage(text)
+        _one_line(exc)
+
+
+def test_not_a_journal_file(tmp_path) -> None:
+    path = tmp_path / "s.log"
+    path.write_text("this is not json\nnor is this\n")  # a torn last line alone is tolerated
+    with pytest.raises(PrimeSVTError, match="not a readable Optuna journal") as exc:
+        open_storage(str(path))
+    _one_line(exc)
+
+
+# ----- stale trials ---------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _storages(tmp_path, postgres: str | None = None):
+    yield "sqlite", open_storage(f"sqlite:///{tmp_path}/s.db")
+    yield "journal", open_storage(f"journal:///{tmp_path}/s.log")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_fail_stale_trials_by_pid_and_lease(tmp_path, kind: str) -> None:
+    storage = dict(_storages(tmp_path))[kind]
+    study = optuna.create_study(storage=storage, study_name="s")
+    mine, dead, remote, old_remote, unmarked = (study.ask() for _ in range(5))
+    mark_worker(mine)
+    mine_info = worker_info()
+    storage.set_trial_system_attr(dead._trial_id, WORKER, {**mine_info, "pid": _dead_pid()})
+    for trial in (remote, old_remote):
+        storage.set_trial_system_attr(trial._trial_id, WORKER, {**mine_info, "host": "elsewhere"})
+    assert fail_stale_trials(study) == [dead.number]
+    frozen = study._storage.get_trial(dead._trial_id)
+    assert frozen.state == TrialState.FAIL and "is gone" in frozen.system_attrs[STALE]
+    assert fail_stale_trials(study, lease=600) == [], "other hosts: no verdict inside the lease"
+    time.sleep(1.2)
+    storage.set_trial_system_attr(remote._trial_id, HEARTBEAT, time.time())
+    assert fail_stale_trials(study, lease=1.0) == [old_remote.number, unmarked.number]
+    assert "no heartbeat" in study._storage.get_trial(old_remote._trial_id).system_attrs[STALE]
+    assert {t.number for t in running_trials(study)} == {mine.number, remote.number}
+
+
+def test_journal_heartbeat_fails_silent_trials_of_other_hosts(tmp_path) -> None:
+    storage = open_storage(f"journal:///{tmp_path}/s.log", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="s")
+    fresh, silent, claimed = (study.ask() for _ in range(3))
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for trial in (fresh, silent, claimed):
+        trial.suggest_float("x", 0, 1)
+        storage.set_trial_system_attr(trial._trial_id, WORKER, {"host": "elsewhere", "pid": 1, "start": None})
+    storage.record_heartbeat(fresh._trial_id)
+    storage.set_trial_system_attr(silent._trial_id, HEARTBEAT, time.time() - 10)
+    storage.set_trial_system_attr(claimed._trial_id, HEARTBEAT, time.time() - 10)
+    storage.set_trial_system_attr(claimed._trial_id, CLAIM, {"key": "rates:[]", "phase": "reference"})
+    assert fail_stale_trials(study) == sorted([silent.number, claimed.number])
+    trials = study.get_trials()
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1, "the unclaimed trial is retried; the walk re-plans the claimed one itself"
+    assert waiting[0].params == {"x": silent.params["x"]} and waiting[0].distributions == x
+    assert study._storage.get_trial(fresh._trial_id).state == TrialState.RUNNING
+
+
+def test_heartbeat_storage_survives_pickling(tmp_path) -> None:
+    import pickle
+
+    storage = open_storage(f"journal:///{tmp_path}/s.log", heartbeat_interval=3, grace_period=9)
+    copy = pickle.loads(pickle.dumps(storage))
+    assert (copy.get_heartbeat_interval(), copy.grace_period) == (3, 9)
+
+
+@pytest.mark.postgres
+def test_postgresql_storage(postgres_url: str) -> None:
+    storage = open_storage(postgres_url, heartbeat_interval=1, grace_period=2)
+    assert isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() == 1
+    name = f"test-storage-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(storage=storage, study_name=name)
+    try:
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        storage.set_trial_system_attr(trial._trial_id, WORKER, {**worker_info(), "host": "elsewhere"})
+        storage.record_heartbeat(trial._trial_id)
+        time.sleep(3.2)
+        assert fail_stale_trials(study) == [trial.number]
+        assert [t.state for t in study.get_trials()][-1] == TrialState.WAITING  # retried by the callback
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
+
+
+@pytest.mark.postgres
+def test_postgresql_wrong_database(postgres_url: str) -> None:
+    base = postgres_url.rsplit("/", 1)[0]
+    with pytest.raises(PrimeSVTError, match="does not exist") as exc:
+        open_storage(f"{base}/no_such_database_{os.getpid()}")
+    _one_line(exc)
