@@ -1,0 +1,81 @@
+"""Training and evaluation: seeded and reproducible, deterministic evaluation, pruned shapes kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from primesvt_optuna.data import Splits, load_splits, make_spec, subset
+from primesvt_optuna.errors import PrimeSVTError
+from primesvt_optuna.models import build_model
+from primesvt_optuna.training import evaluate, finetune, iter_eval, machine, random_shift, train
+
+
+@pytest.fixture(scope="module")
+def small() -> Splits:
+    """Digits cut down to a few batches: enough to exercise every code path quickly."""
+    full = load_splits(make_spec("digits", img_size=16))
+    return Splits(subset(full.train, 96, 0), subset(full.val, 40, 0), subset(full.test, 40, 0), 10, 1)
+
+
+def _fresh(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model({"preset": "digits-tiny"})
+
+
+def test_train_is_seeded_and_reports_history(small: Splits) -> None:
+    a, b = _fresh(), _fresh()
+    ra = train(a, small, epochs=2, batch_size=32, seed=3, progress=False, augment_shift=1)
+    rb = train(b, small, epochs=2, batch_size=32, seed=3, progress=False, augment_shift=1)
+    assert [h["epoch"] for h in ra["history"]] == [1, 2]
+    assert set(ra["history"][0]) == {"epoch", "loss", "train_accuracy", "val_accuracy", "lr"}
+    assert ra["history"] == rb["history"] and ra["val_accuracy"] == ra["history"][-1]["val_accuracy"]
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert not torch.equal(a.state_dict()["head.weight"], _fresh().state_dict()["head.weight"])
+    assert ra["history"][-1]["lr"] == pytest.approx(0.0)  # cosine schedule ends at zero
+    assert not a.training
+
+
+def test_evaluate_is_deterministic_and_restores_mode(small: Splits) -> None:
+    model = _fresh()
+    train(model, small, epochs=1, batch_size=32, seed=0, progress=False)
+    model.train()
+    batches = list(iter_eval(model, small.val, batch_size=16))
+    assert [n for _, n in batches] == [16, 16, 8]
+    assert model.training  # evaluation put it back as it was
+    acc = evaluate(model, small.val, batch_size=16)
+    assert acc == sum(c for c, _ in batches) / 40 and 0.0 <= acc <= 1.0
+    assert evaluate(model, small.val, batch_size=16) == acc
+
+
+def test_finetune_keeps_the_pruned_shape(small: Splits) -> None:
+    from primesvt_optuna.pruning import Engine
+
+    engine = Engine(_fresh())
+    pruned = engine.prune({engine.layers[0]: 0.5})
+    shapes = {k: v.shape for k, v in pruned.state_dict().items()}
+    result = finetune(pruned, small, epochs=1, batch_size=32, progress=False, max_steps=2)
+    assert {k: v.shape for k, v in pruned.state_dict().items()} == shapes
+    assert len(result["history"]) == 1
+
+
+def test_bad_arguments() -> None:
+    small = load_splits(make_spec("digits", img_size=16))
+    with pytest.raises(PrimeSVTError, match="unknown device"):
+        evaluate(_fresh(), subset(small.val, 4, 0), device="tpu9")
+    with pytest.raises(PrimeSVTError, match="epochs"):
+        train(_fresh(), small, epochs=1, batch_size=0, progress=False)
+
+
+def test_random_shift() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 8, 8)
+    assert random_shift(x, 0, g) is x
+    y = random_shift(x, 2, g)
+    assert y.shape == x.shape and not torch.equal(x, y)
+
+
+def test_machine_is_recorded() -> None:
+    info = machine()
+    assert info["cores"] >= 1 and info["torch"] == torch.__version__ and info["cpu"]
