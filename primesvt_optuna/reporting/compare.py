@@ -1,0 +1,254 @@
+"""Run every policy x seed as an independent study, in parallel processes, into one storage.
+
+Each study is named ``<name>/<policy>/seed<k>`` so that optuna-dashboard lists them side by side
+and ``primesvt report`` finds them again. The comparison is fair in what it charges:
+
+* every policy gets the same objective (checkpoint, evaluation subset, constraints, rate grid) and
+  the same budget (``budget_images`` evaluated images, at most ``max_trials`` trials), enforced by
+  a callback for the policies that do not stop by themselves (TPE, NSGA-II);
+* the robustness sweep (the unpruned reference plus every layer alone at every grid rate) is run
+  once, in a study named ``<name>/robustness-sweep``, and handed to the walk policies as a cache;
+  its images and seconds are *charged* to each study that used it (recorded under
+  ``primesvt:report`` -> ``charged``), so a walk never looks cheaper for sharing it.
+
+After a study ends, its worker evaluates the selected configuration (largest memory saving that
+meets the accuracy constraint) on the test split, when the objective has one, and records it in
+the study, so the report needs nothing but the storage.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import PrimeSVTError
+from .frames import POLICIES, REPORT_ATTR, StudyRecord, load_studies, study_name, trials_frame
+from .table import selected_trial
+
+WALK_POLICIES = ("prioritized", "smallest-first", "random-order")
+"""The policies that start from the robustness sweep and are charged for it."""
+
+ObjectiveFactory = Callable[..., Any]
+"""``factory(robustness_cache=None) -> RateObjective``; must be picklable (joblib processes)."""
+
+
+@dataclass(frozen=True)
+class ComparisonSpec:
+    """What to compare and how much each study may spend."""
+
+    name: str
+    storage: str
+    policies: Sequence[str] = POLICIES
+    seeds: Sequence[int] = (0, 1, 2)
+    budget_images: int | None = None
+    max_trials: int = 200
+    n_jobs: int = 2
+    shared_sweep: bool = True
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.policies if p not in POLICIES]
+        if unknown:
+            raise PrimeSVTError(f"unknown policies {unknown}: choose among {', '.join(POLICIES)}")
+        if len(set(self.seeds)) < 1 or not self.policies:
+            raise PrimeSVTError("a comparison needs at least one policy and one seed")
+        if self.budget_images is not None and self.budget_images <= 0:
+            raise PrimeSVTError(f"budget_images must be positive, got {self.budget_images}")
+        if self.max_trials <= 0:
+            raise PrimeSVTError(f"max_trials must be positive, got {self.max_trials}")
+        if "/" in self.name or not self.name:
+            raise PrimeSVTError(f"comparison name {self.name!r} must be non-empty and contain no '/'")
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured (benchmarks and reports record it)."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(), "torch": torch.__version__, "optuna": optuna.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def make_sampler(policy: str, seed: int, grid: Sequence[float], options: dict[str, Any] | None = None):
+    """The sampler of one policy; every one is seeded."""
+    from ..plugin import PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
+
+    options = dict(options or {})
+    if policy == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **options.get("tpe", {}))
+    if policy == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, **options.get("nsga2", {}))
+    cls = {"prioritized": PrioritizedSampler, "smallest-first": SmallestFirstSampler,
+           "random-order": RandomOrderSampler, "uniform": UniformSampler}[policy]
+    return cls(grid=grid, seed=seed, **options.get(policy, {}))
+
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class ImageBudget:
+    """Stop a study once its trials have evaluated ``budget`` images (the charged sweep included)."""
+
+    def __init__(self, budget: int | None, charged: int = 0) -> None:
+        self.budget = budget
+        self.charged = charged
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.budget is None:
+            return
+        used = self.charged + sum(
+            float(t.user_attrs.get("images_evaluated") or 0)
+            for t in study.get_trials(deepcopy=False, states=_FINISHED)
+        )
+        if used >= self.budget:
+            study.stop()
+
+
+def _quiet() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per study: the studies themselves run in parallel
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _SweepDone:
+    """Stop a sweep worker once the reference and every single-layer trial have finished."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if len(study.get_trials(deepcopy=False, states=_FINISHED)) >= self.n_trials:
+            study.stop()
+
+
+def _sweep_worker(spec: ComparisonSpec, factory: ObjectiveFactory) -> None:
+    """One of the processes sharing the sweep study (the samplers coordinate through storage)."""
+    from ..plugin import PrioritizedSampler
+
+    _quiet()
+    objective = factory()
+    study = optuna.create_study(storage=spec.storage, study_name=sweep_name(spec.name),
+                                directions=objective.directions,
+                                sampler=PrioritizedSampler(grid=objective.grid, seed=0), load_if_exists=True)
+    n_sweep = 1 + len(objective.layers) * len(objective.grid)
+    if len(study.get_trials(deepcopy=False, states=_FINISHED)) < n_sweep:
+        study.optimize(objective, callbacks=[_SweepDone(n_sweep)], gc_after_trial=False)
+
+
+def sweep_name(name: str) -> str:
+    return f"{name}/robustness-sweep"
+
+
+def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tuple[str, float], float], dict[str, Any]]:
+    """Run (or resume) the shared robustness sweep on ``n_jobs`` processes; return the cache for
+    the walks and the cost to charge them (the sum of the sweep trials' own durations, i.e. what
+    one walk would have spent sweeping alone)."""
+    from joblib import Parallel, delayed
+
+    workers = max(1, spec.n_jobs)
+    Parallel(n_jobs=workers, backend="loky")(delayed(_sweep_worker)(spec, factory) for _ in range(workers))
+    study = optuna.load_study(storage=spec.storage, study_name=sweep_name(spec.name))
+    trials = study.get_trials(deepcopy=False)
+    frame = trials_frame(trials)
+    sweep = frame[frame.phase == "robustness"]
+    cache: dict[tuple[str, float], float] = {}
+    for row in sweep.itertuples():
+        value = row.accuracy if row.complete else trials[row.number].user_attrs.get("accuracy_upper_bound")
+        if value is not None and value == value:  # a cut trial caches the best it could have reached
+            cache[(row.layer, round(float(row.rate), 6))] = float(value)
+    seconds = sum((r.datetime_complete - r.datetime_start).total_seconds() for r in sweep.itertuples())
+    cost = {"images": float(sweep.images_evaluated.fillna(0).sum()), "seconds": round(seconds, 3),
+            "trials": len(sweep), "source": study.study_name}
+    return cache, cost
+
+
+def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: int,
+            cache: dict[tuple[str, float], float] | None, charged: dict[str, float] | None) -> str:
+    """One independent study (in its own process); returns its name."""
+    _quiet()
+    objective = factory(robustness_cache=cache) if cache is not None else factory()
+    name = study_name(spec.name, policy, seed)
+    study = optuna.create_study(storage=spec.storage, study_name=name, directions=objective.directions,
+                                sampler=make_sampler(policy, seed, objective.grid, spec.sampler_options),
+                                load_if_exists=True)
+    study.set_user_attr("primesvt:compare", {"policy": policy, "seed": seed, "comparison": spec.name})
+    done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+    if done < spec.max_trials:
+        charged_images = int((charged or {}).get("images", 0))
+        budget = ImageBudget(spec.budget_images, charged_images)
+        study.optimize(objective, n_trials=spec.max_trials - done, callbacks=[budget], gc_after_trial=False)
+    report: dict[str, Any] = {"machine": machine()}
+    if charged:
+        report["charged"] = charged
+    report["test"] = test_accuracy(objective, study)
+    study.set_user_attr(REPORT_ATTR, report)
+    return name
+
+
+def test_accuracy(objective: Any, study: optuna.Study) -> dict[str, Any]:
+    """Test-split accuracy of the study's selected configuration and of the unpruned model (only
+    reported: the search never sees the test split). Empty without a test split (synthetic)."""
+    splits = getattr(objective, "splits", None)
+    engine = getattr(objective, "engine", None)
+    if splits is None or engine is None:
+        return {}
+    from ..training import evaluate
+
+    frame = trials_frame(study.get_trials(deepcopy=False))
+    record = StudyRecord("", "", 0, study.study_name, {}, frame)
+    best = selected_trial(record)
+    if best is None:
+        return {}
+    rates = {layer: rate for layer, rate in best.rates.items() if rate > 0}
+    device = getattr(objective, "device", "cpu")
+    batch = getattr(objective, "batch_size", 256)
+    started = time.perf_counter()
+    pruned = engine.prune(rates) if rates else engine.model
+    acc = evaluate(pruned.to(device), splits.test, batch_size=batch, device=device)
+    base = evaluate(engine.model.to(device), splits.test, batch_size=batch, device=device)
+    return {"trial": int(best.number), "accuracy": acc, "images": len(splits.test), "base_accuracy": base,
+            "rates": rates, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def run_comparison(spec: ComparisonSpec, factory: ObjectiveFactory, *, progress: bool = True) -> list[StudyRecord]:
+    """Run (or resume) the whole comparison; returns the studies as the report reads them."""
+    from joblib import Parallel, delayed
+
+    started = time.perf_counter()
+    walks = [p for p in spec.policies if p in WALK_POLICIES]
+    cache = charged = None
+    if spec.shared_sweep and walks:
+        if progress:
+            print(f"[compare] robustness sweep (shared by {', '.join(walks)}) ...", flush=True)
+        cache, charged = run_sweep(spec, factory)
+        if progress:
+            print(f"[compare] sweep: {charged['trials']} trials, {charged['images']:,.0f} images, "
+                  f"{charged['seconds']:.1f} s (charged to each walk study)", flush=True)
+    tasks = [(p, s) for s in spec.seeds for p in spec.policies]
+    if progress:
+        print(f"[compare] {len(tasks)} studies ({len(spec.policies)} policies x {len(spec.seeds)} seeds) "
+              f"on {spec.n_jobs} processes -> {spec.storage}", flush=True)
+    names = Parallel(n_jobs=spec.n_jobs, backend="loky", verbose=5 if progress else 0)(
+        delayed(run_one)(spec, factory, p, s, cache if p in walks else None, charged if p in walks else None)
+        for p, s in tasks
+    )
+    if progress:
+        print(f"[compare] {len(names)} studies done in {time.perf_counter() - started:.1f} s", flush=True)
+    return load_studies(spec.storage, spec.name)

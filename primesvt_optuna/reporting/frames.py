@@ -1,0 +1,166 @@
+"""Studies of a comparison, read back from storage as pandas frames.
+
+Everything the tables and figures show is derived here from what the storage holds (trial user
+attributes, constraints and the ``primesvt:`` study attributes), so ``primesvt report`` needs
+nothing but the storage URL. A comparison's studies are named ``<name>/<policy>/seed<k>``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import PrimeSVTError
+
+RATE_PREFIX = "rate:"
+STUDY_PREFIX = "primesvt:"
+REPORT_ATTR = "primesvt:report"
+"""Study attribute written by the comparison after a study ends: test-set accuracy of the selected
+configuration (and of the unpruned model), the costs charged to the study from outside it (a shared
+robustness sweep), and the machine it ran on."""
+
+POLICIES = ("prioritized", "smallest-first", "random-order", "uniform", "tpe", "nsga2")
+_NAME = re.compile(r"^(?P<name>.+)/(?P<policy>[^/]+)/seed(?P<seed>-?\d+)$")
+
+
+def parse_study_name(study_name: str) -> tuple[str, str, int] | None:
+    """``(name, policy, seed)`` of a comparison study name, None for any other name."""
+    match = _NAME.match(study_name)
+    if not match:
+        return None
+    return match["name"], match["policy"], int(match["seed"])
+
+
+def study_name(name: str, policy: str, seed: int) -> str:
+    return f"{name}/{policy}/seed{seed}"
+
+
+def _float(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+@dataclass
+class StudyRecord:
+    """One study of a comparison: its identity, its study attributes and its trials as a frame."""
+
+    name: str
+    policy: str
+    seed: int
+    study_name: str
+    attrs: dict[str, Any]
+    trials: pd.DataFrame
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def constraints(self) -> dict[str, Any]:
+        return self.attrs.get(f"{STUDY_PREFIX}constraints") or {}
+
+    @property
+    def base_accuracy(self) -> float:
+        value = self.attrs.get(f"{STUDY_PREFIX}base_accuracy")
+        if value is None:
+            ref = self.trials[(self.trials.phase == "reference") & self.trials.complete]
+            value = ref.accuracy.iloc[0] if len(ref) else math.nan
+        return _float(value)
+
+    @property
+    def base_bytes(self) -> float:
+        return _float(self.attrs.get(f"{STUDY_PREFIX}base_bytes"))
+
+    @property
+    def val_images(self) -> int:
+        """Images in a full evaluation: the most any finished trial of the study evaluated."""
+        done = self.trials[self.trials.complete].images_evaluated.dropna()
+        return int(done.max()) if len(done) else 0
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return list(self.attrs.get(f"{STUDY_PREFIX}layers") or [])
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    """One trial as a flat record: user attributes, constraints (from Optuna, authoritative), rates."""
+    ua = trial.user_attrs
+    cons = trial.constraints
+    c_acc = _float(cons.get("accuracy", ua.get("constraint_accuracy")))
+    c_mem = _float(cons.get("memory", ua.get("constraint_memory")))
+    complete = trial.state == TrialState.COMPLETE
+    start, end = trial.datetime_start, trial.datetime_complete
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "complete": complete,
+        "phase": ua.get("phase"),
+        "layer": ua.get("layer"),
+        "rate": _float(ua.get("rate")),
+        "accuracy": _float(ua.get("accuracy")),
+        "accuracy_drop": _float(ua.get("accuracy_drop")),
+        "memory_saving": _float(ua.get("memory_saving")),
+        "model_bytes": _float(ua.get("model_bytes")),
+        "images_evaluated": _float(ua.get("images_evaluated", 0)),
+        "constraint_accuracy": c_acc,
+        "constraint_memory": c_mem,
+        # Accuracy-feasible: what "best saving that satisfies the accuracy constraint" ranges over.
+        "accuracy_ok": complete and c_acc <= 0,
+        # Both constraints hold (a missing memory constraint counts as met).
+        "feasible": complete and c_acc <= 0 and (math.isnan(c_mem) or c_mem <= 0),
+        "cut": trial.state == TrialState.PRUNED and bool(ua.get("cut_reason")),
+        "cut_reason": ua.get("cut_reason"),
+        "wall_time": _float(ua.get("wall_time", 0)),
+        "datetime_start": start,
+        "datetime_complete": end,
+        "rates": {k[len(RATE_PREFIX):]: float(v) for k, v in trial.params.items()
+                  if k.startswith(RATE_PREFIX) and isinstance(v, (int, float))},
+    }
+
+
+COLUMNS = ["number", "state", "complete", "phase", "layer", "rate", "accuracy", "accuracy_drop",
+           "memory_saving", "model_bytes", "images_evaluated", "constraint_accuracy", "constraint_memory",
+           "accuracy_ok", "feasible", "cut", "cut_reason", "wall_time", "datetime_start",
+           "datetime_complete", "rates"]
+
+
+def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
+    """Finished trials in number order (one study runs its trials one after the other)."""
+    rows = [trial_row(t) for t in sorted(trials, key=lambda t: t.number)
+            if t.state not in (TrialState.RUNNING, TrialState.WAITING)
+            and t.user_attrs.get("phase") != "idle"]  # a sampler's "nothing left" marker, not work
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[StudyRecord]:
+    """Every comparison study in ``storage`` (only those named ``<prefix>/<policy>/seed<k>`` when a
+    prefix is given), sorted by policy (the comparison's order) then seed."""
+    if isinstance(storage, str):
+        try:
+            storage = optuna.storages.get_storage(storage)
+        except Exception as exc:  # noqa: BLE001 - any driver error means the same to the user
+            raise PrimeSVTError(f"cannot open storage {storage!r}: {exc}") from None
+    records = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        parsed = parse_study_name(summary.study_name)
+        if parsed is None or (prefix is not None and parsed[0] != prefix):
+            continue
+        study_id = storage.get_study_id_from_name(summary.study_name)
+        attrs = storage.get_study_user_attrs(study_id)
+        frame = trials_frame(storage.get_all_trials(study_id, deepcopy=False))
+        records.append(StudyRecord(*parsed, summary.study_name, attrs, frame, attrs.get(REPORT_ATTR) or {}))
+    if not records:
+        where = f"named {prefix!r}/<policy>/seed<k>" if prefix else "named <name>/<policy>/seed<k>"
+        raise PrimeSVTError(f"no comparison studies {where} in this storage: run `primesvt compare` first")
+    names = {r.name for r in records}
+    if prefix is None and len(names) > 1:
+        raise PrimeSVTError(f"this storage holds several comparisons ({', '.join(sorted(names))}): pick one with --prefix")
+    order = {p: i for i, p in enumerate(POLICIES)}
+    return sorted(records, key=lambda r: (order.get(r.policy, len(order)), r.policy, r.seed))
