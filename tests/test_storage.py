@@ -31,6 +31,7 @@ from primesvt_optuna.storage import (
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 
 
 def _one_line(exc: pytest.ExceptionInfo[PrimeSVTError]) -> str:

@@ -1,0 +1,110 @@
+"""A small PrimeSVT walk on the SyntheticObjective, run the way `primesvt search --workers K` runs
+it: K processes on one storage via ``run_workers``/``optimize``. The scale-out, crash/resume and
+benchmark code share it; as a script it is the "same command" a crash test runs twice:
+
+    python tests/_synthetic_walk.py STORAGE STUDY K DELAY
+
+Exit 0 and a JSON line when the walk finished; 130 with the resume hint after Ctrl-C.
+``PRIMESVT_FAKE_HOST`` makes the process record another host name, so stale-trial detection
+has to rely on heartbeats instead of the PID (a worker on another machine).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+import optuna
+from optuna.storages import InMemoryStorage
+from optuna.trial import TrialState
+
+if os.environ.get("PRIMESVT_FAKE_HOST"):
+    _host = os.environ["PRIMESVT_FAKE_HOST"]
+    socket.gethostname = lambda: _host  # type: ignore[assignment]
+
+from primesvt_optuna.plugin import PrioritizedSampler, SyntheticObjective  # noqa: E402
+from primesvt_optuna.plugin.result import result  # noqa: E402
+from primesvt_optuna.storage import open_storage  # noqa: E402
+from primesvt_optuna.workers import WorkerReport, interrupted_message, optimize, run_workers  # noqa: E402
+
+SIZES = {"fc1": 4000, "fc2": 4000, "qkv": 1500, "proj": 500, "head": 300}
+SENSITIVITY = {"fc1": 0.05, "fc2": 0.2, "qkv": 0.1, "proj": 0.5, "head": 0.3}
+GRID = (0.2, 0.4, 0.6, 0.8)
+
+
+def make_objective(delay: float = 0.0) -> SyntheticObjective:
+    """Accuracy a known function of the rates; ``delay`` seconds per batch of 100 images (10 batches)."""
+    return SyntheticObjective(
+        SIZES, sensitivity=SENSITIVITY, max_accuracy_drop=0.03, memory_target=0.5, grid=GRID, delay=delay,
+    )
+
+
+def make_sampler() -> PrioritizedSampler:
+    return PrioritizedSampler(grid=GRID, poll_interval=0.05, wait_timeout=300)
+
+
+def create(storage: Any, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    return optuna.create_study(
+        storage=storage, study_name=name, directions=make_objective().directions, load_if_exists=True,
+        sampler=sampler,
+    )
+
+
+def work(url: str, name: str, delay: float, worker: int) -> WorkerReport:
+    """One worker: its own storage connection, sampler and objective (what each machine runs)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=open_storage(url), sampler=make_sampler())
+    return optimize(study, make_objective(delay), worker=worker)
+
+
+def search(url: str, name: str, k: int, delay: float) -> list[WorkerReport]:
+    create(open_storage(url), name)
+    return run_workers(k, lambda i: work(url, name, delay, i))
+
+
+def summary(study: optuna.Study) -> dict[str, Any]:
+    """What the tests compare: the selection, the commits, and how every trial ended."""
+    res = result(study)
+    state = make_sampler().walk_state(study)
+    trials = study.get_trials(deepcopy=False)
+    evaluated = [
+        t.system_attrs["primesvt:claim"]["key"] for t in trials
+        if (t.system_attrs.get("primesvt:claim") or {}).get("key")
+        and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    ]
+    return {
+        "selected": res.selected["rates"] if res.selected else None,
+        "commits": [(c.layer, c.rate) for c in state.commits],
+        "finished": res.finished,
+        "states": dict(collections.Counter(t.state.name for t in trials)),
+        "duplicates": sorted(k for k, n in collections.Counter(evaluated).items() if n > 1),
+        "workers": sorted({(t.system_attrs.get("primesvt:worker") or {}).get("pid") for t in trials} - {None}),
+        "trials": len(trials),
+    }
+
+
+def expected() -> dict[str, Any]:
+    """One worker, in memory, no delay: the reference every other run must reproduce."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = create(InMemoryStorage(), "reference", make_sampler())
+    optimize(study, make_objective())
+    return summary(study)
+
+
+def main(argv: list[str]) -> int:
+    url, name, k, delay = argv[0], argv[1], int(argv[2]), float(argv[3])
+    reports = search(url, name, k, delay)
+    if any(r.interrupted for r in reports):
+        print(interrupted_message(reports, ["search", *argv]), file=sys.stderr, flush=True)
+        return 130
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    print(json.dumps(summary(study)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
