@@ -30,7 +30,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import PrimeSVTError
-from .frames import POLICIES, REPORT_ATTR, StudyRecord, load_studies, study_name, trials_frame
+from ..storage import open_storage
+from .frames import POLICIES, REPORT_ATTR, StudyRecord, load_studies, study_name, sweep_name, trials_frame
 from .table import selected_trial
 
 WALK_POLICIES = ("prioritized", "smallest-first", "random-order")
@@ -144,16 +145,12 @@ def _sweep_worker(spec: ComparisonSpec, factory: ObjectiveFactory) -> None:
 
     _quiet()
     objective = factory()
-    study = optuna.create_study(storage=spec.storage, study_name=sweep_name(spec.name),
+    study = optuna.create_study(storage=open_storage(spec.storage), study_name=sweep_name(spec.name),
                                 directions=objective.directions,
                                 sampler=PrioritizedSampler(grid=objective.grid, seed=0), load_if_exists=True)
     n_sweep = 1 + len(objective.layers) * len(objective.grid)
     if len(study.get_trials(deepcopy=False, states=_FINISHED)) < n_sweep:
         study.optimize(objective, callbacks=[_SweepDone(n_sweep)], gc_after_trial=False)
-
-
-def sweep_name(name: str) -> str:
-    return f"{name}/robustness-sweep"
 
 
 def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tuple[str, float], float], dict[str, Any]]:
@@ -164,7 +161,7 @@ def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tup
 
     workers = max(1, spec.n_jobs)
     Parallel(n_jobs=workers, backend="loky")(delayed(_sweep_worker)(spec, factory) for _ in range(workers))
-    study = optuna.load_study(storage=spec.storage, study_name=sweep_name(spec.name))
+    study = optuna.load_study(storage=open_storage(spec.storage), study_name=sweep_name(spec.name))
     trials = study.get_trials(deepcopy=False)
     frame = trials_frame(trials)
     sweep = frame[frame.phase == "robustness"]
@@ -185,7 +182,7 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
     _quiet()
     objective = factory(robustness_cache=cache) if cache is not None else factory()
     name = study_name(spec.name, policy, seed)
-    study = optuna.create_study(storage=spec.storage, study_name=name, directions=objective.directions,
+    study = optuna.create_study(storage=open_storage(spec.storage), study_name=name, directions=objective.directions,
                                 sampler=make_sampler(policy, seed, objective.grid, spec.sampler_options),
                                 load_if_exists=True)
     study.set_user_attr("primesvt:compare", {"policy": policy, "seed": seed, "comparison": spec.name})
@@ -232,6 +229,7 @@ def run_comparison(spec: ComparisonSpec, factory: ObjectiveFactory, *, progress:
     from joblib import Parallel, delayed
 
     started = time.perf_counter()
+    open_storage(spec.storage)  # one clear line now rather than an error in every worker
     walks = [p for p in spec.policies if p in WALK_POLICIES]
     cache = charged = None
     if spec.shared_sweep and walks:

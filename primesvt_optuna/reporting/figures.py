@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -114,22 +115,23 @@ def progress_curves(records: list[StudyRecord], policy: str, grid: np.ndarray) -
 def plot_progress(records: list[StudyRecord], outdir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 5))
     top = max((cost_curve(r).images.max() for r in records if len(r.trials)), default=1.0)
-    grid = np.unique(np.concatenate([[0.0], np.geomspace(1, max(top, 2), 400)]))
+    grid = np.linspace(0.0, max(top, 1.0), 600)
     for policy in _policies(records):
         color, _ = _style(policy)
         curves = progress_curves(records, policy, grid)
         if not len(curves) or np.isnan(curves).all():
+            ax.plot([], [], color=color, label=f"{policy} (nothing feasible)")
             continue
-        with np.errstate(all="ignore"):
-            filled = np.nan_to_num(curves, nan=0.0)  # before any feasible trial: 0% saved
-            med = np.median(filled, axis=0)
-        ax.plot(grid, 100 * med, color=color, lw=1.6, label=policy)
-        ax.fill_between(grid, 100 * filled.min(axis=0), 100 * filled.max(axis=0), color=color, alpha=0.15)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before any feasible trial
+            med, lo, hi = np.nanmedian(curves, 0), np.nanmin(curves, 0), np.nanmax(curves, 0)
+        ax.step(grid, 100 * med, where="post", color=color, lw=1.6, label=policy)
+        ax.fill_between(grid, 100 * lo, 100 * hi, step="post", color=color, alpha=0.15)
     target = records[0].constraints.get("memory_target")
     if target is not None:
         ax.axhline(100 * target, color="k", ls=":", lw=0.8, label="memory target")
-    ax.set_xscale("symlog", linthresh=max(1.0, records[0].val_images or 1.0))
-    ax.set_xlabel("evaluated images (robustness sweep included for the policies that use it)")
+    ax.set_xlim(0, max(top, 1.0))
+    ax.set_xlabel("evaluated images (the walks' curves start after the robustness sweep charged to them)")
     ax.set_ylabel("best memory saving meeting the accuracy constraint (%)")
     ax.set_title("Search progress: median over seeds, band = min–max")
     ax.legend(fontsize=7)
@@ -166,15 +168,16 @@ def plot_layer_rates(records: list[StudyRecord], outdir: Path) -> list[Path]:
 
 def robustness_matrix(records: list[StudyRecord]) -> pd.DataFrame:
     """Accuracy drop (points) of each layer pruned alone, layers largest first x grid rates, from
-    the first study that ran a robustness sweep; empty when none did."""
+    the first of ``records`` that evaluated a robustness sweep itself (cached single-layer trials
+    are skipped: a cut trial's cache entry is only a bound). NaN marks a trial cut early."""
     for r in records:
-        sweep = r.trials[(r.trials.phase == "robustness") & r.trials.layer.notna() & r.trials.complete]
-        if sweep.empty:
+        sweep = r.trials[(r.trials.phase == "robustness") & r.trials.layer.notna()]
+        if sweep.empty or not (sweep.images_evaluated > 0).any():
             continue
         base = r.base_accuracy
-        sweep = sweep.assign(drop=100 * (base - sweep.accuracy))
+        sweep = sweep.assign(drop=(100 * (base - sweep.accuracy)).where(sweep.complete))
         order = [row["layer"] for row in r.layers] or list(dict.fromkeys(sweep.layer))
-        matrix = sweep.pivot_table(index="layer", columns="rate", values="drop", aggfunc="first")
+        matrix = sweep.pivot_table(index="layer", columns="rate", values="drop", aggfunc="first", dropna=False)
         return matrix.reindex([layer for layer in order if layer in matrix.index])
     return pd.DataFrame()
 
@@ -183,28 +186,36 @@ def plot_robustness(records: list[StudyRecord], outdir: Path) -> list[Path]:
     matrix = robustness_matrix(records)
     if matrix.empty:
         return []
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * matrix.shape[1], 1.2 + 0.32 * matrix.shape[0]))
-    image = ax.imshow(matrix.to_numpy(float), aspect="auto", cmap="magma_r", vmin=0)
+    values = matrix.to_numpy(float)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.6 * matrix.shape[1], 1.2 + 0.32 * matrix.shape[0]))
+    cmap = plt.get_cmap("magma_r").copy()
+    cmap.set_bad("0.85")
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=0)
     budget = records[0].constraints.get("max_accuracy_drop")
-    for (i, j), value in np.ndenumerate(matrix.to_numpy(float)):
-        if not math.isnan(value):
-            bold = budget is not None and value <= 100 * budget
-            ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=6,
-                    color="white" if value > np.nanmax(matrix.to_numpy(float)) / 2 else "black",
-                    fontweight="bold" if bold else "normal")
+    top = np.nanmax(values) if not np.isnan(values).all() else 1.0
+    for (i, j), value in np.ndenumerate(values):
+        if math.isnan(value):
+            ax.text(j, i, "cut", ha="center", va="center", fontsize=6, color="0.4")
+            continue
+        bold = budget is not None and value <= 100 * budget + 1e-9
+        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=6,
+                color="white" if value > top / 2 else "black", fontweight="bold" if bold else "normal")
     ax.set_xticks(range(matrix.shape[1]), [f"{100 * c:.0f}%" for c in matrix.columns])
     ax.set_yticks(range(matrix.shape[0]), matrix.index, fontsize=7)
-    ax.set_xlabel("rate (layer pruned alone)")
-    ax.set_title("Robustness: accuracy drop in points (bold: within the budget; cut = blank)", fontsize=9)
+    ax.set_xlabel("rate (layer pruned alone); layers largest first")
+    ax.set_title("Robustness: accuracy drop in points (bold: within the budget; cut: stopped early, over it)",
+                 fontsize=8)
     fig.colorbar(image, ax=ax, label="accuracy drop (points)")
     return _save(fig, outdir, "robustness")
 
 
-def write_figures(records: list[StudyRecord], outdir: str | Path) -> list[Path]:
-    """Every figure as PNG and SVG in ``outdir``; returns the paths written."""
+def write_figures(records: list[StudyRecord], outdir: str | Path, sweep: StudyRecord | None = None) -> list[Path]:
+    """Every figure as PNG and SVG in ``outdir``; the robustness heatmap comes from the shared
+    sweep when there is one, else from a study that swept itself. Returns the paths written."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for plot in (plot_pareto, plot_progress, plot_layer_rates, plot_robustness):
+    for plot in (plot_pareto, plot_progress, plot_layer_rates):
         paths += plot(records, out)
+    paths += plot_robustness(([sweep] if sweep is not None else []) + records, out)
     return paths

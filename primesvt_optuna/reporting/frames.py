@@ -18,6 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import PrimeSVTError
+from ..storage import open_storage
 
 RATE_PREFIX = "rate:"
 STUDY_PREFIX = "primesvt:"
@@ -139,14 +140,29 @@ def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def sweep_name(name: str) -> str:
+    """The study holding a comparison's shared robustness sweep (not a policy: no seed suffix)."""
+    return f"{name}/robustness-sweep"
+
+
+def load_sweep(storage: str | BaseStorage, name: str) -> StudyRecord | None:
+    """The comparison's shared robustness sweep, None when it has none."""
+    if isinstance(storage, str):
+        storage = open_storage(storage, read_only=True)
+    try:
+        study_id = storage.get_study_id_from_name(sweep_name(name))
+    except KeyError:
+        return None
+    attrs = storage.get_study_user_attrs(study_id)
+    frame = trials_frame(storage.get_all_trials(study_id, deepcopy=False))
+    return StudyRecord(name, "robustness-sweep", 0, sweep_name(name), attrs, frame)
+
+
 def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[StudyRecord]:
     """Every comparison study in ``storage`` (only those named ``<prefix>/<policy>/seed<k>`` when a
     prefix is given), sorted by policy (the comparison's order) then seed."""
     if isinstance(storage, str):
-        try:
-            storage = optuna.storages.get_storage(storage)
-        except Exception as exc:  # noqa: BLE001 - any driver error means the same to the user
-            raise PrimeSVTError(f"cannot open storage {storage!r}: {exc}") from None
+        storage = open_storage(storage, read_only=True)
     records = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         parsed = parse_study_name(summary.study_name)

@@ -35,7 +35,7 @@ def cost_curve(record: StudyRecord) -> pd.DataFrame:
         seconds = seconds.cummax() + float(charged.get("seconds", 0))
     else:
         seconds = pd.Series(dtype=float)
-    best = t.memory_saving.where(t.accuracy_ok).cummax()
+    best = t.memory_saving.where(t.accuracy_ok).cummax().ffill()
     return pd.DataFrame({
         "number": t.number, "images": images, "trials": trials, "seconds": seconds,
         "best_saving": best, "feasible": t.feasible,
@@ -190,7 +190,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "policy": r.policy,
             "target met": f"{r.target_met}/{r.seeds}",
-            "best feasible saving": _span(_pct, r.best_saving_median, r.best_saving_min, r.best_saving_max),
+            "best feasible saving": _span(_pct, r.best_saving_median, r.best_saving_min, r.best_saving_max)
+            if not math.isnan(r.best_saving_median) else "none feasible",
             "val accuracy": acc("val"),
             "test accuracy": acc("test"),
             "images to target": _span(_count, r.images_to_target_median, r.images_to_target_min, r.images_to_target_max),
