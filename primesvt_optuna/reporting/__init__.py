@@ -1,11 +1,28 @@
 """Comparison of pruning policies: studies run side by side in one storage, then tables, figures
-and the dashboard, all read back from that storage."""
+and the dashboard, all read back from that storage.
 
-from .frames import StudyRecord, load_studies, parse_study_name, study_name
-from .report import Report, build_report
-from .table import comparison_table, display_table, runs_table, selected_trial, to_markdown, write_tables
+Names are imported on first use, so that ``primesvt dashboard`` does not pay for pandas and
+matplotlib before it prints its address.
+"""
 
-__all__ = [
-    "Report", "StudyRecord", "build_report", "comparison_table", "display_table", "load_studies",
-    "parse_study_name", "runs_table", "selected_trial", "study_name", "to_markdown", "write_tables",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "StudyRecord": "frames", "load_studies": "frames", "load_sweep": "frames", "parse_study_name": "frames",
+    "study_name": "frames",
+    "Report": "report", "build_report": "report",
+    "comparison_table": "table", "display_table": "table", "runs_table": "table", "selected_trial": "table",
+    "to_markdown": "table", "write_tables": "table",
+    "write_figures": "figures",
+    "ComparisonSpec": "compare", "run_comparison": "compare",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -188,8 +188,7 @@ def plot_robustness(records: list[StudyRecord], outdir: Path) -> list[Path]:
         return []
     values = matrix.to_numpy(float)
     fig, ax = plt.subplots(figsize=(1.6 + 0.6 * matrix.shape[1], 1.2 + 0.32 * matrix.shape[0]))
-    cmap = plt.get_cmap("magma_r").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("magma_r").with_extremes(bad="0.85")
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=0)
     budget = records[0].constraints.get("max_accuracy_drop")
     top = np.nanmax(values) if not np.isnan(values).all() else 1.0
