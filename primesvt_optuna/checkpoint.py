@@ -132,7 +132,12 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files; all mean the same to a user
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(exc)):
+            raise PrimeSVTError(f"{path} holds Python objects ({found.group(1)}), not only tensors and plain data: "
+                                "not a primesvt checkpoint (refusing to unpickle arbitrary code)") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = (lines[-2] if "Weights only load failed" in str(exc) and len(lines) > 1 else
+                 (lines or [type(exc).__name__])[0])[:160]
         raise PrimeSVTError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {first})") from None
 
 

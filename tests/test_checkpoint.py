@@ -14,7 +14,7 @@ from primesvt_optuna.checkpoint import (
     checkpoint_sha256, load_checkpoint, load_original, resolve_checkpoint, save_checkpoint, shipped, shipped_names,
 )
 from primesvt_optuna.cli import main
-from primesvt_optuna.data import load_splits, make_spec
+from primesvt_optuna.data import Splits, load_splits, make_spec, subset
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.models import build_model
 from primesvt_optuna.training import evaluate, train
@@ -23,8 +23,9 @@ CONFIG = {"preset": "digits-tiny"}
 
 
 @pytest.fixture(scope="module")
-def splits():
-    return load_splits(make_spec("digits", img_size=16))
+def splits() -> Splits:
+    full = load_splits(make_spec("digits", img_size=16))
+    return Splits(subset(full.train, 192, 0), subset(full.val, 64, 0), subset(full.test, 64, 0), 10, 1)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,10 @@ def test_bad_files(tmp_path: Path, trained, splits) -> None:
     with pytest.raises(PrimeSVTError) as info:
         load_checkpoint(tmp_path / "other.pt")
     _one_line(info, "other.pt", "not a primesvt checkpoint")
+    torch.save({"format": "primesvt/1", "payload": Path("/x")}, tmp_path / "objects.pt")
+    with pytest.raises(PrimeSVTError) as info:
+        load_checkpoint(tmp_path / "objects.pt")
+    _one_line(info, "objects.pt", "Python objects")
 
 
 def _tampered(tmp_path: Path, good: Path, name: str, change) -> Path:
@@ -137,7 +142,7 @@ def test_config_checkpoint_mismatch(tmp_path: Path, trained, splits) -> None:
     _one_line(info, "unknown.pt", "unknown preset 'nope'")
 
 
-def test_original_layout_checkpoint(tmp_path: Path, trained) -> None:
+def test_original_layout_checkpoint(tmp_path: Path, trained, capsys) -> None:
     """A checkpoint of the original code: DataParallel prefixes, unused LayerNorms, under 'model'."""
     state = {f"module.{k}": v for k, v in trained.state_dict().items()}
     state["module.block.0.norm1.weight"] = torch.ones(32)
@@ -149,6 +154,13 @@ def test_original_layout_checkpoint(tmp_path: Path, trained) -> None:
     with pytest.raises(PrimeSVTError) as info:
         load_original(tmp_path / "orig.pth", {"preset": "digits-2-64"})
     _one_line(info, "orig.pth", "does not fit")
+    out = tmp_path / "converted.pt"
+    argv = ["evaluate", str(tmp_path / "orig.pth"), "--preset", "digits-tiny", "--data", "digits", "--output", str(out)]
+    assert main(argv) == 0
+    converted, ckpt = load_checkpoint(out)
+    assert torch.equal(_outputs(converted, x), _outputs(trained, x))
+    assert ckpt["meta"]["converted_from"].endswith("orig.pth") and 0 <= ckpt["metrics"]["test_accuracy"] <= 1
+    _cli_error(capsys, argv, "converted.pt", "--force")
 
 
 def test_shipped_default_baseline_reproduces_recorded_accuracy() -> None:
