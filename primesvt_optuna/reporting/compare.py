@@ -70,18 +70,14 @@ class ComparisonSpec:
 
 
 def machine() -> dict[str, Any]:
-    """Where the numbers were measured (benchmarks and reports record it)."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import torch
+    """Where the numbers were measured (benchmarks and reports record it): the training module's
+    CPU/cores/threads/torch, plus Python, Optuna, the load average (other processes on a shared
+    machine slow every timing) and the date."""
+    from ..training import machine as hardware
 
     return {
-        "host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__, "optuna": optuna.__version__,
+        **hardware(), "host": platform.node(), "python": platform.python_version(), "optuna": optuna.__version__,
+        "load_1min": round(os.getloadavg()[0], 2),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

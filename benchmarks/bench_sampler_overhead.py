@@ -1,0 +1,146 @@
+"""Time per trial spent inside each sampler, with 1,000 finished trials in a SQLite study.
+
+Every sampler (PrimeSVT's four and Optuna's TPE, NSGA-II and RandomSampler, measured in the same
+run) gets a fresh SQLite study pre-filled with the same 1,000 finished trials (random complete
+configurations of a 30-layer synthetic objective, with constraints and user attributes as the
+real objective writes them), then runs ``--trials`` more trials whose objective returns at once
+(a 10-image synthetic evaluation). Only the time inside the sampler's methods is counted
+(``before_trial``, ``infer_relative_search_space``, ``sample_relative``, ``sample_independent``,
+``after_trial``): storage reads the sampler does itself are included, the objective's writes are
+not. The walk samplers read the whole study to decide (state lives in storage, not in memory), so
+their cost grows with the study; this measures by how much.
+
+    python benchmarks/bench_sampler_overhead.py [--prefill 1000] [--trials 30]
+
+Writes benchmarks/results/sampler_overhead.csv (machine recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.samplers import BaseSampler
+
+from primesvt_optuna.plugin import (
+    PrioritizedSampler,
+    RandomOrderSampler,
+    SmallestFirstSampler,
+    SyntheticObjective,
+    UniformSampler,
+)
+from primesvt_optuna.reporting.compare import machine
+from primesvt_optuna.storage import open_storage
+
+OUT = Path(__file__).resolve().parent / "results" / "sampler_overhead.csv"
+LAYERS = {f"layer{i:02d}": 1000 + 500 * (i % 7) + 37 * i for i in range(30)}
+
+
+class TimedSampler(BaseSampler):
+    """Delegates to ``inner`` and adds up the seconds spent in each of its methods."""
+
+    def __init__(self, inner: BaseSampler) -> None:
+        self.inner = inner
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def _timed(self, name: str, *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return getattr(self.inner, name)(*args)
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def infer_relative_search_space(self, study, trial):  # noqa: ANN001, ANN201 - BaseSampler's signature
+        return self._timed("infer_relative_search_space", study, trial)
+
+    def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
+        return self._timed("sample_relative", study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+        return self._timed("sample_independent", study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):  # noqa: ANN001, ANN201
+        return self._timed("before_trial", study, trial)
+
+    def after_trial(self, study, trial, state, values):  # noqa: ANN001, ANN201
+        return self._timed("after_trial", study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
+def objective() -> SyntheticObjective:
+    return SyntheticObjective(LAYERS, memory_target=0.3, n_images=10, batch_size=10)
+
+
+SAMPLERS = {
+    "random (Optuna)": lambda: optuna.samplers.RandomSampler(seed=0),
+    "prioritized": lambda: PrioritizedSampler(seed=0),
+    "smallest-first": lambda: SmallestFirstSampler(seed=0),
+    "random-order": lambda: RandomOrderSampler(seed=0),
+    "uniform": lambda: UniformSampler(seed=0),
+    "tpe (Optuna)": lambda: optuna.samplers.TPESampler(seed=0),
+    "nsga2 (Optuna)": lambda: optuna.samplers.NSGAIISampler(seed=0),
+}
+
+
+def prefill(n: int) -> list[optuna.trial.FrozenTrial]:
+    """``n`` finished trials (random complete configurations), made once in memory."""
+    study = optuna.create_study(directions=objective().directions, sampler=optuna.samplers.RandomSampler(seed=1))
+    study.optimize(objective(), n_trials=n)
+    return study.get_trials()
+
+
+def bench(name: str, trials: list[optuna.trial.FrozenTrial], n_trials: int, folder: Path) -> dict[str, Any]:
+    storage = open_storage(f"sqlite:///{folder}/{name.split()[0]}.db")
+    obj = objective()
+    timed = TimedSampler(SAMPLERS[name]())
+    study = optuna.create_study(storage=storage, directions=obj.directions, sampler=timed)
+    obj.attach(study)
+    study.set_user_attr("primesvt:base_accuracy", obj.base_accuracy)
+    study.add_trials(trials)
+    before = len(study.trials)
+    start = time.perf_counter()
+    study.optimize(obj, n_trials=n_trials)
+    wall = time.perf_counter() - start
+    ran = len(study.trials) - before
+    total = sum(timed.seconds.values())
+    return {"sampler": name, "prefilled_trials": before, "trials_timed": ran,
+            "sampler_ms_per_trial": round(1000 * total / max(ran, 1), 2),
+            "wall_ms_per_trial": round(1000 * wall / max(ran, 1), 2),
+            **{f"ms_{k}": round(1000 * v / max(ran, 1), 2) for k, v in sorted(timed.seconds.items())}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefill", type=int, default=1000)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--output", type=Path, default=OUT)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    trials = prefill(args.prefill)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in SAMPLERS:
+            rows.append(bench(name, trials, args.trials, Path(tmp)))
+            print(rows[-1], flush=True)
+    base = rows[0]["sampler_ms_per_trial"]
+    info = machine()
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*keys, "x_random_sampler", *info])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "x_random_sampler": round(r["sampler_ms_per_trial"] / base, 1), **info})
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
