@@ -18,7 +18,7 @@ import pytest
 from primesvt_optuna.cli import main
 from primesvt_optuna.plugin import SyntheticObjective
 from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison, runs_table
-from primesvt_optuna.reporting.frames import POLICIES, load_studies, parse_study_name
+from primesvt_optuna.reporting.frames import POLICIES, parse_study_name
 from primesvt_optuna.reporting.table import (
     TABLE_COLUMNS,
     bootstrap_median_ci,

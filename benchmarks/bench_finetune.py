@@ -1,0 +1,99 @@
+"""Selected configurations before and after N epochs of fine-tuning, next to the unpruned model
+(the paper's 73.3 / 70.3 / 72.9), and a uniform-rate-then-fine-tune baseline.
+
+Every policy's selection from a finished comparison (the seed with the median best saving) is
+fine-tuned for the same N epochs with the same seed and learning rate. The baseline prunes every
+layer at one rate, fine-tunes for the same N epochs, and keeps the largest grid rate whose
+validation accuracy *after* fine-tuning is within the accuracy budget: fine-tuning recovers
+accuracy, so a search that never fine-tunes can lose to it, and the table says so when it does.
+
+    python benchmarks/bench_finetune.py STORAGE --prefix digits [--checkpoint digits-2-64] [--epochs 3]
+
+Writes benchmarks/results/finetune.csv (machine recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from primesvt_optuna.checkpoint import load_checkpoint, resolve_checkpoint
+from primesvt_optuna.data import load_splits
+from primesvt_optuna.pruning import Engine
+from primesvt_optuna.reporting.compare import machine
+from primesvt_optuna.reporting.frames import load_studies
+from primesvt_optuna.reporting.table import runs_table
+from primesvt_optuna.training import evaluate, finetune
+
+OUT = Path(__file__).resolve().parent / "results" / "finetune.csv"
+GRID = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+
+
+def measure(engine: Engine, splits: Any, rates: dict[str, float], epochs: int, seed: int) -> dict[str, Any]:
+    """Accuracy of the model pruned at ``rates`` before and after ``epochs`` of fine-tuning."""
+    model = engine.prune(rates) if rates else engine.model
+    val0, test0 = evaluate(model, splits.val), evaluate(model, splits.test)
+    start = time.perf_counter()
+    if epochs:
+        finetune(model, splits, epochs=epochs, seed=seed, progress=False)
+    val1, test1 = evaluate(model, splits.val), evaluate(model, splits.test)
+    return {"memory_saving": round(engine.memory_saving(rates), 4), "val_before": val0, "test_before": test0,
+            "val_after": val1, "test_after": test1, "finetune_s": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("storage")
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--checkpoint", default="digits-2-64")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.03)
+    parser.add_argument("--output", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    model, ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    engine = Engine(model.eval())
+    splits = load_splits(ckpt["data"])
+    base_val, base_test = evaluate(engine.model, splits.val), evaluate(engine.model, splits.test)
+    floor = base_val - args.max_accuracy_drop
+    rows: list[dict[str, Any]] = [{"config": "unpruned", "epochs": 0, "memory_saving": 0.0, "val_before": base_val,
+                                   "test_before": base_test, "val_after": base_val, "test_after": base_test}]
+    runs = runs_table(load_studies(args.storage, args.prefix))
+    for policy, group in runs.groupby("policy", sort=False):
+        group = group.dropna(subset=["best_saving"]).sort_values("best_saving")
+        if group.empty:
+            rows.append({"config": f"{policy} (nothing feasible)", "epochs": args.epochs})
+            continue
+        pick = group.iloc[(len(group) - 1) // 2]  # the median seed (lower middle for an even count)
+        rates = {k: v for k, v in pick.rates.items() if v > 0}
+        rows.append({"config": f"{policy} seed {pick.seed}", "epochs": args.epochs,
+                     **measure(engine, splits, rates, args.epochs, args.seed)})
+        print(rows[-1], flush=True)
+    for rate in GRID:  # the largest uniform rate within the budget after fine-tuning
+        rates = {layer: rate for layer in engine.layers}
+        result = measure(engine, splits, rates, args.epochs, args.seed)
+        ok = result["val_after"] >= floor - 1e-12
+        rows.append({"config": f"uniform {rate:.0%} + fine-tune", "epochs": args.epochs, **result,
+                     "within_budget_after_finetune": ok})
+        print(rows[-1], flush=True)
+        if ok:
+            break
+    info = {**machine(), "checkpoint": str(args.checkpoint), "max_accuracy_drop": args.max_accuracy_drop}
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*keys, *info])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (round(v, 4) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()} | info)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

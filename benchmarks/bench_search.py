@@ -1,0 +1,90 @@
+"""Search efficiency of every policy on both embedded benchmarks (digits and digits-hard).
+
+Runs the full comparison (6 policies x 3 seeds, same objective, constraints and image budget, the
+robustness sweep charged to the walks) on each benchmark's shipped baseline, writes the report
+(table + figures) per benchmark, and one CSV with, per benchmark and baseline policy, the ratios
+measured in the same run:
+
+* ``saving_ratio``: prioritized median best feasible saving / the policy's (> 1: the walk saves more);
+* ``images_ratio``: the policy's median images to reach the memory target / prioritized's
+  (> 1: the walk is cheaper; empty when either never met the target).
+
+    python benchmarks/bench_search.py [--benchmark digits=digits-2-64 ...] [--budget-images N]
+
+Writes benchmarks/results/search.csv and benchmarks/results/search-<benchmark>/ (machine recorded);
+the studies stay in benchmarks/results/search.db for `primesvt dashboard`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from primesvt_optuna.checkpoint import resolve_checkpoint
+from primesvt_optuna.plugin import PruningObjective
+from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
+from primesvt_optuna.reporting.compare import machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT = ["digits=digits-2-64", "digits-hard=digits-hard-2-64"]
+
+
+def ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """Prioritized against every other policy, from one comparison's table."""
+    ref = table.set_index("policy").loc["prioritized"]
+    rows = []
+    for _, r in table.iterrows():
+        if r.policy == "prioritized":
+            continue
+        saving = ref.best_saving_median / r.best_saving_median if r.best_saving_median > 0 else math.nan
+        both = math.isfinite(ref.images_to_target_median) and math.isfinite(r.images_to_target_median)
+        rows.append({"policy": r.policy, "saving_ratio": round(saving, 3) if saving == saving else None,
+                     "images_ratio": round(r.images_to_target_median / ref.images_to_target_median, 3) if both else None,
+                     "time_ratio": round(r.seconds_to_target_median / ref.seconds_to_target_median, 3) if both else None})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", nargs="+", default=DEFAULT, metavar="NAME=CHECKPOINT")
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.03)
+    parser.add_argument("--memory-target", type=float, default=0.3)
+    parser.add_argument("--budget-images", type=int, default=60_000)
+    parser.add_argument("--max-trials", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--storage", default=f"sqlite:///{RESULTS}/search.db")
+    args = parser.parse_args()
+    frames = []
+    for item in args.benchmark:
+        name, _, checkpoint = item.partition("=")
+        factory = functools.partial(
+            PruningObjective, str(resolve_checkpoint(checkpoint)), max_accuracy_drop=args.max_accuracy_drop,
+            memory_target=args.memory_target, batch_size=args.batch_size,
+        )
+        spec = ComparisonSpec(name=name, storage=args.storage, seeds=tuple(range(args.seeds)),
+                              budget_images=args.budget_images, max_trials=args.max_trials, n_jobs=args.jobs)
+        start = time.perf_counter()
+        run_comparison(spec, factory)
+        wall = time.perf_counter() - start
+        report = build_report(args.storage, RESULTS / f"search-{name}", name)
+        print(report.display.to_string(index=False), flush=True)
+        table = report.table.merge(ratios(report.table), on="policy", how="left")
+        frames.append(table.assign(benchmark=name, checkpoint=checkpoint, comparison_wall_s=round(wall, 1)))
+    info = machine()
+    out = pd.concat(frames).assign(**{k: str(v) for k, v in info.items()})
+    first = ["benchmark", "policy", "saving_ratio", "images_ratio", "time_ratio"]
+    out = out[first + [c for c in out.columns if c not in first]]
+    out.to_csv(RESULTS / "search.csv", index=False)
+    print(out[first].to_string(index=False))
+    print(f"wrote {RESULTS / 'search.csv'}")
+
+
+if __name__ == "__main__":
+    main()
