@@ -72,7 +72,7 @@ class RateObjective:
         self.identity = identity
         self._cache = {(layer, round(rate, 6)): acc for (layer, rate), acc in (robustness_cache or {}).items()}
         self._wait_timeout = wait_timeout
-        self._attached: set[int] = set()
+        self._attached: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
     # ----- what subclasses define -------------------------------------------------------------
@@ -108,12 +108,13 @@ class RateObjective:
             "grid": list(self.grid),
             "constraints": self.constraints.to_dict(),
             "checkpoint_sha256": self.identity,
+            "pruner": self.pruner.describe() if self.pruner is not None else None,
         }
 
     def attach(self, study: Study) -> None:
         """Record this objective's settings on ``study``; refuse a study made with other ones."""
         with self._lock:
-            if study._study_id in self._attached:
+            if (id(study._storage), study._study_id) in self._attached:
                 return
             if [d.name.lower() for d in study.directions] != self.directions:
                 raise PrimeSVTError(
@@ -125,7 +126,7 @@ class RateObjective:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.set_metric_names(self.metric_names)
-            self._attached.add(study._study_id)
+            self._attached.add((id(study._storage), study._study_id))
 
     # ----- one trial ----------------------------------------------------------------------------
     def suggest(self, trial: Trial, layer: str) -> float:
@@ -138,7 +139,11 @@ class RateObjective:
     def __call__(self, trial: Trial) -> float | tuple[float, float]:
         started = time.perf_counter()
         study = trial.study
-        self.attach(study)
+        try:
+            self.attach(study)
+        except PrimeSVTError:
+            trial.set_user_attr("interrupted", True)  # a refused study says nothing about the rates
+            raise
         storage, tid = study._storage, trial._trial_id
         system = storage.get_trial_system_attrs(tid)
         claim = system.get(CLAIM) or {}

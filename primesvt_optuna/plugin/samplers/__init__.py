@@ -14,5 +14,20 @@ __all__ = [
     "UniformSampler",
     "WalkSampler",
     "fail_stale_trials",
+    "from_settings",
     "rates_key",
 ]
+
+_POLICIES = {
+    cls.policy: cls for cls in (PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler)
+}
+
+
+def from_settings(settings: dict) -> ClaimSampler:
+    """The sampler a study was run with, rebuilt from its ``primesvt:sampler`` attribute (so a
+    report or ``primesvt export`` can replay the walk from storage alone)."""
+    cls = _POLICIES[settings["policy"]]
+    kwargs = {"grid": settings["grid"], "layer_sizes": settings.get("layer_sizes"), "seed": settings.get("seed")}
+    if issubclass(cls, WalkSampler):
+        kwargs.update(robustness_rule=settings["robustness_rule"], walk_all=settings["walk_all"])
+    return cls(**kwargs)

@@ -91,15 +91,22 @@ def stale_reason(trial: FrozenTrial, stale_after: float | None = None) -> str | 
     return None
 
 
-def fail_stale_trials(study: Study, stale_after: float | None = None) -> list[int]:
+def fail_stale_trials(
+    study: Study, stale_after: float | None = None, trials: Sequence[FrozenTrial] | None = None
+) -> list[int]:
     """Mark running trials whose worker is gone as FAIL (recording why); returns their numbers.
 
     Journal storage has no heartbeat in Optuna 5.0, so a killed worker's trial stays RUNNING; the
     samplers call this before every decision, and ``primesvt search --resume`` can call it too.
+    ``trials``: an already read list of the study's trials (saves a read of the storage).
     """
     storage = study._storage
+    if trials is None:
+        trials = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
     failed = []
-    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in trials:
+        if trial.state != TrialState.RUNNING:
+            continue
         reason = stale_reason(trial, stale_after)
         if reason is None:
             continue
@@ -274,7 +281,7 @@ class ClaimSampler(BaseSampler):
         self._wait_timeout = wait_timeout
         self._poll = poll_interval
         self._stale_after = stale_after
-        self._checked: set[int] = set()
+        self._checked: set[tuple[int, int]] = set()
 
     # ----- what subclasses define -------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -299,11 +306,22 @@ class ClaimSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._fallback.before_trial(study, trial)
+        try:
+            self._claim(study, trial)
+        except BaseException as exc:
+            # study.ask() fails with the trial already created: fail it, or it would stay
+            # RUNNING and undecided, and later trials would wait for it.
+            study._storage.set_trial_system_attr(trial._trial_id, STALE, f"no configuration chosen: {exc!r}")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            raise
+
+    def _claim(self, study: Study, trial: FrozenTrial) -> None:
         storage = study._storage
-        storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
         if CLAIM in trial.system_attrs:  # a retried trial keeps the claim it inherited
+            storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
             return
         self._check_settings(study)
+        storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
         fixed = trial.system_attrs.get("fixed_params")
         if fixed is not None:  # enqueued by hand: record what it evaluates, so nobody repeats it
             rates = {p: float(v) for p, v in fixed.items() if self._is_rate(p)}
@@ -370,13 +388,13 @@ class ClaimSampler(BaseSampler):
             pass
 
     def _check_settings(self, study: Study) -> None:
-        if study._study_id in self._checked:
+        if (id(study._storage), study._study_id) in self._checked:
             return
         settings = self.settings()
         write_study_attrs(study, {
             "policy": settings["policy"], "grid": settings["grid"], "seed": settings["seed"], "sampler": settings,
         })
-        self._checked.add(study._study_id)
+        self._checked.add((id(study._storage), study._study_id))
 
     def _write_claim(self, study: Study, trial: FrozenTrial, candidate: Candidate) -> None:
         storage = study._storage
@@ -391,9 +409,10 @@ class ClaimSampler(BaseSampler):
         deadline = time.monotonic() + self._wait_timeout
         delay = self._poll / 4
         while True:
-            if fail_stale_trials(study, self._stale_after):
+            trials = self._read(study)
+            if fail_stale_trials(study, self._stale_after, trials):
                 continue
-            snap = Snapshot(self._read(study), trial.number, self._is_rate)
+            snap = Snapshot(trials, trial.number, self._is_rate)
             if snap.undecided:
                 reason = f"trial {snap.undecided[0]} to choose its configuration"
             else:

@@ -1,0 +1,220 @@
+"""The outcome of a study, from storage alone: the configuration the policy selected, the feasible
+Pareto front, the closest trade-offs when the constraints cannot both be met, and a markdown
+note saved on the study for optuna-dashboard.
+
+Which configuration is *selected*: for the walk policies (prioritized, smallest-first,
+random-order) the walk's committed configuration, replayed from the trials with the sampler
+settings recorded on the study; for the others (uniform, TPE, NSGA-II) the feasible trial with the
+fewest model bytes (ties: higher accuracy, then lower trial number). When no trial meets both
+constraints, the accuracy-feasible trial with the fewest bytes is selected and flagged.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from .constraints import RATE_PREFIX, STUDY_PREFIX, layer_of
+from .samplers import WalkSampler, from_settings
+
+COLUMNS = [
+    "trial", "state", "phase", "layer", "rate", "accuracy", "accuracy_drop", "model_bytes", "memory_saving",
+    "constraint_accuracy", "constraint_memory", "feasible", "images_evaluated", "cut_reason", "rates",
+]
+
+
+def trials_frame(study: Study) -> pd.DataFrame:
+    """One row per trial with the attributes the plugin records (the columns in ``COLUMNS``)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        rows.append({
+            "trial": t.number, "state": t.state.name, "phase": a.get("phase"), "layer": a.get("layer"),
+            "rate": a.get("rate"), "accuracy": a.get("accuracy"), "accuracy_drop": a.get("accuracy_drop"),
+            "model_bytes": a.get("model_bytes"), "memory_saving": a.get("memory_saving"),
+            "constraint_accuracy": t.constraints.get("accuracy"), "constraint_memory": t.constraints.get("memory"),
+            "feasible": _feasible(t), "images_evaluated": a.get("images_evaluated", 0),
+            "cut_reason": a.get("cut_reason") or a.get("fail_reason"), "rates": _rates(t),
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _rates(trial: FrozenTrial) -> dict[str, float]:
+    return {layer_of(p): float(v) for p, v in trial.params.items() if p.startswith(RATE_PREFIX) and float(v) > 0}
+
+
+def _feasible(trial: FrozenTrial) -> bool:
+    return (
+        trial.state == TrialState.COMPLETE
+        and "accuracy" in trial.constraints
+        and all(v <= 0 for v in trial.constraints.values())
+    )
+
+
+def _accuracy_ok(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and trial.constraints.get("accuracy", math.inf) <= 0
+
+
+def _front(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows not dominated in (accuracy up, model bytes down), fewest bytes first."""
+    frame = frame.sort_values(["model_bytes", "accuracy", "trial"], ascending=[True, False, True])
+    keep, best = [], -math.inf
+    for index, row in frame.iterrows():
+        if row["accuracy"] > best:
+            keep.append(index)
+            best = row["accuracy"]
+    return frame.loc[keep].reset_index(drop=True)
+
+
+@dataclass
+class Result:
+    """What a study found (see module docs). ``selected`` is a dict of plain values."""
+
+    study_name: str
+    policy: str | None
+    constraints: dict[str, Any] | None
+    selected: dict[str, Any] | None
+    both_met: bool
+    finished: bool
+    message: str
+    front: pd.DataFrame = field(repr=False)
+    closest: pd.DataFrame = field(repr=False)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["front"] = _records(self.front)
+        data["closest"] = _records(self.closest)
+        return data
+
+    def markdown(self) -> str:
+        lines = [f"# PrimeSVT result: {self.study_name}", "", f"**{self.message}**", ""]
+        lines += [f"- policy: `{self.policy}`", f"- constraints: `{self.constraints}`"]
+        lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in self.stats.items()]
+        if self.selected:
+            s = self.selected
+            lines += ["", f"## Selected configuration (trial {s['trial']})", ""]
+            lines += [
+                "| accuracy | drop (points) | model bytes | memory saving | both constraints |",
+                "|---|---|---|---|---|",
+                f"| {_pct(s['accuracy'])} | {_pts(s['accuracy_drop'])} | {s['model_bytes']:,} | "
+                f"{_pct(s['memory_saving'])} | {'yes' if self.both_met else 'no'} |",
+                "", "| layer | rate |", "|---|---|",
+            ]
+            lines += [f"| `{layer}` | {rate:g} |" for layer, rate in s["rates"].items()] or ["| (none) | 0 |"]
+        for title, frame in (("Feasible Pareto front", self.front), ("Closest trade-offs", self.closest)):
+            if len(frame):
+                lines += ["", f"## {title}", "", "| trial | accuracy | model bytes | memory saving | violation |",
+                          "|---|---|---|---|---|"]
+                for _, r in frame.iterrows():
+                    lines.append(
+                        f"| {r['trial']} | {_pct(r['accuracy'])} | {int(r['model_bytes']):,} | "
+                        f"{_pct(r['memory_saving'])} | {r.get('violation', 0.0):.4f} |"
+                    )
+        return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _pts(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in frame.to_dict("records")]
+
+
+def result(study: Study) -> Result:
+    """The selected configuration, the feasible Pareto front and the closest trade-offs."""
+    attrs = study.user_attrs
+    settings = attrs.get(f"{STUDY_PREFIX}sampler")
+    policy = attrs.get(f"{STUDY_PREFIX}policy")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    frame = trials_frame(study)
+    complete = frame[frame["state"] == "COMPLETE"].dropna(subset=["accuracy", "model_bytes"])
+
+    finished = True
+    chosen: FrozenTrial | None = None
+    sampler = from_settings(settings) if settings else None
+    if isinstance(sampler, WalkSampler):
+        state = sampler.walk_state(study)
+        finished = state.done
+        chosen = trials.get(state.selected_trial) if state.selected_trial is not None else None
+    else:
+        if sampler is not None:
+            finished = sampler.is_exhausted(study)
+        ranked = sorted(
+            (t for t in trials.values() if _accuracy_ok(t) and "model_bytes" in t.user_attrs),
+            key=lambda t: (not _feasible(t), t.user_attrs["model_bytes"], -t.user_attrs["accuracy"], t.number),
+        )
+        chosen = ranked[0] if ranked else None
+
+    feasible = complete[complete["feasible"]]
+    front = _front(feasible) if len(feasible) else feasible
+    both_met = chosen is not None and _feasible(chosen)
+    closest = complete.iloc[0:0]
+    if not both_met and len(complete):
+        closest = _front(complete).assign(
+            violation=lambda f: f["constraint_accuracy"].clip(lower=0).fillna(0)
+            + f["constraint_memory"].clip(lower=0).fillna(0)
+        ).sort_values(["violation", "trial"]).head(10).reset_index(drop=True)
+
+    selected = None
+    if chosen is not None:
+        a = chosen.user_attrs
+        selected = {
+            "trial": chosen.number, "rates": _rates(chosen), "accuracy": a.get("accuracy"),
+            "accuracy_drop": a.get("accuracy_drop"), "model_bytes": a.get("model_bytes"),
+            "memory_saving": a.get("memory_saving"), "accuracy_ok": _accuracy_ok(chosen),
+            "memory_ok": chosen.constraints.get("memory", 0.0) <= 0, "base_accuracy": attrs.get(f"{STUDY_PREFIX}base_accuracy"),
+            "base_bytes": attrs.get(f"{STUDY_PREFIX}base_bytes"),
+        }
+    stats = {
+        "trials": len(frame),
+        "complete": int((frame["state"] == "COMPLETE").sum()),
+        "pruned": int((frame["state"] == "PRUNED").sum()),
+        "failed": int((frame["state"] == "FAIL").sum()),
+        "images_evaluated": int(pd.to_numeric(frame["images_evaluated"], errors="coerce").fillna(0).sum()),
+        "pruner": attrs.get(f"{STUDY_PREFIX}pruner"),
+    }
+    return Result(
+        study_name=study.study_name, policy=policy, constraints=attrs.get(f"{STUDY_PREFIX}constraints"),
+        selected=selected, both_met=both_met, finished=finished,
+        message=_message(selected, both_met, finished, attrs), front=front, closest=closest, stats=stats,
+    )
+
+
+def _message(selected: dict[str, Any] | None, both_met: bool, finished: bool, attrs: dict[str, Any]) -> str:
+    prefix = "" if finished else "Search not finished; so far: "
+    if selected is None:
+        return prefix + "no configuration evaluated yet (the reference trial has not completed)"
+    saving, acc = selected["memory_saving"], selected["accuracy"]
+    what = f"saves {_pct(saving)} of the model bytes at {_pct(acc)} accuracy (drop {_pts(selected['accuracy_drop'])} points)"
+    if both_met:
+        return prefix + f"Both constraints met: {what}"
+    constraints = attrs.get(f"{STUDY_PREFIX}constraints") or {}
+    return prefix + (
+        f"The constraints cannot both be met: the best accuracy-feasible configuration {what}; "
+        f"asked for {constraints}. See the closest trade-offs."
+    )
+
+
+def save_result_note(study: Study, res: Result | None = None) -> Result:
+    """Save the result as the study's markdown note (shown by optuna-dashboard)."""
+    from optuna_dashboard import save_note
+
+    res = res if res is not None else result(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        save_note(study, res.markdown())
+    return res

@@ -1,0 +1,306 @@
+"""The PrimeSVT samplers on the synthetic objective: walk order and committed rates checked
+exactly against an independent oracle, resume, crashes, several workers, baselines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from primesvt_optuna.errors import PrimeSVTError
+from primesvt_optuna.plugin import (
+    ConstraintPruner,
+    PrioritizedSampler,
+    RandomOrderSampler,
+    SmallestFirstSampler,
+    SyntheticObjective,
+    UniformSampler,
+)
+from primesvt_optuna.plugin.constraints import CLAIM, WORKER
+from primesvt_optuna.plugin.result import result
+from primesvt_optuna.plugin.samplers import fail_stale_trials
+from primesvt_optuna.plugin.storage import open_storage
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+SIZES = {"a": 4000, "b": 3000, "c": 2000, "d": 1000, "e": 500}
+SENS = {"a": 0.06, "b": 0.12, "c": 0.08, "d": 0.5, "e": 2.0}
+SETTINGS = dict(sensitivity=SENS, interaction=0.004, max_accuracy_drop=0.03, memory_target=0.28)
+GRID = [round(0.1 * i, 1) for i in range(1, 10)]
+
+
+def make(**kwargs) -> SyntheticObjective:
+    return SyntheticObjective(SIZES, **{**SETTINGS, **kwargs})
+
+
+def oracle(obj: SyntheticObjective, order: list[str], *, walk_all=False, rule="highest", budget=0.03):
+    """The method written out plainly: returns (committed rates, walk configurations evaluated)."""
+    floor = obj.accuracy({}) - budget
+
+    def ok(rates):
+        return obj.accuracy(rates) >= floor - 1e-9
+
+    def saving(rates):
+        return 1 - obj.predict_bytes(rates) / obj.base_bytes
+
+    committed: dict[str, float] = {}
+    evaluated: list[dict[str, float]] = []
+    for layer in order:
+        bound = None
+        for rate in GRID:
+            if ok({layer: rate}):
+                bound = rate
+            elif rule == "contiguous":
+                break
+        if bound is None:
+            continue
+        for rate in sorted((r for r in GRID if r <= bound), reverse=True):
+            config = {**committed, layer: rate}
+            if committed:  # alone it is a robustness trial, already evaluated
+                evaluated.append(config)
+            if ok(config):
+                committed = config
+                break
+        if not walk_all and saving(committed) >= 0.28:
+            break
+    return committed, evaluated
+
+
+def rates_of(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    return {k[len("rate:"):]: v for k, v in trial.params.items() if v}
+
+
+def run(sampler, obj=None, storage=None, **kwargs) -> optuna.Study:
+    obj = obj or make()
+    study = optuna.create_study(directions=obj.directions, sampler=sampler, storage=storage, study_name="s")
+    study.optimize(obj, **kwargs)
+    return study
+
+
+BY_SIZE = ["a", "b", "c", "d", "e"]
+
+
+@pytest.mark.parametrize(
+    "sampler, order",
+    [
+        (PrioritizedSampler(), BY_SIZE),
+        (SmallestFirstSampler(), BY_SIZE[::-1]),
+        (RandomOrderSampler(seed=3), [BY_SIZE[i] for i in np.random.RandomState(3).permutation(5)]),
+    ],
+    ids=["prioritized", "smallest-first", "random-order"],
+)
+def test_walk_trials_and_commits_match_the_oracle(sampler, order):
+    obj = make()
+    study = run(sampler, obj)
+    committed, walk = oracle(obj, order)
+    trials = study.trials
+    assert trials[0].user_attrs["phase"] == "reference" and not rates_of(trials[0])
+    sweep = [(t.user_attrs["layer"], t.user_attrs["rate"]) for t in trials if t.user_attrs["phase"] == "robustness"]
+    assert sweep == [(layer, rate) for layer in BY_SIZE for rate in GRID]
+    assert [rates_of(t) for t in trials if t.user_attrs["phase"] == "walk"] == walk
+    assert len(trials) == 1 + 45 + len(walk)  # the sampler stopped the study by itself
+    res = result(study)
+    assert res.selected["rates"] == committed
+    assert res.finished
+
+
+def test_prioritized_walk_is_nontrivial_and_meets_both_constraints():
+    obj = make()
+    study = run(PrioritizedSampler(), obj)
+    state = study.sampler.walk_state(study)
+    assert state.committed == {"rate:a": 0.7, "rate:c": 0.1}
+    assert [(c.layer, c.rate) for c in state.commits] == [("rate:a", 0.7), ("rate:b", 0.0), ("rate:c", 0.1)]
+    assert state.memory_met and state.done
+    res = result(study)
+    assert res.both_met and res.selected["memory_saving"] >= 0.28 and res.selected["accuracy_drop"] <= 0.03
+    assert list(res.front["trial"]) and res.front["feasible"].all()
+
+
+def test_walk_all_and_contiguous_rule():
+    obj = make(max_accuracy_drop=0.06)
+    study = run(PrioritizedSampler(walk_all=True, robustness_rule="contiguous"), obj)
+    committed, _ = oracle(obj, BY_SIZE, walk_all=True, rule="contiguous", budget=0.06)
+    assert result(study).selected["rates"] == committed
+    stopped, _ = oracle(obj, BY_SIZE, rule="contiguous", budget=0.06)
+    assert len(committed) > len(stopped)
+
+
+def test_layer_sizes_drive_any_objective_and_other_params_go_to_the_fallback():
+    sizes = {"rate:big": 3000, "rate:small": 1000}
+
+    def objective(trial):
+        lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        rates = {p: trial.suggest_float(p, 0.0, 0.9, step=0.1) for p in ("rate:small", "rate:big")}
+        drop = 0.1 * rates["rate:big"] ** 2 + 0.3 * rates["rate:small"] ** 2
+        trial.set_constraint("accuracy", drop - 0.03)
+        trial.set_constraint("memory", 0.5 - sum(sizes[p] * r for p, r in rates.items()) / 4000)
+        return lr
+
+    study = optuna.create_study(sampler=PrioritizedSampler(layer_sizes=sizes, seed=1))
+    study.optimize(objective)
+    state = study.sampler.walk_state(study)
+    assert state.committed == {"rate:big": 0.5, "rate:small": 0.1}  # 0.3 and 0.2 fail beside big=0.5
+    assert len({t.params["lr"] for t in study.trials}) == len(study.trials) > 20
+
+
+def test_failures_and_nan_reject_the_rate_and_the_walk_goes_on():
+    obj = make(fail=[("a", 0.7)], nan=[("c", 0.1)])
+    study = run(PrioritizedSampler(), obj)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [rates_of(t) for t in failed] == [{"a": 0.7}, {"c": 0.1}]
+    assert "synthetic failure" in failed[0].user_attrs["fail_reason"]
+    assert "NaN" in failed[1].user_attrs["fail_reason"]
+    # a alone at 0.7 failed, so its bound is the highest *passing* rate, 0.6
+    assert study.sampler.walk_state(study).bounds["rate:a"] == 0.6
+    assert study.sampler.walk_state(study).committed["rate:a"] == 0.6
+    assert study.sampler.walk_state(study).done
+
+
+def test_exact_cut_never_changes_the_selection_and_saves_images():
+    full = run(PrioritizedSampler(), make(pruner=None))
+    cut = run(PrioritizedSampler(), make(pruner=ConstraintPruner()))
+    assert [rates_of(t) for t in full.trials] == [rates_of(t) for t in cut.trials]
+    assert result(full).selected == result(cut).selected
+    pruned = [t for t in cut.trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.constraints["accuracy"] > 0 and t.user_attrs["cut_reason"] for t in pruned)
+    assert result(cut).stats["images_evaluated"] < result(full).stats["images_evaluated"]
+
+
+def test_uniform_tries_every_rate_from_the_top_and_cuts_for_memory():
+    study = run(UniformSampler(), make())
+    rates = [t.user_attrs["rate"] for t in study.trials[1:]]
+    assert rates == sorted(GRID, reverse=True) and len(study.trials) == 10
+    memory_cut = [t for t in study.trials if "memory:" in (t.user_attrs.get("cut_reason") or "")]
+    assert {t.user_attrs["rate"] for t in memory_cut} == {0.1, 0.2}
+    assert all(t.user_attrs["images_evaluated"] == 0 and t.constraints["memory"] > 0 for t in memory_cut)
+    res = result(study)
+    assert not res.both_met and len(res.closest)  # one rate for all layers cannot do it here
+    assert "cannot both be met" in res.message
+
+
+def test_a_finished_study_gives_idle_trials_and_is_exhausted():
+    study = run(PrioritizedSampler(), make())
+    n = len(study.trials)
+    assert study.sampler.is_exhausted(study)
+    study.optimize(make(), n_trials=3)
+    assert len(study.trials) == n + 1  # the idle trial stops the study again
+    idle = study.trials[-1]
+    assert idle.state == TrialState.PRUNED and idle.user_attrs["phase"] == "idle"
+
+
+def sqlite(tmp_path: Path):
+    return open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=False)
+
+
+def test_resume_after_interrupt_continues_the_walk(tmp_path):
+    storage = sqlite(tmp_path)
+    reference = run(PrioritizedSampler(), make())
+
+    class Interrupt(SyntheticObjective):
+        def iter_batches(self, rates):
+            for i, batch in enumerate(super().iter_batches(rates)):
+                if rates == {"b": 0.5, "a": 0.7} and i == 3:
+                    raise KeyboardInterrupt
+                yield batch
+
+    with pytest.raises(KeyboardInterrupt):
+        run(PrioritizedSampler(), Interrupt(SIZES, **SETTINGS), storage=storage)
+    interrupted = optuna.load_study(study_name="s", storage=storage)
+    assert interrupted.trials[-1].state == TrialState.FAIL and interrupted.trials[-1].user_attrs["interrupted"]
+
+    resumed = optuna.load_study(study_name="s", storage=sqlite(tmp_path), sampler=PrioritizedSampler())
+    resumed.optimize(make())
+    done = [rates_of(t) for t in resumed.trials if t.state != TrialState.FAIL]
+    assert done == [rates_of(t) for t in reference.trials]
+    assert result(resumed).selected["rates"] == result(reference).selected["rates"]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    storage = sqlite(tmp_path)
+    run(PrioritizedSampler(), make(), storage=storage, n_trials=3)
+    study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler(grid=[0.25, 0.5, 0.75]))
+    with pytest.raises(PrimeSVTError, match="grid"):
+        study.optimize(make(), n_trials=1)
+    study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler())
+    with pytest.raises(PrimeSVTError, match="constraints"):
+        study.optimize(make(memory_target=0.5), n_trials=1)
+
+
+def test_threads_claim_distinct_configurations_and_commit_the_same_rates():
+    reference = run(PrioritizedSampler(), make())
+    study = run(PrioritizedSampler(poll_interval=0.02), make(delay=0.002), n_jobs=2)
+    keys = [t.system_attrs[CLAIM]["key"] for t in study.trials if t.user_attrs["phase"] != "idle"]
+    assert len(keys) == len(set(keys))
+    assert study.sampler.walk_state(study).committed == reference.sampler.walk_state(reference).committed
+    assert all(t.state.is_finished() for t in study.trials)
+
+
+WORKER_SCRIPT = """
+import sys, optuna
+from primesvt_optuna.plugin import PrioritizedSampler, SyntheticObjective
+from primesvt_optuna.plugin.storage import open_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+storage = open_storage(sys.argv[1], heartbeat=False)
+obj = SyntheticObjective({sizes!r}, delay=float(sys.argv[2]), **{settings!r})
+study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler(poll_interval=0.05))
+study.optimize(obj)
+"""
+
+
+def _worker(tmp_path: Path, storage: str, delay: float) -> subprocess.Popen:
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(WORKER_SCRIPT.format(sizes=SIZES, settings=SETTINGS)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, str(script), storage, str(delay)], env=env)
+
+
+def test_two_worker_processes_share_one_sqlite_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(directions=make().directions, storage=open_storage(url), study_name="s")
+    workers = [_worker(tmp_path, url, 0.003) for _ in range(2)]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    evaluated = [t for t in study.trials if t.user_attrs.get("phase") != "idle"]
+    keys = [t.system_attrs[CLAIM]["key"] for t in evaluated]
+    assert len(keys) == len(set(keys)), "a configuration was evaluated twice"
+    assert len({t.system_attrs[WORKER]["pid"] for t in evaluated}) == 2, "both workers did work"
+    assert all(t.state.is_finished() for t in study.trials)
+    reference = run(PrioritizedSampler(), make())
+    assert result(study).selected["rates"] == result(reference).selected["rates"]
+
+
+def test_killed_worker_on_journal_storage_is_detected_and_its_trial_redone(tmp_path):
+    path = str(tmp_path / "journal.log")
+    storage = JournalStorage(JournalFileBackend(path))
+    optuna.create_study(directions=make().directions, storage=storage, study_name="s")
+    worker = _worker(tmp_path, path, 0.05)  # 0.5 s per trial
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        trials = optuna.load_study(study_name="s", storage=storage).trials
+        if len(trials) >= 3 and trials[-1].state == TrialState.RUNNING and CLAIM in trials[-1].system_attrs:
+            break
+        time.sleep(0.05)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    storage = JournalStorage(JournalFileBackend(path))  # a fresh process view
+    study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler())
+    killed = study.trials[-1]
+    assert killed.state == TrialState.RUNNING  # journal storage has no heartbeat
+    assert fail_stale_trials(study) == [killed.number]
+    study.optimize(make())
+    killed = study.trials[killed.number]
+    assert killed.state == TrialState.FAIL and "is gone" in killed.system_attrs["primesvt:stale"]
+    redone = [t for t in study.trials if t.system_attrs[CLAIM]["key"] == killed.system_attrs[CLAIM]["key"]]
+    assert len(redone) == 2 and redone[-1].state != TrialState.FAIL
+    assert result(study).selected["rates"] == result(run(PrioritizedSampler(), make())).selected["rates"]
