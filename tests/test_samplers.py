@@ -29,8 +29,7 @@ from primesvt_optuna.plugin import (
 )
 from primesvt_optuna.plugin.constraints import CLAIM, WORKER
 from primesvt_optuna.plugin.result import result
-from primesvt_optuna.plugin.samplers import fail_stale_trials
-from primesvt_optuna.plugin.storage import open_storage
+from primesvt_optuna.storage import fail_stale_trials, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -200,7 +199,7 @@ def test_a_finished_study_gives_idle_trials_and_is_exhausted():
 
 
 def sqlite(tmp_path: Path):
-    return open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=False)
+    return open_storage(f"sqlite:///{tmp_path / 'study.db'}")
 
 
 def test_resume_after_interrupt_continues_the_walk(tmp_path):
@@ -249,9 +248,9 @@ def test_threads_claim_distinct_configurations_and_commit_the_same_rates():
 WORKER_SCRIPT = """
 import sys, optuna
 from primesvt_optuna.plugin import PrioritizedSampler, SyntheticObjective
-from primesvt_optuna.plugin.storage import open_storage
+from primesvt_optuna.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-storage = open_storage(sys.argv[1], heartbeat=False)
+storage = open_storage(sys.argv[1])
 obj = SyntheticObjective({sizes!r}, delay=float(sys.argv[2]), **{settings!r})
 study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler(poll_interval=0.05))
 study.optimize(obj)
@@ -282,7 +281,7 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path):
 
 def test_killed_worker_on_journal_storage_is_detected_and_its_trial_redone(tmp_path):
     path = str(tmp_path / "journal.log")
-    storage = JournalStorage(JournalFileBackend(path))
+    storage = open_storage(path)
     optuna.create_study(directions=make().directions, storage=storage, study_name="s")
     worker = _worker(tmp_path, path, 0.05)  # 0.5 s per trial
     deadline = time.monotonic() + 60
@@ -293,7 +292,7 @@ def test_killed_worker_on_journal_storage_is_detected_and_its_trial_redone(tmp_p
         time.sleep(0.05)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
-    storage = JournalStorage(JournalFileBackend(path))  # a fresh process view
+    storage = JournalStorage(JournalFileBackend(path))  # plain journal: no heartbeat, only the PID check
     study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler())
     killed = study.trials[-1]
     assert killed.state == TrialState.RUNNING  # journal storage has no heartbeat

@@ -9,7 +9,6 @@ from .samplers import (
     RandomOrderSampler,
     SmallestFirstSampler,
     UniformSampler,
-    fail_stale_trials,
 )
 from .synthetic import SyntheticObjective
 
@@ -25,7 +24,6 @@ __all__ = [
     "SmallestFirstSampler",
     "SyntheticObjective",
     "UniformSampler",
-    "fail_stale_trials",
     "parse_bytes",
     "rate_param",
 ]

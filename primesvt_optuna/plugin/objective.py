@@ -36,7 +36,8 @@ from optuna.trial import Trial, TrialState
 from ..errors import PrimeSVTError
 from .constraints import CLAIM, DEFAULT_GRID, STUDY_PREFIX, WORKER, Constraints, normalize_grid, rate_param
 from .pruner import ConstraintPruner, Cut
-from .samplers._walk import fail_stale_trials, worker_info, write_study_attrs
+from ..storage import fail_stale_trials, worker_info
+from .samplers._walk import write_study_attrs
 
 BASE_ACCURACY = f"{STUDY_PREFIX}base_accuracy"
 DIRECTIONS = ["maximize", "minimize"]

@@ -4,7 +4,7 @@ from ._prioritized import PrioritizedSampler
 from ._random_order import RandomOrderSampler
 from ._smallest_first import SmallestFirstSampler
 from ._uniform import UniformSampler
-from ._walk import ClaimSampler, WalkSampler, fail_stale_trials, rates_key
+from ._walk import ClaimSampler, WalkSampler, rates_key
 
 __all__ = [
     "ClaimSampler",
@@ -13,7 +13,6 @@ __all__ = [
     "SmallestFirstSampler",
     "UniformSampler",
     "WalkSampler",
-    "fail_stale_trials",
     "from_settings",
     "rates_key",
 ]

@@ -13,19 +13,16 @@ From these, any process computes the same picture of the study:
   configuration that is neither done nor held. Lower numbers go first, so two workers never take
   the same configuration, and one or many workers commit the same rates.
 
-A trial killed without an outcome (SIGKILL, power loss) frees its configuration: on RDB storages a
-heartbeat marks it failed; on journal storages, which have no heartbeat, a running trial whose
-recorded process is gone (same host) or that has run longer than ``stale_after`` seconds is marked
-failed here.
+A trial killed without an outcome (SIGKILL, power loss) frees its configuration: heartbeats
+(``primesvt_optuna.storage.open_storage`` gives RDB and journal storages one) mark it failed, and
+while waiting the samplers themselves fail a running trial whose recorded process on this host is
+gone, or (``stale_after``) that shows no sign of life for that many seconds.
 """
 
 from __future__ import annotations
 
 import copy
-import datetime
 import json
-import os
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,11 +36,11 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from ...errors import PrimeSVTError
+from ...storage import STALE, stale_reason, worker_info
 from ..constraints import CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, layer_of, normalize_grid
 
 _logger = optuna.logging.get_logger(__name__)
 
-STALE = "primesvt:stale"
 FREE, HELD, ACCEPTED, REJECTED = "free", "held", "accepted", "rejected"
 
 
@@ -53,61 +50,15 @@ def rates_key(rates: Mapping[str, float]) -> str:
     return "rates:" + json.dumps(items, separators=(",", ":"))
 
 
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state letter, start time in clock ticks) of a live process, None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return fields[0], fields[19]
-    except (OSError, IndexError):
-        return None
-
-
-def worker_info() -> dict[str, Any]:
-    """Who runs a trial: enough to tell later, on the same host, whether it is still alive."""
-    stat = _proc_stat(os.getpid())
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": stat[1] if stat else None}
-
-
-def stale_reason(trial: FrozenTrial, stale_after: float | None = None) -> str | None:
-    """Why a RUNNING trial can no longer finish, or None when it may still be alive."""
-    worker = trial.system_attrs.get(WORKER)
-    if worker and worker.get("host") == socket.gethostname():
-        pid = int(worker["pid"])
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        stat = _proc_stat(pid) if alive else None
-        if not alive or stat is None or stat[0] == "Z" or (worker.get("start") and stat[1] != worker["start"]):
-            return f"its worker (pid {pid} on {worker['host']}) is gone"
-    if stale_after is not None and trial.datetime_start is not None:
-        age = (datetime.datetime.now() - trial.datetime_start).total_seconds()
-        if age > stale_after:
-            return f"it has been running for {age:.0f} s (stale_after={stale_after:g} s)"
-    return None
-
-
-def fail_stale_trials(
-    study: Study, stale_after: float | None = None, trials: Sequence[FrozenTrial] | None = None
-) -> list[int]:
-    """Mark running trials whose worker is gone as FAIL (recording why); returns their numbers.
-
-    Journal storage has no heartbeat in Optuna 5.0, so a killed worker's trial stays RUNNING; the
-    samplers call this before every decision, and ``primesvt search --resume`` can call it too.
-    ``trials``: an already read list of the study's trials (saves a read of the storage).
-    """
+def _fail_stale(study: Study, trials: Sequence[FrozenTrial], lease: float | None) -> list[int]:
+    """Fail the running trials (of an already read list) whose worker is gone; see
+    ``primesvt_optuna.storage.stale_reason``. Cheap enough to run before every decision."""
     storage = study._storage
-    if trials is None:
-        trials = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
     failed = []
     for trial in trials:
         if trial.state != TrialState.RUNNING:
             continue
-        reason = stale_reason(trial, stale_after)
+        reason = stale_reason(trial, lease)
         if reason is None:
             continue
         try:
@@ -410,7 +361,7 @@ class ClaimSampler(BaseSampler):
         delay = self._poll / 4
         while True:
             trials = self._read(study)
-            if fail_stale_trials(study, self._stale_after, trials):
+            if _fail_stale(study, trials, self._stale_after):
                 continue
             snap = Snapshot(trials, trial.number, self._is_rate)
             if snap.undecided:
