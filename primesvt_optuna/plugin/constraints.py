@@ -39,16 +39,20 @@ def layer_of(param: str) -> str:
 
 
 def normalize_grid(grid: Iterable[float]) -> tuple[float, ...]:
-    """Sorted, de-duplicated rates rounded to 6 digits; each must lie in (0, 1)."""
+    """Sorted, de-duplicated rates rounded to 6 digits, without 0 (unpruned, always implied);
+    each must lie in [0, 1)."""
+    if isinstance(grid, (str, bytes)):
+        raise PrimeSVTError(f"rate grid must be a list of numbers, got {grid!r}")
     try:
         values = sorted({round(float(r), 6) for r in grid})
     except (TypeError, ValueError):
         raise PrimeSVTError(f"rate grid must be a list of numbers, got {grid!r}") from None
+    bad = [r for r in values if not 0.0 <= r < 1.0 or math.isnan(r)]
+    if bad:
+        raise PrimeSVTError(f"rate grid values must lie in [0, 1) (a fraction of each layer's filters); got {bad}")
+    values = [r for r in values if r > 0.0]
     if not values:
         raise PrimeSVTError("rate grid is empty: give at least one rate in (0, 1), e.g. [0.1, 0.2, 0.3]")
-    bad = [r for r in values if not 0.0 < r < 1.0 or math.isnan(r)]
-    if bad:
-        raise PrimeSVTError(f"rate grid values must lie in (0, 1) (0 means unpruned and is implied); got {bad}")
     return tuple(values)
 
 

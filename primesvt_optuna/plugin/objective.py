@@ -112,6 +112,10 @@ class RateObjective:
             "pruner": self.pruner.describe() if self.pruner is not None else None,
         }
 
+    def informative_attrs(self) -> dict[str, Any]:
+        """Study attributes written once and not compared (e.g. where a file was found)."""
+        return {}
+
     def attach(self, study: Study) -> None:
         """Record this objective's settings on ``study``; refuse a study made with other ones."""
         with self._lock:
@@ -123,6 +127,10 @@ class RateObjective:
                     f"this objective needs {self.directions}: create it with directions=objective.directions"
                 )
             write_study_attrs(study, self.study_attrs())
+            current = study._storage.get_study_user_attrs(study._study_id)
+            for key, value in self.informative_attrs().items():
+                if f"{STUDY_PREFIX}{key}" not in current:
+                    study._storage.set_study_user_attr(study._study_id, f"{STUDY_PREFIX}{key}", value)
             if study.metric_names is None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -352,8 +360,10 @@ class PruningObjective(RateObjective):
             study.optimize(objective)
 
     Args:
-        checkpoint: a checkpoint path (see ``primesvt_optuna.checkpoint``).
-        model, data: instead of a checkpoint: an unpruned model and its ``Splits`` or data spec.
+        checkpoint: a checkpoint path or the name of a shipped baseline.
+        model: instead of a checkpoint, an unpruned model (``data`` then required).
+        data: ``Splits`` or a data spec; with a checkpoint, a partial spec (e.g. ``{"path": ...}``)
+            overrides the checkpoint's own.
         max_accuracy_drop, min_accuracy: the accuracy constraint (fraction; one of the two).
         memory_target, memory_budget: the memory constraint (fraction to save, or bytes / "2MB").
         grid: rates each layer may take, besides 0.
@@ -389,18 +399,21 @@ class PruningObjective(RateObjective):
 
         if (checkpoint is None) == (model is None):
             raise PrimeSVTError("give either a checkpoint or a model (with data)")
+        self.checkpoint_path: str | None = None
         if checkpoint is not None:
-            from ..checkpoint import checkpoint_sha256, load_checkpoint
+            from ..checkpoint import checkpoint_sha256, load_checkpoint, resolve_checkpoint
 
-            model, ckpt = load_checkpoint(checkpoint)
-            data = data if data is not None else ckpt["data"]
-            identity = checkpoint_sha256(checkpoint)
-            self.checkpoint = ckpt
+            path = resolve_checkpoint(checkpoint)
+            model, ckpt = load_checkpoint(path)
+            if data is None or isinstance(data, Mapping):  # a partial spec overrides the checkpoint's
+                data = {**ckpt["data"], **(data or {})}
+            identity = checkpoint_sha256(path)
+            self.checkpoint_path = str(Path(path).resolve())
         else:
             if data is None:
                 raise PrimeSVTError("a model needs its data: pass data=Splits or a data spec")
             identity = f"state:{_state_sha256(model)}"
-            self.checkpoint = None
+        self.data_spec: dict[str, Any] | None = None if isinstance(data, Splits) else dict(data)
         self.splits = data if isinstance(data, Splits) else load_splits(data)
         self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
         self.eval_set = subset(self.splits.val, eval_images, seed)
@@ -418,7 +431,10 @@ class PruningObjective(RateObjective):
         )
 
     def study_attrs(self) -> dict[str, Any]:
-        return {**super().study_attrs(), "eval_images": self.eval_images}
+        return {**super().study_attrs(), "eval_images": self.eval_images, "data": self.data_spec}
+
+    def informative_attrs(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint_path}  # where export finds the baseline (hash checked)
 
     def predict_bytes(self, rates: Mapping[str, float]) -> int:
         return self.engine.predict_bytes(rates)

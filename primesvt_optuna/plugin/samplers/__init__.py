@@ -22,10 +22,13 @@ _POLICIES = {
 }
 
 
-def from_settings(settings: dict) -> ClaimSampler:
-    """The sampler a study was run with, rebuilt from its ``primesvt:sampler`` attribute (so a
-    report or ``primesvt export`` can replay the walk from storage alone)."""
-    cls = _POLICIES[settings["policy"]]
+def from_settings(settings: dict) -> ClaimSampler | None:
+    """The PrimeSVT sampler a study was run with, rebuilt from its ``primesvt:sampler`` attribute
+    (so a report or ``primesvt export`` can replay the walk from storage alone); None for other
+    samplers (TPE, NSGA-II)."""
+    cls = _POLICIES.get(settings.get("policy"))
+    if cls is None:
+        return None
     kwargs = {"grid": settings["grid"], "layer_sizes": settings.get("layer_sizes"), "seed": settings.get("seed")}
     if issubclass(cls, WalkSampler):
         kwargs.update(robustness_rule=settings["robustness_rule"], walk_all=settings["walk_all"])

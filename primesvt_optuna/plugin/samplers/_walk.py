@@ -271,7 +271,7 @@ class ClaimSampler(BaseSampler):
         if CLAIM in trial.system_attrs:  # a retried trial keeps the claim it inherited
             storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
             return
-        self._check_settings(study)
+        self.attach(study)
         storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
         fixed = trial.system_attrs.get("fixed_params")
         if fixed is not None:  # enqueued by hand: record what it evaluates, so nobody repeats it
@@ -338,7 +338,8 @@ class ClaimSampler(BaseSampler):
         except RuntimeError:  # ask-and-tell outside optimize(): nothing to stop
             pass
 
-    def _check_settings(self, study: Study) -> None:
+    def attach(self, study: Study) -> None:
+        """Record this sampler's settings on ``study``; refuse a study run with other settings."""
         if (id(study._storage), study._study_id) in self._checked:
             return
         settings = self.settings()
@@ -406,16 +407,15 @@ def write_study_attrs(study: Study, attrs: Mapping[str, Any]) -> None:
     study never mixes settings (another checkpoint, grid, constraints or policy)."""
     storage = study._storage
     current = storage.get_study_user_attrs(study._study_id)
-    for key, value in attrs.items():
-        name = f"{STUDY_PREFIX}{key}"
-        value = json.loads(json.dumps(value))
-        if name in current:
-            if current[name] != value:
-                raise PrimeSVTError(
-                    f"study {study.study_name!r} was created with {key} = {json.dumps(current[name])}, "
-                    f"not {json.dumps(value)}: use another study name, or the same settings"
-                )
-        else:
+    values = {f"{STUDY_PREFIX}{key}": json.loads(json.dumps(value)) for key, value in attrs.items()}
+    for name, value in values.items():  # compare everything before writing anything
+        if name in current and current[name] != value:
+            raise PrimeSVTError(
+                f"study {study.study_name!r} was created with {name.removeprefix(STUDY_PREFIX)} = "
+                f"{json.dumps(current[name])}, not {json.dumps(value)}: use another study name, or the same settings"
+            )
+    for name, value in values.items():
+        if name not in current:
             storage.set_study_user_attr(study._study_id, name, value)
 
 

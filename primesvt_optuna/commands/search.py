@@ -1,0 +1,245 @@
+"""`primesvt search CONFIG.toml`: run a PrimeSVT search as an Optuna study and print the selection."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import threading
+from typing import Any
+
+from ..errors import PrimeSVTError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..plugin.study_config import POLICIES
+
+    p = subparsers.add_parser(
+        "search",
+        help="prune a checkpoint under accuracy/memory constraints (an Optuna study)",
+        description=(
+            "Run the study a config describes: the unpruned reference, the robustness sweeps and the "
+            "largest-first walk (or a baseline policy), stored in an Optuna storage. Flags override "
+            "the config. Budget and targets are fractions: --max-accuracy-drop 0.03 is 3 points, "
+            "--memory-target 0.4 saves 40% of the model bytes."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG.toml", help="study config (see studies/digits.toml)")
+    p.add_argument("--policy", choices=POLICIES)
+    p.add_argument("--trials", type=int, help="trial budget of the study (total, across runs and workers)")
+    p.add_argument("--storage", help="sqlite:///file.db, postgresql://..., journal:///file.log, ...")
+    p.add_argument("--study-name")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="FRACTION")
+    p.add_argument("--memory-target", type=float, metavar="FRACTION")
+    p.add_argument("--workers", type=int, help="worker processes on the one storage (joblib)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--eval-images", type=int, help="size of the validation subset driving the search")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an existing study (its settings must match); creates it when absent")
+    p.set_defaults(run=run)
+
+
+def make_sampler(cfg: Any, worker: int = 0) -> Any:
+    """The sampler for the config's policy (TPE/NSGA-II get a per-worker seed)."""
+    import optuna
+
+    from ..plugin import PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
+
+    common = {"grid": cfg.grid, "wait_timeout": cfg.wait_timeout}
+    walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all}
+    if cfg.policy == "prioritized":
+        return PrioritizedSampler(seed=cfg.seed, **common, **walk)
+    if cfg.policy == "smallest-first":
+        return SmallestFirstSampler(seed=cfg.seed, **common, **walk)
+    if cfg.policy == "random-order":
+        return RandomOrderSampler(seed=cfg.seed, **common, **walk)
+    if cfg.policy == "uniform":
+        return UniformSampler(seed=cfg.seed, **common)
+    if cfg.policy == "tpe":
+        return optuna.samplers.TPESampler(seed=cfg.seed + worker)
+    return optuna.samplers.NSGAIISampler(seed=cfg.seed + worker)
+
+
+def make_objective(cfg: Any) -> Any:
+    from ..plugin import ConstraintPruner, PruningObjective
+
+    c = cfg.constraints
+    return PruningObjective(
+        cfg.checkpoint, data=cfg.data or None, max_accuracy_drop=c.max_accuracy_drop, min_accuracy=c.min_accuracy,
+        memory_target=c.memory_target, memory_budget=c.memory_budget, grid=cfg.grid, eval_images=cfg.eval_images,
+        batch_size=cfg.batch_size, device=cfg.device, pruner=ConstraintPruner(**cfg.pruner_settings),
+        wait_timeout=cfg.wait_timeout,
+    )
+
+
+def prepare_study(cfg: Any, storage: Any, objective: Any, resume: bool) -> Any:
+    """Create the study, or load it for --resume; refuse one made with other settings."""
+    import optuna
+
+    from ..plugin.constraints import rate_param
+    from ..plugin.samplers import ClaimSampler
+    from ..plugin.samplers._walk import write_study_attrs
+
+    exists = cfg.study_name in optuna.get_all_study_names(storage)
+    if exists and not resume:
+        raise PrimeSVTError(
+            f"study {cfg.study_name!r} already exists in this storage: pass --resume to continue it "
+            "(with the same settings), or choose another --study-name"
+        )
+    sampler = make_sampler(cfg)
+    if exists:
+        study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler)
+    else:
+        study = optuna.create_study(
+            study_name=cfg.study_name, storage=storage, sampler=sampler, directions=objective.directions,
+            load_if_exists=True,  # another machine may create it at the same moment
+        )
+    if isinstance(sampler, ClaimSampler):
+        settings = sampler.settings()
+    else:
+        settings = {"policy": cfg.policy, "grid": list(cfg.grid), "seed": cfg.seed}
+    # compare both parts before writing either, so a refused study is left untouched
+    attrs = {**objective.study_attrs(), "policy": cfg.policy, "grid": list(cfg.grid), "seed": cfg.seed,
+             "sampler": settings}
+    write_study_attrs(study, attrs)
+    objective.attach(study)
+    if cfg.policy in ("tpe", "nsga2") and not study.trials:  # trial 0 is the reference for every policy
+        study.enqueue_trial({rate_param(name): 0.0 for name, _ in objective.layers}, user_attrs={"phase": "reference"})
+    return study
+
+
+class _Progress:
+    """A progress bar fed by reading the storage (so it counts every worker's trials)."""
+
+    def __init__(self, study: Any, total: int | None, enabled: bool) -> None:
+        self.study, self.total, self.enabled = study, total, enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+
+    def _run(self) -> None:
+        from optuna.trial import TrialState
+        from tqdm.auto import tqdm
+
+        storage, sid = self.study._storage, self.study._study_id
+        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        start = len(storage.get_all_trials(sid, deepcopy=False, states=done))
+        with tqdm(total=self.total, initial=start, unit="trial", desc="search", file=sys.stderr) as bar:
+            while True:
+                stopping = self._stop.wait(1.0)
+                trials = storage.get_all_trials(sid, deepcopy=False, states=done)
+                if trials:
+                    last = trials[-1].user_attrs
+                    bar.set_postfix_str(f"{last.get('phase')} {last.get('layer') or ''}".strip(), refresh=False)
+                bar.update(len(trials) - bar.n)
+                if stopping:
+                    return
+
+
+def _callbacks(cfg: Any) -> list[Any]:
+    import optuna
+
+    return [optuna.study.MaxTrialsCallback(cfg.trials, states=None)] if cfg.trials else []
+
+
+def _work(cfg: Any, worker: int) -> Any:
+    """One worker process: its own storage connection, sampler and objective."""
+    import optuna
+
+    from ..storage import open_storage
+    from ..workers import optimize
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=cfg.study_name, storage=open_storage(cfg.storage),
+                              sampler=make_sampler(cfg, worker))
+    return optimize(study, make_objective(cfg), worker=worker, callbacks=_callbacks(cfg))
+
+
+def run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from ..plugin.result import save_result_note
+    from ..plugin.samplers import ClaimSampler
+    from ..plugin.study_config import load_study_config
+    from ..storage import describe_storage, open_storage
+    from ..workers import interrupted_message, optimize, run_workers
+
+    cfg = load_study_config(args.config).with_overrides(
+        policy=args.policy, trials=args.trials, storage=args.storage, study_name=args.study_name,
+        max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target, workers=args.workers,
+        seed=args.seed, device=args.device, batch_size=args.batch_size, eval_images=args.eval_images,
+    )
+    if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:
+        raise PrimeSVTError(f"policy {cfg.policy!r} needs a trial budget: pass --trials N")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(cfg.storage)
+    objective = make_objective(cfg)
+    study = prepare_study(cfg, storage, objective, args.resume)
+
+    sampler = make_sampler(cfg)
+    exhausted = isinstance(sampler, ClaimSampler) and sampler.is_exhausted(study)
+    over_budget = cfg.trials is not None and len(study.trials) >= cfg.trials
+    reports = []
+    if not (exhausted or over_budget):
+        total = cfg.trials if cfg.policy in ("tpe", "nsga2") else None
+        with _Progress(study, total, enabled=not args.json or sys.stderr.isatty()):
+            if cfg.workers == 1:  # in this process: reuse what is loaded
+                reports = [optimize(study, objective, worker=0, callbacks=_callbacks(cfg))]
+            else:
+                reports = run_workers(cfg.workers, functools.partial(_work, cfg))
+        if any(r.interrupted for r in reports):
+            print(interrupted_message(reports, sys.argv[1:]), file=sys.stderr)
+            return 130
+
+    res = save_result_note(study)
+    if args.json:
+        payload = {"study_name": cfg.study_name, "storage": describe_storage(cfg.storage), **res.to_dict()}
+        print(json.dumps(payload, default=_plain))
+        return 0
+    _print(res, cfg, describe_storage(cfg.storage))
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and the like that pandas hands back."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _print(res: Any, cfg: Any, storage: str) -> None:
+    s = res.stats
+    print(f"study {res.study_name!r} ({res.policy}) in {storage}: {s['trials']} trials "
+          f"({s['complete']} complete, {s['pruned']} cut, {s['failed']} failed), "
+          f"{s['images_evaluated']:,} images evaluated")
+    print(res.message)
+    sel = res.selected
+    if sel:
+        base_acc = sel["base_accuracy"]
+        print(f"selected: trial {sel['trial']}: validation accuracy {100 * sel['accuracy']:.2f}%"
+              + (f" (unpruned {100 * base_acc:.2f}%)" if base_acc is not None else "")
+              + f", {sel['model_bytes']:,} bytes of {sel['base_bytes']:,} (saves {100 * sel['memory_saving']:.2f}%)")
+        for layer, rate in sel["rates"].items():
+            print(f"  {layer:<40} {rate:g}")
+        if not sel["rates"]:
+            print("  (no layer pruned)")
+        print(f"export it: primesvt export '{storage}' --study-name {res.study_name} --output pruned.pt "
+              "--finetune-epochs 3")
+    if len(res.closest):
+        print("closest trade-offs (trial, accuracy, saving, violation):")
+        for _, row in res.closest.iterrows():
+            print(f"  {int(row['trial']):>5}  {100 * row['accuracy']:.2f}%  {100 * row['memory_saving']:.2f}%  "
+                  f"{row['violation']:.4f}")

@@ -1,0 +1,212 @@
+"""Study configs: one TOML file says what to prune, under which constraints, how, and where to
+store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags override it.
+
+    study_name = "digits-demo"              # the Optuna study (one per config and settings)
+    storage = "sqlite:///runs/digits.db"    # any storage string primesvt_optuna.storage accepts
+    checkpoint = "digits-2-64"              # a checkpoint path, or the name of a shipped baseline
+    device = "cpu"
+
+    [data]                                  # all optional
+    eval_images = 500                       # seeded validation subset that drives the search
+    batch_size = 256
+    # name / path / img_size / seed override the checkpoint's own data spec (e.g. where CIFAR is)
+
+    [constraints]
+    max_accuracy_drop = 0.03                # or min_accuracy = 0.95 (absolute floor)
+    memory_target = 0.4                     # or memory_budget = "2MB"
+
+    [search]
+    policy = "prioritized"                  # uniform | random-order | smallest-first | tpe | nsga2
+    grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    robustness_rule = "highest"             # or "contiguous"
+    walk_all = false
+    trials = 200                            # a cap for the walks; the budget for tpe/nsga2
+    seed = 0
+    workers = 1
+    early_cut = "exact"                     # "statistical" (with confidence) or "off"
+    confidence = 0.99
+
+Relative paths are relative to the current directory. Every mistake (malformed TOML, unknown
+key, wrong type, grid outside [0, 1), negative accuracy budget, memory target >= 1) is one
+``PrimeSVTError`` line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import PrimeSVTError
+from .constraints import DEFAULT_GRID, Constraints, normalize_grid
+
+POLICIES = ("prioritized", "uniform", "random-order", "smallest-first", "tpe", "nsga2")
+WALK_POLICIES = ("prioritized", "random-order", "smallest-first")
+EARLY_CUTS = ("exact", "statistical", "off")
+
+_TOP = {"study_name": str, "storage": str, "checkpoint": str, "device": str}
+_DATA = {"eval_images": int, "batch_size": int, "name": str, "path": str, "img_size": int, "seed": int}
+_CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str)}
+_SEARCH = {
+    "policy": str, "grid": list, "robustness_rule": str, "walk_all": bool, "trials": int, "seed": int,
+    "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float,
+}
+_SECTIONS = {"data": _DATA, "constraints": _CONSTRAINTS, "search": _SEARCH}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study config (see module docs for the file format)."""
+
+    study_name: str
+    storage: str
+    checkpoint: str
+    constraints: Constraints
+    device: str = "cpu"
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    eval_images: int | None = None
+    batch_size: int = 256
+    policy: str = "prioritized"
+    grid: tuple[float, ...] = DEFAULT_GRID
+    robustness_rule: str = "highest"
+    walk_all: bool = False
+    trials: int | None = None
+    seed: int = 0
+    workers: int = 1
+    early_cut: str = "exact"
+    confidence: float = 0.99
+    wait_timeout: float = 3600.0
+    source: str = "<config>"
+
+    def __post_init__(self) -> None:
+        def bad(message: str) -> PrimeSVTError:
+            return PrimeSVTError(f"{self.source}: {message}")
+
+        if not self.study_name.strip():
+            raise bad("study_name is empty")
+        if self.policy not in POLICIES:
+            raise bad(f"policy {self.policy!r} is unknown: choose one of {', '.join(POLICIES)}")
+        if self.robustness_rule not in ("highest", "contiguous"):
+            raise bad(f"robustness_rule must be 'highest' or 'contiguous', got {self.robustness_rule!r}")
+        if self.early_cut not in EARLY_CUTS:
+            raise bad(f"early_cut must be one of {', '.join(EARLY_CUTS)}, got {self.early_cut!r}")
+        if not 0.5 < self.confidence < 1.0:
+            raise bad(f"confidence must lie in (0.5, 1), got {self.confidence}")
+        for key in ("batch_size", "workers"):
+            if getattr(self, key) < 1:
+                raise bad(f"{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("eval_images", "trials"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise bad(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.wait_timeout <= 0:
+            raise bad(f"wait_timeout must be positive, got {self.wait_timeout}")
+        if self.policy in ("tpe", "nsga2") and self.trials is None:
+            raise bad(f"policy {self.policy!r} needs a trial budget: set [search] trials or pass --trials")
+        try:
+            object.__setattr__(self, "grid", normalize_grid(self.grid))
+        except PrimeSVTError as exc:
+            raise bad(f"[search] grid: {exc}") from None
+
+    def with_overrides(self, **overrides: Any) -> StudyConfig:
+        """A copy with the given fields replaced (``None`` values are ignored); re-validated."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        constraint_keys = {"max_accuracy_drop", "min_accuracy", "memory_target", "memory_budget"}
+        if constraint_keys & changes.keys():
+            current = self.constraints.to_dict()
+            given = {k: changes.pop(k) for k in list(changes) if k in constraint_keys}
+            if "max_accuracy_drop" in given:
+                current["min_accuracy"] = None
+            if "min_accuracy" in given:
+                current["max_accuracy_drop"] = None
+            if "memory_target" in given:
+                current["memory_budget"] = None
+            if "memory_budget" in given:
+                current["memory_target"] = None
+            changes["constraints"] = _constraints({**current, **given}, self.source)
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def pruner_settings(self) -> dict[str, Any]:
+        """Keyword arguments for ConstraintPruner (None: no pruner)."""
+        if self.early_cut == "off":
+            return {"memory": True, "accuracy": False}
+        return {"confidence": self.confidence if self.early_cut == "statistical" else None}
+
+
+def _constraints(values: dict[str, Any], source: str) -> Constraints:
+    try:
+        return Constraints.from_dict(values)
+    except PrimeSVTError as exc:
+        raise PrimeSVTError(f"{source}: [constraints] {exc}") from None
+
+
+def _check(section: str, table: Any, schema: dict[str, Any], source: str) -> dict[str, Any]:
+    where = f"[{section}]" if section else "top level"
+    if not isinstance(table, dict):
+        raise PrimeSVTError(f"{source}: {where} must be a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(schema) - (set(_SECTIONS) if not section else set()))
+    if unknown:
+        raise PrimeSVTError(f"{source}: unknown key(s) {', '.join(unknown)} at {where}: known are {', '.join(schema)}")
+    out = {}
+    for key, value in table.items():
+        if key in _SECTIONS and not section:
+            continue
+        kind = schema[key]
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float, (int, str)))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise PrimeSVTError(f"{source}: {where} {key} must be {names}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
+    """A StudyConfig from TOML text."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PrimeSVTError(f"{source}: malformed TOML: {exc}") from None
+    top = _check("", raw, _TOP, source)
+    sections = {name: _check(name, raw.get(name, {}), schema, source) for name, schema in _SECTIONS.items()}
+    for key in ("study_name", "checkpoint"):
+        if key not in top:
+            raise PrimeSVTError(f"{source}: {key} is missing (top level)")
+    data = dict(sections["data"])
+    search = sections["search"]
+    return StudyConfig(
+        study_name=top["study_name"],
+        storage=top.get("storage", f"sqlite:///{top['study_name']}.db"),
+        checkpoint=top["checkpoint"],
+        device=top.get("device", "cpu"),
+        constraints=_constraints(sections["constraints"], source),
+        eval_images=data.pop("eval_images", None),
+        batch_size=data.pop("batch_size", 256),
+        data=data,
+        policy=search.get("policy", "prioritized"),
+        grid=tuple(search.get("grid", DEFAULT_GRID)),
+        robustness_rule=search.get("robustness_rule", "highest"),
+        walk_all=search.get("walk_all", False),
+        trials=search.get("trials"),
+        seed=search.get("seed", 0),
+        workers=search.get("workers", 1),
+        early_cut=search.get("early_cut", "exact"),
+        confidence=search.get("confidence", 0.99),
+        wait_timeout=search.get("wait_timeout", 3600.0),
+        source=source,
+    )
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study config file."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PrimeSVTError(f"study config {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PrimeSVTError(f"cannot read study config {path}: {exc}") from None
+    return parse_study_config(text, str(path))
