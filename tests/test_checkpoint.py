@@ -11,7 +11,7 @@ import torch
 from spikingjelly.activation_based import functional
 
 from primesvt_optuna.checkpoint import (
-    checkpoint_sha256, load_checkpoint, load_original, resolve_checkpoint, save_checkpoint, shipped, shipped_names,
+    checkpoint_sha256, load_checkpoint, load_original, resolve_checkpoint, save_checkpoint, shipped,
 )
 from primesvt_optuna.cli import main
 from primesvt_optuna.data import Splits, load_splits, make_spec, subset
