@@ -18,6 +18,7 @@ the study, so the report needs nothing but the storage.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -50,6 +51,10 @@ class ComparisonSpec:
     policies: Sequence[str] = POLICIES
     seeds: Sequence[int] = (0, 1, 2)
     budget_images: int | None = None
+    """Images each study may evaluate (charged sweep included). None: the shared sweep's images
+    plus ``extra_evaluations`` full evaluations, so every policy may spend what a walk that
+    sweeps may spend; without a sweep, ``extra_evaluations`` full evaluations."""
+    extra_evaluations: int = 20
     max_trials: int = 200
     n_jobs: int = 2
     shared_sweep: bool = True
@@ -124,6 +129,20 @@ def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def objective_from_config(cfg: Any, robustness_cache: dict[tuple[str, float], float] | None = None) -> Any:
+    """The PruningObjective ``primesvt search`` builds from a study config, plus the shared sweep's
+    cache for the walks (a module-level function, so a partial of it pickles to the workers)."""
+    from ..plugin import ConstraintPruner, PruningObjective
+
+    c = cfg.constraints
+    return PruningObjective(
+        cfg.checkpoint, data=cfg.data or None, max_accuracy_drop=c.max_accuracy_drop, min_accuracy=c.min_accuracy,
+        memory_target=c.memory_target, memory_budget=c.memory_budget, grid=cfg.grid, eval_images=cfg.eval_images,
+        batch_size=cfg.batch_size, device=cfg.device, pruner=ConstraintPruner(**cfg.pruner_settings),
+        wait_timeout=cfg.wait_timeout, robustness_cache=robustness_cache,
+    )
+
+
 class _SweepDone:
     """Stop a sweep worker once the reference and every single-layer trial have finished."""
 
@@ -167,14 +186,19 @@ def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tup
         if value is not None and value == value:  # a cut trial caches the best it could have reached
             cache[(row.layer, round(float(row.rate), 6))] = float(value)
     seconds = sum((r.datetime_complete - r.datetime_start).total_seconds() for r in sweep.itertuples())
+    full = int(frame[frame.complete].images_evaluated.max())
     cost = {"images": float(sweep.images_evaluated.fillna(0).sum()), "seconds": round(seconds, 3),
-            "trials": len(sweep), "source": study.study_name}
+            "trials": len(sweep), "full_evaluation": full, "source": study.study_name}
     return cache, cost
 
 
 def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: int,
             cache: dict[tuple[str, float], float] | None, charged: dict[str, float] | None) -> str:
     """One independent study (in its own process); returns its name."""
+    from ..plugin.constraints import rate_param
+    from ..plugin.result import save_result_note
+    from ..plugin.samplers._walk import write_study_attrs
+
     _quiet()
     objective = factory(robustness_cache=cache) if cache is not None else factory()
     name = study_name(spec.name, policy, seed)
@@ -182,6 +206,13 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
                                 sampler=make_sampler(policy, seed, objective.grid, spec.sampler_options),
                                 load_if_exists=True)
     study.set_user_attr("primesvt:compare", {"policy": policy, "seed": seed, "comparison": spec.name})
+    if policy in ("tpe", "nsga2"):
+        objective.attach(study)
+        write_study_attrs(study, {"policy": policy, "grid": list(objective.grid), "seed": seed,
+                                  "sampler": {"policy": policy, "grid": list(objective.grid), "seed": seed}})
+        if not study.trials:  # trial 0 is the unpruned reference for every policy, as in `primesvt search`
+            study.enqueue_trial({rate_param(name): 0.0 for name, _ in objective.layers},
+                                user_attrs={"phase": "reference"})
     done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     if done < spec.max_trials:
         charged_images = int((charged or {}).get("images", 0))
@@ -192,6 +223,7 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
         report["charged"] = charged
     report["test"] = test_accuracy(objective, study)
     study.set_user_attr(REPORT_ATTR, report)
+    save_result_note(study)  # the plugin's result as a markdown note on the dashboard
     return name
 
 
@@ -235,6 +267,13 @@ def run_comparison(spec: ComparisonSpec, factory: ObjectiveFactory, *, progress:
         if progress:
             print(f"[compare] sweep: {charged['trials']} trials, {charged['images']:,.0f} images, "
                   f"{charged['seconds']:.1f} s (charged to each walk study)", flush=True)
+    if spec.budget_images is None:
+        full = charged["full_evaluation"] if charged else int(factory().eval_images)
+        base = charged["images"] if charged else 0
+        spec = dataclasses.replace(spec, budget_images=int(base + spec.extra_evaluations * full))
+    if progress:
+        print(f"[compare] budget per study: {spec.budget_images:,} evaluated images, at most {spec.max_trials} "
+              "trials", flush=True)
     tasks = [(p, s) for s in spec.seeds for p in spec.policies]
     if progress:
         print(f"[compare] {len(tasks)} studies ({len(spec.policies)} policies x {len(spec.seeds)} seeds) "
