@@ -1,18 +1,19 @@
 """Search efficiency of every policy on both embedded benchmarks (digits and digits-hard).
 
-Runs the full comparison (6 policies x 3 seeds, same objective, constraints and image budget, the
-robustness sweep charged to the walks) on each benchmark's shipped baseline, writes the report
-(table + figures) per benchmark, and one CSV with, per benchmark and baseline policy, the ratios
-measured in the same run:
+Runs ``primesvt compare``'s comparison (6 policies x 3 seeds, same objective, constraints and
+image budget, the robustness sweep charged to the walks) from a study config, once per benchmark
+with that benchmark's shipped baseline as the checkpoint, writes the report (table + figures) per
+benchmark, and one CSV with, per benchmark and baseline policy, ratios measured in the same run:
 
 * ``saving_ratio``: prioritized median best feasible saving / the policy's (> 1: the walk saves more);
-* ``images_ratio``: the policy's median images to reach the memory target / prioritized's
-  (> 1: the walk is cheaper; empty when either never met the target).
+* ``images_ratio`` / ``time_ratio``: the policy's median evaluated images / seconds to reach the
+  memory target over prioritized's (> 1: the walk is cheaper; empty when either never met it).
 
-    python benchmarks/bench_search.py [--benchmark digits=digits-2-64 ...] [--budget-images N]
+    python benchmarks/bench_search.py [--config studies/digits.toml]
+        [--benchmark digits=digits-2-64 digits-hard=digits-hard-2-64]
 
-Writes benchmarks/results/search.csv and benchmarks/results/search-<benchmark>/ (machine recorded);
-the studies stay in benchmarks/results/search.db for `primesvt dashboard`.
+Writes benchmarks/results/search.csv and benchmarks/results/search-<benchmark>/ (machine
+recorded); the studies stay in benchmarks/results/search.db for `primesvt dashboard`.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from primesvt_optuna.checkpoint import resolve_checkpoint
-from primesvt_optuna.plugin import PruningObjective
+from primesvt_optuna.plugin.study_config import load_study_config
 from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
-from primesvt_optuna.reporting.compare import machine
+from primesvt_optuna.reporting.compare import WALK_POLICIES, machine, objective_from_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT = ["digits=digits-2-64", "digits-hard=digits-hard-2-64"]
@@ -51,12 +51,10 @@ def ratios(table: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="studies/digits.toml", help="study config: constraints, grid, batch size")
     parser.add_argument("--benchmark", nargs="+", default=DEFAULT, metavar="NAME=CHECKPOINT")
-    parser.add_argument("--max-accuracy-drop", type=float, default=0.03)
-    parser.add_argument("--memory-target", type=float, default=0.3)
-    parser.add_argument("--budget-images", type=int, default=60_000)
-    parser.add_argument("--max-trials", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--budget-images", type=int, default=None, help="default: sweep + 20 full evaluations")
+    parser.add_argument("--max-trials", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--storage", default=f"sqlite:///{RESULTS}/search.db")
@@ -64,19 +62,19 @@ def main() -> None:
     frames = []
     for item in args.benchmark:
         name, _, checkpoint = item.partition("=")
-        factory = functools.partial(
-            PruningObjective, str(resolve_checkpoint(checkpoint)), max_accuracy_drop=args.max_accuracy_drop,
-            memory_target=args.memory_target, batch_size=args.batch_size,
-        )
+        cfg = load_study_config(args.config).with_overrides(checkpoint=checkpoint, study_name=name)
+        walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all}
         spec = ComparisonSpec(name=name, storage=args.storage, seeds=tuple(range(args.seeds)),
-                              budget_images=args.budget_images, max_trials=args.max_trials, n_jobs=args.jobs)
+                              budget_images=args.budget_images, max_trials=args.max_trials, n_jobs=args.jobs,
+                              sampler_options={p: walk for p in WALK_POLICIES})
         start = time.perf_counter()
-        run_comparison(spec, factory)
+        run_comparison(spec, functools.partial(objective_from_config, cfg))
         wall = time.perf_counter() - start
         report = build_report(args.storage, RESULTS / f"search-{name}", name)
         print(report.display.to_string(index=False), flush=True)
         table = report.table.merge(ratios(report.table), on="policy", how="left")
-        frames.append(table.assign(benchmark=name, checkpoint=checkpoint, comparison_wall_s=round(wall, 1)))
+        frames.append(table.assign(benchmark=name, checkpoint=checkpoint, constraints=cfg.constraints.describe(),
+                                   comparison_wall_s=round(wall, 1)))
     info = machine()
     out = pd.concat(frames).assign(**{k: str(v) for k, v in info.items()})
     first = ["benchmark", "policy", "saving_ratio", "images_ratio", "time_ratio"]

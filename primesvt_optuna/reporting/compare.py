@@ -213,6 +213,8 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
         if not study.trials:  # trial 0 is the unpruned reference for every policy, as in `primesvt search`
             study.enqueue_trial({rate_param(name): 0.0 for name, _ in objective.layers},
                                 user_attrs={"phase": "reference"})
+    if REPORT_ATTR in study.user_attrs:  # finished by an earlier run: resuming adds nothing
+        return name
     done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     if done < spec.max_trials:
         charged_images = int((charged or {}).get("images", 0))
