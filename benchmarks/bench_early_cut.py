@@ -1,14 +1,20 @@
 """How many evaluation images (and how much time) the ConstraintPruner saves over whole studies.
 
-For each policy, the same study runs three times on the shipped digits baseline: without any cut,
-with the default cut (memory pre-check + exact accuracy cut, which never changes a verdict), and
-with the statistical cut at 99% confidence as well. Reported per run: images evaluated, trials
-cut, wall time, and the selected configuration, so that "the exact cut changes nothing the walk
-selects" is checked on real data. The walk's trials are the same with and without the exact cut;
-TPE's differ (it learns from cut trials differently), so its row compares two whole studies of
-the same length rather than the same trials.
+Two measurements:
 
-    python benchmarks/bench_early_cut.py [--checkpoint digits-2-64] [--policies prioritized tpe]
+* ``--storage`` (cheap): every study of a finished comparison, per policy. A cut trial records
+  how many images it evaluated, so the images it saved are the full evaluation minus those; the
+  seconds saved are estimated from the same study's seconds per evaluated image. Memory pre-check
+  rejections (complete configurations that cannot meet the target, never evaluated) and accuracy
+  cuts are counted apart.
+* ``--rerun POLICY ...`` (expensive): the same study run three times on the checkpoint, without
+  any cut, with the default cut (memory pre-check + exact accuracy cut, which never changes a
+  verdict) and with the statistical cut at 99% confidence; wall times are measured, and whether
+  the selection is the same as without the cut is checked on real data. The walk's trials are the
+  same with and without the exact cut; TPE's differ (it learns from cut trials differently).
+
+    python benchmarks/bench_early_cut.py --storage sqlite:///benchmarks/results/search.db --prefix digits
+    python benchmarks/bench_early_cut.py --rerun prioritized [--checkpoint digits-2-64]
 
 Writes benchmarks/results/early_cut.csv (machine recorded).
 """
@@ -27,7 +33,7 @@ import optuna
 from primesvt_optuna.checkpoint import resolve_checkpoint
 from primesvt_optuna.plugin import ConstraintPruner, PruningObjective
 from primesvt_optuna.reporting.compare import machine, make_sampler
-from primesvt_optuna.reporting.frames import StudyRecord, trials_frame
+from primesvt_optuna.reporting.frames import StudyRecord, load_studies, trials_frame
 from primesvt_optuna.reporting.table import selected_trial
 from primesvt_optuna.storage import open_storage
 
@@ -63,35 +69,72 @@ def run(args: argparse.Namespace, policy: str, cut: str, folder: Path) -> dict[s
     }
 
 
+def from_storage(storage: str, prefix: str) -> list[dict[str, Any]]:
+    """Images and estimated seconds the cuts saved in every study of a finished comparison."""
+    rows = []
+    records = load_studies(storage, prefix)
+    for policy in dict.fromkeys(r.policy for r in records):
+        evaluated = saved_memory = saved_accuracy = seconds = 0.0
+        cut_memory = cut_accuracy = trials = 0
+        for r in (r for r in records if r.policy == policy):
+            t = r.trials
+            full = r.val_images
+            cut = t[t.cut]
+            memory = cut.cut_reason.fillna("").str.startswith("memory")
+            evaluated += t.images_evaluated.fillna(0).sum()
+            saved_memory += (full - cut[memory].images_evaluated.fillna(0)).sum()
+            saved_accuracy += (full - cut[~memory].images_evaluated.fillna(0)).sum()
+            cut_memory, cut_accuracy, trials = cut_memory + int(memory.sum()), cut_accuracy + int((~memory).sum()), trials + len(t)
+            seconds += t.wall_time.fillna(0).sum()
+        per_image = seconds / evaluated if evaluated else float("nan")
+        saved = saved_memory + saved_accuracy
+        rows.append({
+            "mode": "storage", "policy": policy, "studies": sum(r.policy == policy for r in records), "trials": trials,
+            "cut_for_memory": cut_memory, "cut_for_accuracy": cut_accuracy, "images_evaluated": int(evaluated),
+            "images_saved_memory_precheck": int(saved_memory), "images_saved_accuracy_cut": int(saved_accuracy),
+            "images_saved_fraction": round(saved / (evaluated + saved), 4) if evaluated + saved else None,
+            "accuracy_cut_saved_fraction": round(saved_accuracy / (evaluated + saved_accuracy), 4)
+            if evaluated + saved_accuracy else None,
+            "evaluation_s": round(seconds, 1), "est_seconds_saved": round(saved * per_image, 1),
+        })
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--storage", help="a finished comparison's storage")
+    parser.add_argument("--prefix", help="the comparison's name in that storage")
+    parser.add_argument("--rerun", nargs="*", default=[], metavar="POLICY", help="policies to run with/without cuts")
     parser.add_argument("--checkpoint", default="digits-2-64")
-    parser.add_argument("--policies", nargs="+", default=["prioritized", "tpe"])
     parser.add_argument("--max-accuracy-drop", type=float, default=0.03)
-    parser.add_argument("--memory-target", type=float, default=0.3)
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch: the exact cut looks after each")
-    parser.add_argument("--max-trials", type=int, default=80, help="trials per study (the walk may stop sooner)")
+    parser.add_argument("--memory-target", type=float, default=0.4)
+    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch: the exact cut looks after each")
+    parser.add_argument("--max-trials", type=int, default=150, help="trials per study (the walk may stop sooner)")
     parser.add_argument("--output", type=Path, default=OUT)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    rows = []
+    rows = from_storage(args.storage, args.prefix) if args.storage else []
+    reruns = []
     with tempfile.TemporaryDirectory() as tmp:
-        for policy in args.policies:
+        for policy in args.rerun:
             for cut in CUTS:
-                rows.append(run(args, policy, cut, Path(tmp)))
-                print(rows[-1], flush=True)
-    info = machine()
-    for r in rows:
-        base = next(b for b in rows if b["policy"] == r["policy"] and b["cut"] == "none")
+                reruns.append(run(args, policy, cut, Path(tmp)))
+                print(reruns[-1], flush=True)
+    for r in reruns:
+        base = next(b for b in reruns if b["policy"] == r["policy"] and b["cut"] == "none")
         r["images_saved_fraction"] = round(1 - r["images_evaluated"] / base["images_evaluated"], 4)
         r["time_saved_fraction"] = round(1 - r["wall_s"] / base["wall_s"], 4)
         r["same_selection_as_no_cut"] = r["selected_rates"] == base["selected_rates"]
+    rows += [{"mode": "rerun", **r} for r in reruns]
+    info = machine()
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[*rows[0], *info])
+        writer = csv.DictWriter(fh, fieldnames=[*keys, *info])
         writer.writeheader()
         for r in rows:
             writer.writerow({**r, **info})
+            print(r)
     print(f"wrote {args.output}")
 
 

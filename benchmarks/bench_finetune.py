@@ -31,7 +31,7 @@ from primesvt_optuna.reporting.table import runs_table
 from primesvt_optuna.training import evaluate, finetune
 
 OUT = Path(__file__).resolve().parent / "results" / "finetune.csv"
-GRID = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def measure(engine: Engine, splits: Any, rates: dict[str, float], epochs: int, seed: int) -> dict[str, Any]:
@@ -65,25 +65,34 @@ def main() -> None:
     rows: list[dict[str, Any]] = [{"config": "unpruned", "epochs": 0, "memory_saving": 0.0, "val_before": base_val,
                                    "test_before": base_test, "val_after": base_val, "test_after": base_test}]
     runs = runs_table(load_studies(args.storage, args.prefix))
+    done: dict[str, dict[str, Any]] = {}
     for policy, group in runs.groupby("policy", sort=False):
         group = group.dropna(subset=["best_saving"]).sort_values("best_saving")
         if group.empty:
             rows.append({"config": f"{policy} (nothing feasible)", "epochs": args.epochs})
             continue
         pick = group.iloc[(len(group) - 1) // 2]  # the median seed (lower middle for an even count)
-        rates = {k: v for k, v in pick.rates.items() if v > 0}
-        rows.append({"config": f"{policy} seed {pick.seed}", "epochs": args.epochs,
-                     **measure(engine, splits, rates, args.epochs, args.seed)})
+        rates = {k: v for k, v in sorted(pick.rates.items()) if v > 0}
+        key = repr(rates)
+        if key not in done:
+            done[key] = measure(engine, splits, rates, args.epochs, args.seed)
+        rows.append({"config": f"{policy} seed {pick.seed}", "epochs": args.epochs, **done[key],
+                     "within_budget_before": done[key]["val_before"] >= floor - 1e-12,
+                     "within_budget_after_finetune": done[key]["val_after"] >= floor - 1e-12})
         print(rows[-1], flush=True)
-    for rate in GRID:  # the largest uniform rate within the budget after fine-tuning
-        rates = {layer: rate for layer in engine.layers}
-        result = measure(engine, splits, rates, args.epochs, args.seed)
+    lo, hi = -1, len(GRID)  # GRID[lo] passes (or lo = -1: none known), GRID[hi] fails
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        result = measure(engine, splits, {layer: GRID[mid] for layer in engine.layers}, args.epochs, args.seed)
         ok = result["val_after"] >= floor - 1e-12
-        rows.append({"config": f"uniform {rate:.0%} + fine-tune", "epochs": args.epochs, **result,
+        rows.append({"config": f"uniform {GRID[mid]:.0%} + fine-tune", "epochs": args.epochs, **result,
+                     "within_budget_before": result["val_before"] >= floor - 1e-12,
                      "within_budget_after_finetune": ok})
         print(rows[-1], flush=True)
-        if ok:
-            break
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    best = next((r for r in rows if lo >= 0 and r["config"] == f"uniform {GRID[lo]:.0%} + fine-tune"), {})
+    rows.append({**best, "config": "uniform-then-fine-tune baseline (largest rate within budget)",
+                 "uniform_rate": GRID[lo] if lo >= 0 else 0.0, "epochs": args.epochs})
     info = {**machine(), "checkpoint": str(args.checkpoint), "max_accuracy_drop": args.max_accuracy_drop}
     keys = list(dict.fromkeys(k for r in rows for k in r))
     args.output.parent.mkdir(parents=True, exist_ok=True)
