@@ -60,6 +60,9 @@ def test_round_trip_same_outputs_and_accuracy(tmp_path: Path, trained, splits) -
     assert ckpt["model_config"]["embed_dim"] == 32 and ckpt["data"]["seed"] == 0
     assert len(checkpoint_sha256(path)) == 64 and checkpoint_sha256(path) == checkpoint_sha256(path)
     assert sorted(os.listdir(path.parent)) == ["m.pt"]  # no temporary file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_pruned_round_trip(tmp_path: Path, trained, splits) -> None:
