@@ -1,0 +1,138 @@
+"""`primesvt export STORAGE --study-name N --output CKPT`: write the study's selected pruned model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import PrimeSVTError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="write the configuration a search selected as a pruned checkpoint (optionally fine-tuned)",
+        description=(
+            "Prune the study's baseline checkpoint at the selected rates, optionally fine-tune it, and "
+            "write it as a checkpoint (temporary file, then rename: an existing file is never half "
+            "overwritten). Reports validation and test accuracy before and after fine-tuning."
+        ),
+    )
+    p.add_argument("storage", metavar="STORAGE", help="the search's storage, e.g. sqlite:///runs/digits.db")
+    p.add_argument("--study-name", required=True)
+    p.add_argument("--output", required=True, metavar="CKPT", help="checkpoint file to write")
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune for N epochs (default 0)")
+    p.add_argument("--checkpoint", help="the baseline, when it moved since the search (its hash must match)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="overwrite CKPT if it exists")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from ..checkpoint import checkpoint_sha256, load_checkpoint, resolve_checkpoint, save_checkpoint
+    from ..data import load_splits
+    from ..plugin.constraints import STUDY_PREFIX
+    from ..plugin.result import result
+    from ..pruning import Engine, model_bytes, structure_of
+    from ..storage import describe_storage, open_storage
+    from ..training import evaluate, finetune
+
+    if args.finetune_epochs < 0:
+        raise PrimeSVTError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    output = Path(args.output).expanduser()
+    if output.is_dir():
+        raise PrimeSVTError(f"--output {output} is a folder: give a file name such as {output / 'pruned.pt'}")
+    if output.exists() and not args.force:
+        raise PrimeSVTError(f"{output} exists: pass --force to overwrite it")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(args.storage, read_only=True)
+    names = optuna.get_all_study_names(storage)
+    if args.study_name not in names:
+        raise PrimeSVTError(
+            f"no study {args.study_name!r} in {describe_storage(args.storage)}: it holds {', '.join(names) or 'no study'}"
+        )
+    study = optuna.load_study(study_name=args.study_name, storage=storage)
+    attrs = study.user_attrs
+    res = result(study)
+    if res.selected is None:
+        raise PrimeSVTError(f"study {args.study_name!r} has selected nothing yet: run (or resume) the search first")
+    if not res.finished:
+        print(f"warning: the search of {args.study_name!r} is not finished; exporting its selection so far",
+              file=sys.stderr)
+
+    source = args.checkpoint or attrs.get(f"{STUDY_PREFIX}checkpoint")
+    if not source:
+        raise PrimeSVTError("the study does not record its baseline checkpoint: pass --checkpoint")
+    path = resolve_checkpoint(source)
+    expected = attrs.get(f"{STUDY_PREFIX}checkpoint_sha256")
+    if expected and checkpoint_sha256(path) != expected:
+        raise PrimeSVTError(f"{path} is not the checkpoint the study searched (SHA-256 differs): pass the original with --checkpoint")
+    model, ckpt = load_checkpoint(path)
+    engine = Engine(model)
+    layers = [row["layer"] for row in attrs.get(f"{STUDY_PREFIX}layers", [])]
+    if layers and sorted(layers) != sorted(engine.layers):
+        raise PrimeSVTError("the study's layer table does not match this checkpoint's prunable layers")
+    rates = res.selected["rates"]
+    pruned = engine.prune(rates)
+    if model_bytes(pruned) != res.selected["model_bytes"]:
+        raise PrimeSVTError(
+            f"the pruned model has {model_bytes(pruned):,} bytes, the study recorded {res.selected['model_bytes']:,}: "
+            "the pruning engine changed since the search; re-run it"
+        )
+
+    spec = attrs.get(f"{STUDY_PREFIX}data") or ckpt["data"]
+    splits = load_splits(spec)
+
+    def accuracy(m: Any) -> dict[str, float]:
+        return {split: evaluate(m, getattr(splits, split), device=args.device) for split in ("val", "test")}
+
+    report: dict[str, Any] = {
+        "study_name": args.study_name, "trial": res.selected["trial"], "rates": rates, "output": str(output),
+        "base_bytes": engine.base_bytes, "model_bytes": model_bytes(pruned),
+        "memory_saving": 1 - model_bytes(pruned) / engine.base_bytes, "both_constraints_met": res.both_met,
+        "unpruned": accuracy(model.to(args.device)), "pruned": accuracy(pruned.to(args.device)),
+        "finetune_epochs": args.finetune_epochs,
+    }
+    if args.finetune_epochs:
+        seed = attrs.get(f"{STUDY_PREFIX}seed") or 0
+        finetune(pruned, splits, epochs=args.finetune_epochs, seed=seed, device=args.device, progress=not args.json)
+        report["finetuned"] = accuracy(pruned)
+    final = report.get("finetuned", report["pruned"])
+    metrics = {
+        "val_accuracy": final["val"], "test_accuracy": final["test"],
+        "val_accuracy_before_finetune": report["pruned"]["val"], "test_accuracy_before_finetune": report["pruned"]["test"],
+        "unpruned_val_accuracy": report["unpruned"]["val"], "unpruned_test_accuracy": report["unpruned"]["test"],
+    }
+    meta = {
+        "source_checkpoint_sha256": expected, "study_name": args.study_name, "trial": res.selected["trial"],
+        "rates": rates, "policy": res.policy, "constraints": res.constraints, "finetune_epochs": args.finetune_epochs,
+    }
+    try:
+        save_checkpoint(output, pruned.cpu(), ckpt["model_config"], spec, metrics, structure=structure_of(pruned),
+                        meta=meta, force=args.force)
+    except OSError as exc:
+        raise PrimeSVTError(f"cannot write {output}: {exc.strerror or exc}; no existing file was changed") from None
+
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print(report)
+    return 0
+
+
+def _print(r: dict[str, Any]) -> None:
+    print(f"exported trial {r['trial']} of study {r['study_name']!r} to {r['output']}")
+    print(f"  model bytes {r['model_bytes']:,} of {r['base_bytes']:,} (saves {100 * r['memory_saving']:.2f}%)"
+          + ("" if r["both_constraints_met"] else "; note: the search could not meet both constraints"))
+    columns = ["unpruned", "pruned"] + (["finetuned"] if "finetuned" in r else [])
+    heads = {"unpruned": "unpruned", "pruned": "pruned", "finetuned": f"fine-tuned ({r['finetune_epochs']} ep)"}
+    print("  " + f"{'accuracy':<12}" + "".join(f"{heads[c]:>20}" for c in columns))
+    for split, name in (("val", "validation"), ("test", "test")):
+        print("  " + f"{name:<12}" + "".join(f"{100 * r[c][split]:>19.2f}%" for c in columns))
