@@ -56,6 +56,7 @@ class ComparisonSpec:
     sweeps may spend; without a sweep, ``extra_evaluations`` full evaluations."""
     extra_evaluations: int = 20
     max_trials: int = 200
+    """Trials each study may run, not counting the cached sweep trials a walk replays."""
     n_jobs: int = 2
     shared_sweep: bool = True
     sampler_options: dict[str, Any] = field(default_factory=dict)
@@ -216,10 +217,11 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
     if REPORT_ATTR in study.user_attrs:  # finished by an earlier run: resuming adds nothing
         return name
     done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
-    if done < spec.max_trials:
+    cap = spec.max_trials + len(cache or {})  # cached sweep trials evaluate nothing: not counted in the cap
+    if done < cap:
         charged_images = int((charged or {}).get("images", 0))
         budget = ImageBudget(spec.budget_images, charged_images)
-        study.optimize(objective, n_trials=spec.max_trials - done, callbacks=[budget], gc_after_trial=False)
+        study.optimize(objective, n_trials=cap - done, callbacks=[budget], gc_after_trial=False)
     report: dict[str, Any] = {"machine": machine()}
     if charged:
         report["charged"] = charged
