@@ -22,7 +22,9 @@ import shlex
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,17 +58,41 @@ def run_workers(k: int, fn: Callable[[int], R]) -> list[R]:
     """``[fn(0), ..., fn(k-1)]``, each in its own process (K = 1: here), results in order.
 
     ``fn`` is pickled with cloudpickle, so a closure over the config is fine; it must open the
-    storage itself (connections do not survive pickling). SIGINT in the parent is forwarded to
-    the workers once, and the parent waits for them to record their trials.
+    storage itself (connections do not survive pickling). Every worker runs to its end; then the
+    first worker error, if any, is raised. SIGINT in the parent is forwarded to the workers once
+    and the parent waits for them to record their trials; idle workers ignore SIGINT, so a
+    terminal's Ctrl-C cannot kill one between tasks (which would make loky kill the others).
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise PrimeSVTError(f"--workers must be a whole number >= 1, got {k!r}")
     if k == 1:
         return [fn(0)]
-    from joblib import Parallel, delayed
+    from joblib.externals.loky import get_reusable_executor
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
+    executor = get_reusable_executor(max_workers=k, initializer=_ignore_sigint)
     with _forward_sigint():
-        return list(Parallel(n_jobs=k, backend="loky")(delayed(fn)(i) for i in range(k)))
+        futures = [executor.submit(fn, i) for i in range(k)]
+        wait(futures)
+    results = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except TerminatedWorkerError as exc:
+            raise PrimeSVTError(
+                f"a worker process died ({_first_line(exc)}); resume the search to retry its trial"
+            ) from None
+    return results
+
+
+def _ignore_sigint() -> None:
+    """loky worker initializer: SIGINT only counts while ``optimize`` runs (it installs its own)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 @contextmanager
@@ -133,16 +159,27 @@ def optimize(
     """
     fail_stale_trials(study)
     finished = [0]
+    stop = _StopRequest()
 
-    def count(study: Study, trial: FrozenTrial) -> None:
+    def after_trial(study: Study, trial: FrozenTrial) -> None:
         finished[0] += 1
+        stop.check()  # a SIGINT whose exception was swallowed (GC callback, __del__) stops here
+
+    def guarded(trial: optuna.Trial) -> Any:
+        stop.check()
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:
+            with _sigint_ignored():  # tells the walk this rate was not evaluated, not rejected
+                trial.set_user_attr(INTERRUPTED, True)
+            raise
 
     interrupted = False
     released: list[int] = []
-    with _stop_on_sigint():
+    with stop.installed():
         try:
             study.optimize(
-                objective, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, count], catch=catch,
+                guarded, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, after_trial], catch=catch,
                 gc_after_trial=False, show_progress_bar=show_progress_bar,
             )
         except KeyboardInterrupt:
@@ -157,25 +194,74 @@ def optimize(
 
 
 class _Stop(KeyboardInterrupt):
-    """Raised by the first SIGINT a worker receives."""
+    """Raised in a worker by SIGINT."""
 
 
-@contextmanager
-def _stop_on_sigint() -> Iterator[None]:
-    """First SIGINT raises KeyboardInterrupt; SIGINTs after it are ignored (cleanup must finish)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+_UNSAFE_MODULES = (
+    "optuna.storages", "optuna.study._tell", "sqlalchemy", "psycopg2", "pymysql", "MySQLdb", "sqlite3",
+    "weakref", "logging", "threading",
+)
+"""Code a KeyboardInterrupt must not tear through: a journal write interrupted between taking and
+releasing its lock file leaves the lock behind (and Optuna then raises FileNotFoundError instead
+of KeyboardInterrupt), a half-done tell leaves the trial half recorded, and an exception raised
+in a GC callback is silently dropped."""
 
-    def handler(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+def _unsafe(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_UNSAFE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _StopRequest:
+    """SIGINT raises ``_Stop`` at the next safe point of the worker.
+
+    Inside storage or tell code (``_UNSAFE_MODULES``) the signal is re-delivered 50 ms later
+    instead, until the interrupted code is out of there. A second SIGINT within ``DEBOUNCE``
+    seconds of the first (the terminal's plus the one the parent forwards) is ignored, and the
+    optimize loop re-checks the request before and after every trial.
+    """
+
+    DEBOUNCE = 2.0
+    RETRY = 0.05
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self.deferred = False
+        self._timer: threading.Timer | None = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if self.at is not None and not self.deferred and now - self.at < self.DEBOUNCE:
+            return
+        if self.at is None:
+            self.at = now
+        self.deferred = _unsafe(frame)
+        if self.deferred:
+            self._timer = threading.Timer(self.RETRY, os.kill, (os.getpid(), signal.SIGINT))
+            self._timer.daemon = True
+            self._timer.start()
+            return
         raise _Stop
 
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def check(self) -> None:
+        if self.at is not None:
+            raise _Stop
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self.handler)
+        try:
+            yield
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager

@@ -78,7 +78,7 @@ def summary(study: optuna.Study) -> dict[str, Any]:
     ]
     return {
         "selected": res.selected["rates"] if res.selected else None,
-        "commits": [(c.layer, c.rate) for c in state.commits],
+        "commits": [[c.layer, c.rate] for c in state.commits],
         "finished": res.finished,
         "states": dict(collections.Counter(t.state.name for t in trials)),
         "duplicates": sorted(k for k, n in collections.Counter(evaluated).items() if n > 1),
