@@ -20,6 +20,7 @@ A trial whose evaluation raises or yields NaN returns NaN, so Optuna records it 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import threading
@@ -450,5 +451,6 @@ class PruningObjective(RateObjective):
     def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[int, int]]:
         from ..training import iter_eval
 
-        model = self.engine.prune(rates) if rates else self.engine.model
+        # a copy even unpruned: concurrent trials (n_jobs) must not share neuron state
+        model = self.engine.prune(rates) if rates else copy.deepcopy(self.engine.model)
         yield from iter_eval(model.to(self.device), self.eval_set, batch_size=self.batch_size, device=self.device)

@@ -1,0 +1,74 @@
+"""Study configs: the shipped ones load, every malformed one is one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from primesvt_optuna.errors import PrimeSVTError
+from primesvt_optuna.plugin.study_config import load_study_config, parse_study_config
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+GOOD = """
+study_name = "s"
+checkpoint = "digits-2-64"
+[constraints]
+max_accuracy_drop = 0.03
+memory_target = 0.4
+"""
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_study_config(path)
+    assert cfg.constraints.max_accuracy_drop == 0.03
+    assert cfg.grid == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def test_digits_is_the_3_point_default():
+    cfg = load_study_config(STUDIES / "digits.toml")
+    assert (cfg.checkpoint, cfg.policy, cfg.study_name) == ("digits-2-64", "prioritized", "digits-demo")
+    assert 0.3 <= cfg.constraints.memory_target <= 0.5
+
+
+def test_defaults_and_overrides():
+    cfg = parse_study_config(GOOD)
+    assert cfg.storage == "sqlite:///s.db" and cfg.workers == 1 and cfg.early_cut == "exact"
+    other = cfg.with_overrides(memory_target=0.2, policy="uniform", trials=None, max_accuracy_drop=0.05)
+    assert other.constraints.memory_target == 0.2 and other.constraints.max_accuracy_drop == 0.05
+    assert other.policy == "uniform" and other.trials is None
+    budget = cfg.with_overrides(memory_budget="100kB")
+    assert budget.constraints.memory_budget == 100_000 and budget.constraints.memory_target is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("study_name = 's'\ncheckpoint = ", "malformed TOML"),
+        (GOOD + "colour = 'red'\n", "unknown key(s) colour"),
+        (GOOD + "[search]\npolicy = 'greedy'\n", "policy 'greedy' is unknown"),
+        (GOOD + "[search]\ngrid = [0.5, 1.0]\n", "grid values must lie in [0, 1)"),
+        (GOOD + "[search]\ngrid = [-0.1]\n", "grid values must lie in [0, 1)"),
+        (GOOD + "[search]\ngrid = []\n", "grid is empty"),
+        (GOOD + "[search]\ntrials = 'many'\n", "trials must be int"),
+        (GOOD + "[search]\npolicy = 'tpe'\n", "needs a trial budget"),
+        (GOOD + "[search]\nspeed = 3\n", "unknown key(s) speed at [search]"),
+        (GOOD.replace("0.03", "-0.01"), "max_accuracy_drop must be a fraction in [0, 1)"),
+        (GOOD.replace("0.4", "1.0"), "memory_target is the fraction of model bytes to save and must lie in [0, 1)"),
+        (GOOD.replace("memory_target = 0.4", "memory_budget = 'lots'"), "cannot read 'lots' as a size"),
+        (GOOD.replace('checkpoint = "digits-2-64"', ""), "checkpoint is missing"),
+        (GOOD + "[data]\neval_images = 0\n", "eval_images must be at least 1"),
+        ("data = 3\n" + GOOD, "[data] must be a table"),
+    ],
+)
+def test_bad_configs_are_one_clear_line(text, message):
+    with pytest.raises(PrimeSVTError) as info:
+        parse_study_config(text, "study.toml")
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith("study.toml")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(PrimeSVTError, match="does not exist"):
+        load_study_config(tmp_path / "nope.toml")
