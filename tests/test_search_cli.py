@@ -1,0 +1,102 @@
+"""`primesvt search` and `primesvt export` end to end on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from primesvt_optuna.checkpoint import load_checkpoint, save_checkpoint
+from primesvt_optuna.cli import main
+from primesvt_optuna.data import make_spec
+from primesvt_optuna.models import build_model
+from primesvt_optuna.storage import open_storage
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("search")
+    torch.manual_seed(0)
+    save_checkpoint(root / "tiny.pt", build_model({"preset": "digits-tiny"}), {"preset": "digits-tiny"},
+                    make_spec("digits", img_size=16), {})
+    (root / "tiny.toml").write_text(f"""
+study_name = "tiny"
+storage = "sqlite:///{root / 'tiny.db'}"
+checkpoint = "{root / 'tiny.pt'}"
+[data]
+eval_images = 48
+batch_size = 16
+[constraints]
+max_accuracy_drop = 0.03
+memory_target = 0.3
+[search]
+grid = [0.5]
+""")
+    return root
+
+
+def search(workdir: Path, *extra: str) -> int:
+    return main(["search", str(workdir / "tiny.toml"), *extra])
+
+
+def n_trials(url: str, name: str) -> int:
+    return len(optuna.load_study(study_name=name, storage=open_storage(url)).trials)
+
+
+def test_search_resume_refusals_and_export(workdir, capsys):
+    url = f"sqlite:///{workdir / 'tiny.db'}"
+    assert search(workdir, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["policy"] == "prioritized" and out["finished"] and out["selected"]["memory_saving"] > 0
+    trials = n_trials(url, "tiny")
+
+    assert search(workdir) == 2  # exists, no --resume
+    assert "pass --resume" in capsys.readouterr().err
+    assert search(workdir, "--resume", "--memory-target", "0.5") == 2  # other settings
+    assert "memory_target" in capsys.readouterr().err
+    assert search(workdir, "--resume") == 0  # finished: nothing to do, same selection printed
+    printed = capsys.readouterr().out
+    assert "selected: trial" in printed and "export it:" in printed
+    assert n_trials(url, "tiny") == trials
+
+    output = workdir / "pruned.pt"
+    assert main(["export", url, "--study-name", "tiny", "--output", str(output), "--finetune-epochs", "1",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report["finetuned"]) == {"val", "test"} and report["rates"] == out["selected"]["rates"]
+    model, ckpt = load_checkpoint(output)
+    assert ckpt["model_bytes"] == out["selected"]["model_bytes"] and ckpt["structure"] is not None
+    assert ckpt["metrics"]["val_accuracy"] == report["finetuned"]["val"]
+    before = output.read_bytes()
+    assert main(["export", url, "--study-name", "tiny", "--output", str(output)]) == 2
+    assert "--force" in capsys.readouterr().err and output.read_bytes() == before
+    assert main(["export", url, "--study-name", "nope", "--output", str(workdir / "x.pt")]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy, extra", [("uniform", []), ("tpe", ["--trials", "4"])])
+def test_baseline_policies(workdir, capsys, policy, extra):
+    assert search(workdir, "--policy", policy, "--study-name", policy, "--json", *extra) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["policy"] == policy and out["stats"]["trials"] >= 2
+    study = optuna.load_study(study_name=policy, storage=open_storage(f"sqlite:///{workdir / 'tiny.db'}"))
+    assert study.trials[0].user_attrs["phase"] == "reference"
+
+
+def test_two_worker_processes(workdir, capsys):
+    assert search(workdir, "--study-name", "two", "--workers", "2", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    study = optuna.load_study(study_name="two", storage=open_storage(f"sqlite:///{workdir / 'tiny.db'}"))
+    pids = {t.system_attrs["primesvt:worker"]["pid"] for t in study.trials}
+    assert len(pids) == 2 and out["finished"]
+    keys = [t.system_attrs["primesvt:claim"]["key"] for t in study.trials if t.user_attrs["phase"] != "idle"]
+    assert len(keys) == len(set(keys))
+
+
+def test_unreachable_storage_is_one_line(workdir, capsys):
+    assert search(workdir, "--storage", "postgresql://nobody@127.0.0.1:9/none", "--study-name", "x") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
