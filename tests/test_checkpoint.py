@@ -166,10 +166,12 @@ def test_original_layout_checkpoint(tmp_path: Path, trained, capsys) -> None:
     _cli_error(capsys, argv, "converted.pt", "--force")
 
 
-def test_shipped_default_baseline_reproduces_recorded_accuracy() -> None:
-    assert resolve_checkpoint("digits-2-64") == shipped("digits-2-64")
-    model, ckpt = load_checkpoint(shipped("digits-2-64"))
-    assert ckpt["metrics"]["test_accuracy"] >= 0.97
+@pytest.mark.parametrize("name, data, floor", [("digits-2-64", "digits", 0.97), ("digits-hard-2-64", "digits-hard", 0.75)])
+def test_shipped_baselines_reproduce_recorded_accuracy(name: str, data: str, floor: float) -> None:
+    assert resolve_checkpoint(name) == shipped(name)
+    model, ckpt = load_checkpoint(shipped(name))
+    assert ckpt["data"] == {"name": data, "path": None, "img_size": 16, "seed": 0}
+    assert ckpt["metrics"]["test_accuracy"] >= floor
     assert evaluate(model, load_splits(ckpt["data"]).test) == ckpt["metrics"]["test_accuracy"]
     with pytest.raises(PrimeSVTError, match="no shipped checkpoint named 'nope'"):
         shipped("nope")
