@@ -79,3 +79,27 @@ def test_random_shift() -> None:
 def test_machine_is_recorded() -> None:
     info = machine()
     assert info["cores"] >= 1 and info["torch"] == torch.__version__ and info["cpu"]
+
+
+def test_cli_trains_on_a_cifar_folder(tmp_path) -> None:
+    """A 1-channel preset on 3-channel, 100-class data: the config records the overrides and reloads."""
+    import pickle
+
+    import numpy as np
+
+    from primesvt_optuna.checkpoint import load_checkpoint
+    from primesvt_optuna.cli import main
+
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 64), ("test", 200)):
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": list(np.arange(n) % 100)}, f)
+    out = tmp_path / "c100.pt"
+    assert main(["train", "--preset", "digits-tiny", "--data", "cifar100", "--data-path", str(root), "--epochs", "1",
+                 "--batch-size", "32", "--output", str(out), "--quiet"]) == 0
+    model, ckpt = load_checkpoint(out)
+    assert ckpt["model_config"]["in_channels"] == 3 and ckpt["model_config"]["num_classes"] == 100
+    assert ckpt["data"] == {"name": "cifar100", "path": str(root), "img_size": 16, "seed": 0}
+    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 100)
