@@ -82,7 +82,9 @@ def test_sweep_is_charged_to_the_walks_only(comparison):
 def test_budget_is_respected(comparison):
     _, records, _ = comparison
     for record in records:
-        assert len(record.trials) <= 8
+        t = record.trials
+        replayed = (t.phase == "robustness") & (t.images_evaluated == 0)  # the walks' cached sweep trials
+        assert (~replayed).sum() <= 8
         if record.policy in ("tpe", "nsga2"):  # the budget callback stops them at the image budget
             assert cost_curve(record).images.iloc[-1] < 3000 + 200
 

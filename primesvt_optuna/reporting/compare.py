@@ -32,7 +32,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import PrimeSVTError
 from ..storage import open_storage
-from .frames import POLICIES, REPORT_ATTR, StudyRecord, load_studies, study_name, sweep_name, trials_frame
+from .frames import (
+    POLICIES, REPORT_ATTR, StudyRecord, load_studies, load_sweep, study_name, sweep_cost, sweep_name, trials_frame,
+)
 from .table import selected_trial
 
 WALK_POLICIES = ("prioritized", "smallest-first", "random-order")
@@ -151,7 +153,9 @@ class _SweepDone:
         self.n_trials = n_trials
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if len(study.get_trials(deepcopy=False, states=_FINISHED)) >= self.n_trials:
+        # a failed trial (a killed worker's, on resume) does not count: its configuration is retried
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if len(done) >= self.n_trials or trial.user_attrs.get("phase") == "walk":
             study.stop()
 
 
@@ -165,7 +169,7 @@ def _sweep_worker(spec: ComparisonSpec, factory: ObjectiveFactory) -> None:
                                 directions=objective.directions,
                                 sampler=PrioritizedSampler(grid=objective.grid, seed=0), load_if_exists=True)
     n_sweep = 1 + len(objective.layers) * len(objective.grid)
-    if len(study.get_trials(deepcopy=False, states=_FINISHED)) < n_sweep:
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) < n_sweep:
         study.optimize(objective, callbacks=[_SweepDone(n_sweep)], gc_after_trial=False)
 
 
@@ -177,19 +181,16 @@ def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tup
 
     workers = max(1, spec.n_jobs)
     Parallel(n_jobs=workers, backend="loky")(delayed(_sweep_worker)(spec, factory) for _ in range(workers))
-    study = optuna.load_study(storage=open_storage(spec.storage), study_name=sweep_name(spec.name))
+    storage = open_storage(spec.storage)
+    study = optuna.load_study(storage=storage, study_name=sweep_name(spec.name))
     trials = study.get_trials(deepcopy=False)
-    frame = trials_frame(trials)
-    sweep = frame[frame.phase == "robustness"]
+    sweep = load_sweep(storage, spec.name)
     cache: dict[tuple[str, float], float] = {}
-    for row in sweep.itertuples():
+    for row in sweep.trials[sweep.trials.phase == "robustness"].itertuples():
         value = row.accuracy if row.complete else trials[row.number].user_attrs.get("accuracy_upper_bound")
         if value is not None and value == value:  # a cut trial caches the best it could have reached
             cache[(row.layer, round(float(row.rate), 6))] = float(value)
-    seconds = sum((r.datetime_complete - r.datetime_start).total_seconds() for r in sweep.itertuples())
-    full = int(frame[frame.complete].images_evaluated.max())
-    cost = {"images": float(sweep.images_evaluated.fillna(0).sum()), "seconds": round(seconds, 3),
-            "trials": len(sweep), "full_evaluation": full, "source": study.study_name}
+    cost = sweep_cost(sweep)
     return cache, cost
 
 

@@ -117,6 +117,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         # Both constraints hold (a missing memory constraint counts as met).
         "feasible": complete and c_acc <= 0 and (math.isnan(c_mem) or c_mem <= 0),
         "cut": trial.state == TrialState.PRUNED and bool(ua.get("cut_reason")),
+        "cached": bool(ua.get("cached")),  # filled from a shared robustness sweep, nothing evaluated
         "cut_reason": ua.get("cut_reason"),
         "wall_time": _float(ua.get("wall_time", 0)),
         "datetime_start": start,
@@ -128,7 +129,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
 
 COLUMNS = ["number", "state", "complete", "phase", "layer", "rate", "accuracy", "accuracy_drop",
            "memory_saving", "model_bytes", "images_evaluated", "constraint_accuracy", "constraint_memory",
-           "accuracy_ok", "feasible", "cut", "cut_reason", "wall_time", "datetime_start",
+           "accuracy_ok", "feasible", "cut", "cached", "cut_reason", "wall_time", "datetime_start",
            "datetime_complete", "rates"]
 
 
@@ -158,6 +159,17 @@ def load_sweep(storage: str | BaseStorage, name: str) -> StudyRecord | None:
     return StudyRecord(name, "robustness-sweep", 0, sweep_name(name), attrs, frame)
 
 
+def sweep_cost(sweep: StudyRecord) -> dict[str, Any]:
+    """What the shared sweep cost: images and seconds of its single-layer trials that reached an
+    outcome (a trial failed because its worker was killed is retried, and its time is not work)."""
+    t = sweep.trials
+    done = t[(t.phase == "robustness") & t.state.isin(["COMPLETE", "PRUNED"])]
+    seconds = (done.datetime_complete - done.datetime_start).dt.total_seconds().sum()
+    full = t[t.complete].images_evaluated.max()
+    return {"images": float(done.images_evaluated.fillna(0).sum()), "seconds": round(float(seconds), 3),
+            "trials": len(done), "full_evaluation": int(full) if full == full else 0, "source": sweep.study_name}
+
+
 def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[StudyRecord]:
     """Every comparison study in ``storage`` (only those named ``<prefix>/<policy>/seed<k>`` when a
     prefix is given), sorted by policy (the comparison's order) then seed."""
@@ -178,5 +190,10 @@ def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[
     names = {r.name for r in records}
     if prefix is None and len(names) > 1:
         raise PrimeSVTError(f"this storage holds several comparisons ({', '.join(sorted(names))}): pick one with --prefix")
+    sweeps = {name: load_sweep(storage, name) for name in names}
+    for record in records:  # the sweep's cost is charged to every study that replayed it
+        sweep = sweeps[record.name]
+        if sweep is not None and record.trials.cached.any():
+            record.report = {**record.report, "charged": sweep_cost(sweep)}
     order = {p: i for i, p in enumerate(POLICIES)}
     return sorted(records, key=lambda r: (order.get(r.policy, len(order)), r.policy, r.seed))
