@@ -163,6 +163,7 @@ def test_original_layout_checkpoint(tmp_path: Path, trained, capsys) -> None:
     converted, ckpt = load_checkpoint(out)
     assert torch.equal(_outputs(converted, x), _outputs(trained, x))
     assert ckpt["meta"]["converted_from"].endswith("orig.pth") and 0 <= ckpt["metrics"]["test_accuracy"] <= 1
+    capsys.readouterr()
     _cli_error(capsys, argv, "converted.pt", "--force")
 
 

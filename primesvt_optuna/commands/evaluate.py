@@ -42,6 +42,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _accuracy(model, dataset, batch_size: int, device: str, split: str) -> float:
+    """``training.evaluate`` with a progress bar (an ImageNet split takes minutes)."""
+    from tqdm.auto import tqdm
+
+    from ..training import iter_eval
+
+    correct = total = 0
+    with tqdm(total=len(dataset), desc=split, unit="img", leave=False) as bar:
+        for c, n in iter_eval(model, dataset, batch_size=batch_size, device=device):
+            correct, total = correct + c, total + n
+            bar.update(n)
+    return correct / total
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -50,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import PrimeSVTError
     from ..models import resolve_config
     from ..pruning import model_bytes
-    from ..training import EVAL_BATCH_SIZE, evaluate
+    from ..training import EVAL_BATCH_SIZE
 
     path = resolve_checkpoint(args.checkpoint)
     if args.preset is None:
@@ -76,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
           f"parameters, {model_bytes(model):,} bytes, data {spec['name']}")
     measured = {}
     for split in ("val", "test") if args.split == "both" or args.output else (args.split,):
-        acc = measured[f"{split}_accuracy"] = evaluate(model, getattr(splits, split), batch_size=batch, device=args.device)
+        acc = measured[f"{split}_accuracy"] = _accuracy(model, getattr(splits, split), batch, args.device, split)
         before = recorded.get(f"{split}_accuracy")
         note = "" if before is None else (
             "  (recorded, reproduced exactly)" if acc == before else f"  (recorded {before:.4f}, differs by {acc - before:+.4f})"
