@@ -2,6 +2,8 @@
 #   make run   - set up .venv and run the PrimeSVT search on the embedded digits baseline
 #   make test  - set up .venv and the test services (PostgreSQL, Chromium) and run the test suite
 PY ?= python3
+# OpenMP's default busy-waiting makes torch processes that share few cores 10-40x slower.
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
