@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per policy (default %(default)s)")
     p.add_argument("--budget-images", type=int, default=None,
                    help="evaluated images each study may spend, sweep charge included (default: the "
-                        "shared robustness sweep's images + 20 full evaluations)")
+                        "shared robustness sweep's images + 60 full evaluations)")
     p.add_argument("--max-trials", type=int, default=None, help="trials per study (default: [search] trials, else 150)")
     p.add_argument("--jobs", type=int, default=2, help="parallel processes (default %(default)s)")
     p.add_argument("--name", default=None, help="comparison name, the <name> of the studies (default: the config's study_name)")

@@ -56,7 +56,7 @@ class ComparisonSpec:
     """Images each study may evaluate (charged sweep included). None: the shared sweep's images
     plus ``extra_evaluations`` full evaluations, so every policy may spend what a walk that
     sweeps may spend; without a sweep, ``extra_evaluations`` full evaluations."""
-    extra_evaluations: int = 20
+    extra_evaluations: int = 60
     max_trials: int = 200
     """Trials each study may run, not counting the cached sweep trials a walk replays."""
     n_jobs: int = 2
