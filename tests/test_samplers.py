@@ -37,6 +37,7 @@ SIZES = {"a": 4000, "b": 3000, "c": 2000, "d": 1000, "e": 500}
 SENS = {"a": 0.06, "b": 0.12, "c": 0.08, "d": 0.5, "e": 2.0}
 SETTINGS = dict(sensitivity=SENS, interaction=0.004, max_accuracy_drop=0.03, memory_target=0.28)
 GRID = [round(0.1 * i, 1) for i in range(1, 10)]
+SMALL = {"grid": [0.3, 0.6, 0.9]}  # for the slower storage tests: 1 + 15 + a few trials
 
 
 def make(**kwargs) -> SyntheticObjective:
@@ -204,22 +205,22 @@ def sqlite(tmp_path: Path):
 
 def test_resume_after_interrupt_continues_the_walk(tmp_path):
     storage = sqlite(tmp_path)
-    reference = run(PrioritizedSampler(), make())
+    reference = run(PrioritizedSampler(**SMALL), make(**SMALL))
 
     class Interrupt(SyntheticObjective):
         def iter_batches(self, rates):
             for i, batch in enumerate(super().iter_batches(rates)):
-                if rates == {"b": 0.5, "a": 0.7} and i == 3:
+                if rates == {"a": 0.6, "b": 0.3} and i == 3:
                     raise KeyboardInterrupt
                 yield batch
 
     with pytest.raises(KeyboardInterrupt):
-        run(PrioritizedSampler(), Interrupt(SIZES, **SETTINGS), storage=storage)
+        run(PrioritizedSampler(**SMALL), Interrupt(SIZES, **{**SETTINGS, **SMALL}), storage=storage)
     interrupted = optuna.load_study(study_name="s", storage=storage)
     assert interrupted.trials[-1].state == TrialState.FAIL and interrupted.trials[-1].user_attrs["interrupted"]
 
-    resumed = optuna.load_study(study_name="s", storage=sqlite(tmp_path), sampler=PrioritizedSampler())
-    resumed.optimize(make())
+    resumed = optuna.load_study(study_name="s", storage=sqlite(tmp_path), sampler=PrioritizedSampler(**SMALL))
+    resumed.optimize(make(**SMALL))
     done = [rates_of(t) for t in resumed.trials if t.state != TrialState.FAIL]
     assert done == [rates_of(t) for t in reference.trials]
     assert result(resumed).selected["rates"] == result(reference).selected["rates"]
@@ -251,15 +252,17 @@ from primesvt_optuna.plugin import PrioritizedSampler, SyntheticObjective
 from primesvt_optuna.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 storage = open_storage(sys.argv[1])
-obj = SyntheticObjective({sizes!r}, delay=float(sys.argv[2]), **{settings!r})
-study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler(poll_interval=0.05))
+settings = {settings!r}
+obj = SyntheticObjective({sizes!r}, delay=float(sys.argv[2]), **settings)
+sampler = PrioritizedSampler(grid=settings.get("grid", {grid!r}), poll_interval=0.05)
+study = optuna.load_study(study_name="s", storage=storage, sampler=sampler)
 study.optimize(obj)
 """
 
 
-def _worker(tmp_path: Path, storage: str, delay: float) -> subprocess.Popen:
+def _worker(tmp_path: Path, storage: str, delay: float, **settings) -> subprocess.Popen:
     script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(WORKER_SCRIPT.format(sizes=SIZES, settings=SETTINGS)))
+    script.write_text(textwrap.dedent(WORKER_SCRIPT.format(sizes=SIZES, settings={**SETTINGS, **settings}, grid=GRID)))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.Popen([sys.executable, str(script), storage, str(delay)], env=env)
 
@@ -267,7 +270,7 @@ def _worker(tmp_path: Path, storage: str, delay: float) -> subprocess.Popen:
 def test_two_worker_processes_share_one_sqlite_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(directions=make().directions, storage=open_storage(url), study_name="s")
-    workers = [_worker(tmp_path, url, 0.003) for _ in range(2)]
+    workers = [_worker(tmp_path, url, 0.003, **SMALL) for _ in range(2)]
     assert [w.wait(timeout=120) for w in workers] == [0, 0]
     study = optuna.load_study(study_name="s", storage=open_storage(url))
     evaluated = [t for t in study.trials if t.user_attrs.get("phase") != "idle"]
@@ -275,7 +278,7 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path):
     assert len(keys) == len(set(keys)), "a configuration was evaluated twice"
     assert len({t.system_attrs[WORKER]["pid"] for t in evaluated}) == 2, "both workers did work"
     assert all(t.state.is_finished() for t in study.trials)
-    reference = run(PrioritizedSampler(), make())
+    reference = run(PrioritizedSampler(**SMALL), make(**SMALL))
     assert result(study).selected["rates"] == result(reference).selected["rates"]
 
 
@@ -283,7 +286,7 @@ def test_killed_worker_on_journal_storage_is_detected_and_its_trial_redone(tmp_p
     path = str(tmp_path / "journal.log")
     storage = open_storage(path)
     optuna.create_study(directions=make().directions, storage=storage, study_name="s")
-    worker = _worker(tmp_path, path, 0.05)  # 0.5 s per trial
+    worker = _worker(tmp_path, path, 0.05, **SMALL)  # 0.5 s per trial
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         trials = optuna.load_study(study_name="s", storage=storage).trials
@@ -293,13 +296,14 @@ def test_killed_worker_on_journal_storage_is_detected_and_its_trial_redone(tmp_p
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     storage = JournalStorage(JournalFileBackend(path))  # plain journal: no heartbeat, only the PID check
-    study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler())
+    study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler(**SMALL))
     killed = study.trials[-1]
     assert killed.state == TrialState.RUNNING  # journal storage has no heartbeat
     assert fail_stale_trials(study) == [killed.number]
-    study.optimize(make())
+    study.optimize(make(**SMALL))
     killed = study.trials[killed.number]
     assert killed.state == TrialState.FAIL and "is gone" in killed.system_attrs["primesvt:stale"]
     redone = [t for t in study.trials if t.system_attrs[CLAIM]["key"] == killed.system_attrs[CLAIM]["key"]]
     assert len(redone) == 2 and redone[-1].state != TrialState.FAIL
-    assert result(study).selected["rates"] == result(run(PrioritizedSampler(), make())).selected["rates"]
+    uninterrupted = run(PrioritizedSampler(**SMALL), make(**SMALL))
+    assert result(study).selected["rates"] == result(uninterrupted).selected["rates"]
