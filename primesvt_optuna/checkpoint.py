@@ -12,6 +12,7 @@ problem with a file surfaces as one ``PrimeSVTError`` line naming the file.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -102,8 +103,12 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
+        # Serialise in memory first: torch.save reports a failing write (full disk, RLIMIT_FSIZE)
+        # as a RuntimeError; a plain file write raises the OSError (ENOSPC, EFBIG) callers expect.
+        data = io.BytesIO()
+        torch.save(payload, data)
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(data.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         if force:
