@@ -166,8 +166,8 @@ def optimize(
         stop.check()  # a SIGINT whose exception was swallowed (GC callback, __del__) stops here
 
     def guarded(trial: optuna.Trial) -> Any:
-        stop.check()
         try:
+            stop.check()
             return objective(trial)
         except KeyboardInterrupt:
             with _sigint_ignored():  # tells the walk this rate was not evaluated, not rejected

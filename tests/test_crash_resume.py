@@ -28,6 +28,7 @@ from primesvt_optuna.storage import STALE, open_storage
 SCRIPT = Path(__file__).with_name("_synthetic_walk.py")
 DELAY = 0.01  # per batch: 0.1 s per evaluated trial, long enough to be caught in the middle
 HEARTBEAT = {"PRIMESVT_HEARTBEAT_INTERVAL": "1", "PRIMESVT_GRACE_PERIOD": "3"}
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def reference() -> dict:
     return walk.expected()
 
 
-@pytest.fixture(params=["sqlite", "journal", "postgresql"])
+@pytest.fixture(params=["sqlite", "journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def storage_url(request, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/study.db"

@@ -196,6 +196,7 @@ def test_read_only_storage(searched, capsys) -> None:
     assert _sha(searched["db"]) == sha
 
 
+@pytest.mark.slow
 def test_export_to_a_full_disk_keeps_the_old_export(searched) -> None:
     """RLIMIT_FSIZE (root cannot exceed it): the write fails with EFBIG, the old export stays whole."""
     export = searched["export"]

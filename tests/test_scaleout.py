@@ -22,7 +22,7 @@ def reference() -> dict:
     return walk.expected()
 
 
-@pytest.fixture(params=["sqlite", "journal", "postgresql"])
+@pytest.fixture(params=["sqlite", "journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def storage_url(request, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/study.db"
@@ -32,6 +32,7 @@ def storage_url(request, tmp_path) -> Iterator[str]:
         yield request.getfixturevalue("postgres_url")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_k_workers_reach_the_one_worker_selection(storage_url: str, k: int, reference: dict) -> None:
     name = f"scaleout-{k}-{uuid.uuid4().hex[:8]}"
