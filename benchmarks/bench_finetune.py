@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--checkpoint", default="digits-2-64")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--policies", nargs="+", default=None, help="only these policies' selections (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-accuracy-drop", type=float, default=0.03)
     parser.add_argument("--output", type=Path, default=OUT)
@@ -65,6 +66,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = [{"config": "unpruned", "epochs": 0, "memory_saving": 0.0, "val_before": base_val,
                                    "test_before": base_test, "val_after": base_val, "test_after": base_test}]
     runs = runs_table(load_studies(args.storage, args.prefix))
+    if args.policies:
+        runs = runs[runs.policy.isin(args.policies)]
     done: dict[str, dict[str, Any]] = {}
     for policy, group in runs.groupby("policy", sort=False):
         group = group.dropna(subset=["best_saving"]).sort_values("best_saving")
