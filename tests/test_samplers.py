@@ -307,3 +307,16 @@ def test_killed_worker_on_journal_storage_is_detected_and_its_trial_redone(tmp_p
     assert len(redone) == 2 and redone[-1].state != TrialState.FAIL
     uninterrupted = run(PrioritizedSampler(**SMALL), make(**SMALL))
     assert result(study).selected["rates"] == result(uninterrupted).selected["rates"]
+
+
+@pytest.mark.parametrize(
+    "cls", [PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, SyntheticObjective],
+    ids=lambda c: c.__name__,
+)
+def test_docstring_examples_run(cls):
+    import re
+
+    blocks = re.findall(r"\.\. testcode::\n\n(.*?)(?=\n    [A-Z][a-z]+:|\Z)", cls.__doc__, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(textwrap.dedent(block), cls.__name__, "exec"), {})

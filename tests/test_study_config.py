@@ -29,7 +29,7 @@ def test_shipped_configs_load(path):
 def test_digits_is_the_3_point_default():
     cfg = load_study_config(STUDIES / "digits.toml")
     assert (cfg.checkpoint, cfg.policy, cfg.study_name) == ("digits-2-64", "prioritized", "digits-demo")
-    assert 0.3 <= cfg.constraints.memory_target <= 0.5
+    assert cfg.constraints.memory_target == 0.15
 
 
 def test_defaults_and_overrides():

@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
-import optuna
 from optuna.pruners import BasePruner
 from optuna.study import Study
 from optuna.trial import FrozenTrial
