@@ -15,6 +15,7 @@ Writes benchmarks/results/finetune.csv (machine recorded).
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def measure(engine: Engine, splits: Any, rates: dict[str, float], epochs: int, seed: int) -> dict[str, Any]:
     """Accuracy of the model pruned at ``rates`` before and after ``epochs`` of fine-tuning."""
-    model = engine.prune(rates) if rates else engine.model
+    model = engine.prune(rates) if rates else copy.deepcopy(engine.model)  # never train the engine's model
     val0, test0 = evaluate(model, splits.val), evaluate(model, splits.test)
     start = time.perf_counter()
     if epochs:
