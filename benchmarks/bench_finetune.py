@@ -1,7 +1,8 @@
 """Selected configurations before and after N epochs of fine-tuning, next to the unpruned model
 (the paper's 73.3 / 70.3 / 72.9), and a uniform-rate-then-fine-tune baseline.
 
-Every policy's selection from a finished comparison (the seed with the median best saving) is
+Every policy's selection from a finished comparison (the configuration its table row reports:
+the largest accuracy-feasible saving, from the finished seed with the median saving) is
 fine-tuned for the same N epochs with the same seed and learning rate. The baseline prunes every
 layer at one rate, fine-tunes for the same N epochs, and keeps the largest grid rate whose
 validation accuracy *after* fine-tuning is within the accuracy budget: fine-tuning recovers
@@ -27,7 +28,7 @@ from primesvt_optuna.checkpoint import load_checkpoint, resolve_checkpoint
 from primesvt_optuna.data import load_splits
 from primesvt_optuna.pruning import Engine
 from primesvt_optuna.reporting.compare import machine
-from primesvt_optuna.reporting.frames import load_studies
+from primesvt_optuna.reporting.frames import REPORT_ATTR, load_studies
 from primesvt_optuna.reporting.table import runs_table
 from primesvt_optuna.training import evaluate, finetune
 
@@ -66,7 +67,8 @@ def main() -> None:
     floor = base_val - args.max_accuracy_drop
     rows: list[dict[str, Any]] = [{"config": "unpruned", "epochs": 0, "memory_saving": 0.0, "val_before": base_val,
                                    "test_before": base_test, "val_after": base_val, "test_after": base_test}]
-    runs = runs_table(load_studies(args.storage, args.prefix))
+    finished = [r for r in load_studies(args.storage, args.prefix) if REPORT_ATTR in r.attrs]
+    runs = runs_table(finished)
     if args.policies:
         runs = runs[runs.policy.isin(args.policies)]
     done: dict[str, dict[str, Any]] = {}
