@@ -22,6 +22,7 @@ folder) raises ``PrimeSVTError`` with one line naming the storage and what to do
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import socket
 import time
@@ -35,7 +36,7 @@ import optuna
 import sqlalchemy
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
@@ -471,14 +472,8 @@ def fail_stale_trials(study: Study, lease: float | None = None, states: Containe
     walk sees these configurations free again and evaluates them.
     """
     storage = study._storage
-    before = {t._trial_id for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    failed = []
+    failed = fail_heartbeat_stale(study)
     for trial in storage.get_all_trials(study._study_id, deepcopy=False):
-        if trial._trial_id in before and trial.state == TrialState.FAIL:
-            failed.append(trial.number)
         if trial.state not in states:
             continue
         reason = stale_reason(trial, lease)
@@ -492,6 +487,49 @@ def fail_stale_trials(study: Study, lease: float | None = None, states: Containe
         _logger.warning(f"Trial {trial.number} marked failed: {reason}.")
         failed.append(trial.number)
     return sorted(failed)
+
+
+def fail_heartbeat_stale(study: Study) -> list[int]:
+    """Optuna's heartbeat check alone (RDB storages, and journals from ``open_storage``): fail
+    running trials whose heartbeat is older than the grace period; returns the numbers of trials
+    that went from RUNNING to FAIL meanwhile. Samplers that wait on other workers' trials call
+    it (with ``keep_alive`` for their own) in their wait loop: Optuna runs it only when a trial
+    starts, so without it a worker could wait on a dead host's trial until its timeout."""
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return []
+    before = {t._trial_id for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return sorted(t.number for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.FAIL,))
+                  if t._trial_id in before)
+
+
+_last_beat: dict[tuple[int, int], float] = {}
+
+
+def keep_alive(study: Study, trial_id: int) -> None:
+    """Renew a running trial's heartbeat outside Optuna's objective call (at most once per
+    heartbeat interval).
+
+    Optuna starts the heartbeat only once the sampler has planned the trial. A sampler that waits
+    on other workers while planning must call this in its wait loop: otherwise its trial has no
+    heartbeat, another host cannot tell a worker killed there from one still waiting, and every
+    other worker waits on it until its timeout.
+    """
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return
+    key = (id(storage), trial_id)
+    now = time.monotonic()
+    if now - _last_beat.get(key, -math.inf) < storage.get_heartbeat_interval():
+        return
+    _last_beat[key] = now
+    try:
+        storage.record_heartbeat(trial_id)
+    except UpdateFinishedTrialError:
+        pass
 
 
 def running_trials(study: Study) -> list[FrozenTrial]:

@@ -172,3 +172,28 @@ def test_sigint_to_parent_only_is_forwarded(tmp_path, reference: dict) -> None:
     """``kill -INT`` on the parent alone: it forwards the interrupt to its workers."""
     url = f"journal:///{tmp_path}/study.log"
     _interrupt_and_resume(url, "sigint", 2, lambda p: os.kill(p.pid, signal.SIGINT), reference)
+
+
+def test_live_worker_takes_over_from_a_dead_one_on_another_host(tmp_path, reference: dict) -> None:
+    """Two machines on one journal study; one dies mid-trial. The survivor, possibly already
+    waiting on the dead trial, must see its heartbeat expire and finish the walk on its own, long
+    before its wait timeout (300 s). Needs the sampler's wait loop to call
+    ``storage.keep_alive`` and ``storage.fail_heartbeat_stale`` (PostgreSQL: same code path)."""
+    url = f"journal:///{tmp_path}/study.log"
+    name = f"takeover-{uuid.uuid4().hex[:8]}"
+    doomed = _start(url, name, 1, {"PRIMESVT_FAKE_HOST": "worker-a.example"})
+    survivor = None
+    try:
+        _wait_for(url, name, doomed, lambda trials: len(trials) >= 2)
+        survivor = _start(url, name, 1, {"PRIMESVT_FAKE_HOST": "worker-b.example"})
+        _wait_for(url, name, doomed, _in_walk)
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(timeout=30)
+        out, err = survivor.communicate(timeout=75)
+        assert survivor.returncode == 0, err[-3000:]
+        _check_same_as_uninterrupted(json.loads(out.strip().splitlines()[-1]), reference)
+    finally:
+        for proc in (doomed, survivor):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()

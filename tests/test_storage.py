@@ -22,7 +22,9 @@ from primesvt_optuna.storage import (
     WORKER,
     HeartbeatJournalStorage,
     describe_storage,
+    fail_heartbeat_stale,
     fail_stale_trials,
+    keep_alive,
     mark_worker,
     open_storage,
     parse_storage,
@@ -233,6 +235,22 @@ def test_journal_heartbeat_fails_silent_trials_of_other_hosts(tmp_path) -> None:
     assert len(waiting) == 1, "the unclaimed trial is retried; the walk re-plans the claimed one itself"
     assert waiting[0].params == {"x": silent.params["x"]} and waiting[0].distributions == x
     assert study._storage.get_trial(fresh._trial_id).state == TrialState.RUNNING
+
+
+def test_keep_alive_renews_a_waiting_trial(tmp_path) -> None:
+    storage = open_storage(f"journal:///{tmp_path}/s.log", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="s")
+    waiting, dead = study.ask(), study.ask()
+    for trial in (waiting, dead):
+        storage.set_trial_system_attr(trial._trial_id, WORKER, {"host": "elsewhere", "pid": 1, "start": None})
+    keep_alive(study, waiting._trial_id)
+    keep_alive(study, dead._trial_id)
+    time.sleep(1.2)
+    keep_alive(study, waiting._trial_id)  # renewed: a worker still waiting to plan its trial
+    time.sleep(1.2)
+    keep_alive(study, waiting._trial_id)
+    assert fail_heartbeat_stale(study) == [dead.number]
+    assert study._storage.get_trial(waiting._trial_id).state == TrialState.RUNNING
 
 
 def test_heartbeat_storage_survives_pickling(tmp_path) -> None:
