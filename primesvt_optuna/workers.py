@@ -6,11 +6,12 @@ runs in this process). Each ``fn`` opens the storage from its URL, loads the stu
 machine with ``primesvt search CONFIG --storage URL --study-name NAME`` on each.
 
 Ctrl-C: the terminal sends SIGINT to every process of the job, and ``run_workers`` forwards it to
-its workers when only the parent got it (``kill -INT``). A worker stops at the first SIGINT: a
-trial being evaluated is recorded as FAIL with ``interrupted=True`` (the walk does not count it as
-a rejected rate and evaluates it again on resume), a trial still being planned is failed the same
-way, and later SIGINTs are ignored until that bookkeeping is written. A second Ctrl-C in the
-parent stops at once; the next run's stale-trial check then fails what the killed workers held.
+its workers when only the parent got it (``kill -INT``). A worker stops at the first SIGINT, at
+the next point where no storage write is under way: a trial being evaluated is recorded as FAIL
+with ``interrupted=True`` (the walk does not count it as a rejected rate and evaluates it again
+on resume), a trial still being planned is failed the same way, and SIGINTs are ignored while
+that bookkeeping is written. A second Ctrl-C in the parent stops at once; the next run's
+stale-trial check then fails what the killed workers held.
 Checkpoints and exports are written atomically by ``primesvt_optuna.checkpoint.save_checkpoint``
 (temporary file, fsync, rename), so no helper for that lives here.
 """
