@@ -33,7 +33,7 @@ import optuna
 from primesvt_optuna.checkpoint import resolve_checkpoint
 from primesvt_optuna.plugin import ConstraintPruner, PruningObjective
 from primesvt_optuna.reporting.compare import machine, make_sampler
-from primesvt_optuna.reporting.frames import StudyRecord, load_studies, trials_frame
+from primesvt_optuna.reporting.frames import StudyRecord, load_studies, load_sweep, trials_frame
 from primesvt_optuna.reporting.table import selected_trial
 from primesvt_optuna.storage import open_storage
 
@@ -69,34 +69,43 @@ def run(args: argparse.Namespace, policy: str, cut: str, folder: Path) -> dict[s
     }
 
 
+def cut_savings(label: str, records: list[StudyRecord]) -> dict[str, Any]:
+    """Images evaluated and saved by each kind of cut over ``records``; seconds saved estimated
+    from their own seconds per evaluated image."""
+    evaluated = saved_memory = saved_accuracy = seconds = 0.0
+    cut_memory = cut_accuracy = trials = 0
+    for r in records:
+        t, full = r.trials, r.val_images
+        cut = t[t.cut]
+        memory = cut.cut_reason.fillna("").str.startswith("memory")
+        evaluated += float(t.images_evaluated.fillna(0).sum())
+        saved_memory += float((full - cut[memory].images_evaluated.fillna(0)).sum())
+        saved_accuracy += float((full - cut[~memory].images_evaluated.fillna(0)).sum())
+        cut_memory += int(memory.sum())
+        cut_accuracy += int((~memory).sum())
+        trials += len(t)
+        seconds += float(t.wall_time.fillna(0).sum())
+    saved = saved_memory + saved_accuracy
+    return {
+        "mode": "storage", "policy": label, "studies": len(records), "trials": trials,
+        "cut_for_memory": cut_memory, "cut_for_accuracy": cut_accuracy, "images_evaluated": int(evaluated),
+        "images_saved_memory_precheck": int(saved_memory), "images_saved_accuracy_cut": int(saved_accuracy),
+        "images_saved_fraction": round(saved / (evaluated + saved), 4) if evaluated + saved else None,
+        "accuracy_cut_saved_fraction": round(saved_accuracy / (evaluated + saved_accuracy), 4)
+        if evaluated + saved_accuracy else None,
+        "evaluation_s": round(seconds, 1),
+        "est_seconds_saved": round(saved * seconds / evaluated, 1) if evaluated else None,
+    }
+
+
 def from_storage(storage: str, prefix: str) -> list[dict[str, Any]]:
-    """Images and estimated seconds the cuts saved in every study of a finished comparison."""
-    rows = []
+    """Per policy over a finished comparison, plus the shared robustness sweep on its own row
+    (the walks replay it from a cache, so their own rows count only the walk)."""
     records = load_studies(storage, prefix)
-    for policy in dict.fromkeys(r.policy for r in records):
-        evaluated = saved_memory = saved_accuracy = seconds = 0.0
-        cut_memory = cut_accuracy = trials = 0
-        for r in (r for r in records if r.policy == policy):
-            t = r.trials
-            full = r.val_images
-            cut = t[t.cut]
-            memory = cut.cut_reason.fillna("").str.startswith("memory")
-            evaluated += t.images_evaluated.fillna(0).sum()
-            saved_memory += (full - cut[memory].images_evaluated.fillna(0)).sum()
-            saved_accuracy += (full - cut[~memory].images_evaluated.fillna(0)).sum()
-            cut_memory, cut_accuracy, trials = cut_memory + int(memory.sum()), cut_accuracy + int((~memory).sum()), trials + len(t)
-            seconds += t.wall_time.fillna(0).sum()
-        per_image = seconds / evaluated if evaluated else float("nan")
-        saved = saved_memory + saved_accuracy
-        rows.append({
-            "mode": "storage", "policy": policy, "studies": sum(r.policy == policy for r in records), "trials": trials,
-            "cut_for_memory": cut_memory, "cut_for_accuracy": cut_accuracy, "images_evaluated": int(evaluated),
-            "images_saved_memory_precheck": int(saved_memory), "images_saved_accuracy_cut": int(saved_accuracy),
-            "images_saved_fraction": round(saved / (evaluated + saved), 4) if evaluated + saved else None,
-            "accuracy_cut_saved_fraction": round(saved_accuracy / (evaluated + saved_accuracy), 4)
-            if evaluated + saved_accuracy else None,
-            "evaluation_s": round(seconds, 1), "est_seconds_saved": round(saved * per_image, 1),
-        })
+    rows = [cut_savings(p, [r for r in records if r.policy == p]) for p in dict.fromkeys(r.policy for r in records)]
+    sweep = load_sweep(storage, prefix)
+    if sweep is not None:
+        rows.insert(0, cut_savings("robustness-sweep (shared by the walks)", [sweep]))
     return rows
 
 
