@@ -36,12 +36,13 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from ...errors import PrimeSVTError
-from ...storage import STALE, stale_reason, worker_info
+from ...storage import STALE, fail_heartbeat_stale, keep_alive, stale_reason, worker_info
 from ..constraints import CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, layer_of, normalize_grid
 
 _logger = optuna.logging.get_logger(__name__)
 
 FREE, HELD, ACCEPTED, REJECTED = "free", "held", "accepted", "rejected"
+_HEARTBEAT_CHECK = 5.0  # seconds between heartbeat-staleness checks while waiting
 
 
 def rates_key(rates: Mapping[str, float]) -> str:
@@ -360,6 +361,7 @@ class ClaimSampler(BaseSampler):
         candidate; with none free but outcomes pending, wait (up to ``wait_timeout`` seconds)."""
         deadline = time.monotonic() + self._wait_timeout
         delay = self._poll / 4
+        next_heartbeat_check = time.monotonic()
         while True:
             trials = self._read(study)
             if _fail_stale(study, trials, self._stale_after):
@@ -375,6 +377,13 @@ class ClaimSampler(BaseSampler):
             if time.monotonic() > deadline:
                 _logger.warning(f"Trial {trial.number}: gave up after waiting {self._wait_timeout:g} s for {reason}.")
                 return Done(f"waited {self._wait_timeout:g} s for {reason}")
+            # Optuna beats and checks heartbeats only around the objective: while planning, this
+            # trial must show it is alive, and dead trials of other hosts must be failed here.
+            keep_alive(study, trial._trial_id)
+            if time.monotonic() >= next_heartbeat_check:
+                next_heartbeat_check = time.monotonic() + _HEARTBEAT_CHECK
+                if fail_heartbeat_stale(study):
+                    continue
             time.sleep(delay)
             delay = min(delay * 1.5, self._poll)
 
