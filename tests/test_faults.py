@@ -249,8 +249,9 @@ def test_small_tmpfs_full(tmp_path: Path) -> None:
         path = mount / "model.pt"
         path.write_bytes(b"old export")
         (mount / "filler").write_bytes(b"\0" * (1024 * 1024 - 300 * 1024))  # leaves less than a checkpoint
-        with pytest.raises((OSError, RuntimeError)):  # torch.save reports ENOSPC as a RuntimeError
+        with pytest.raises(OSError) as exc:
             _save(path)
+        assert exc.value.errno == errno.ENOSPC
         assert path.read_bytes() == b"old export"
         assert sorted(p.name for p in mount.iterdir()) == ["filler", "model.pt"]
     finally:
