@@ -177,8 +177,8 @@ def test_sigint_to_parent_only_is_forwarded(tmp_path, reference: dict) -> None:
 def test_live_worker_takes_over_from_a_dead_one_on_another_host(tmp_path, reference: dict) -> None:
     """Two machines on one journal study; one dies mid-trial. The survivor, possibly already
     waiting on the dead trial, must see its heartbeat expire and finish the walk on its own, long
-    before its wait timeout (300 s). Needs the sampler's wait loop to call
-    ``storage.keep_alive`` and ``storage.fail_heartbeat_stale`` (PostgreSQL: same code path)."""
+    before its wait timeout (300 s): the walk's wait loop calls ``storage.keep_alive`` and
+    ``storage.fail_heartbeat_stale`` (on PostgreSQL the same code path runs Optuna's check)."""
     url = f"journal:///{tmp_path}/study.log"
     name = f"takeover-{uuid.uuid4().hex[:8]}"
     doomed = _start(url, name, 1, {"PRIMESVT_FAKE_HOST": "worker-a.example"})
