@@ -9,7 +9,7 @@ benchmark, and one CSV with, per benchmark and baseline policy, ratios measured 
 * ``images_ratio`` / ``time_ratio``: the policy's median evaluated images / seconds to reach the
   memory target over prioritized's (> 1: the walk is cheaper; empty when either never met it).
 
-    python benchmarks/bench_search.py [--config studies/digits.toml]
+    python benchmarks/bench_search.py [--config studies/digits.toml] [--memory-target 0.4]
         [--benchmark digits=digits-2-64 digits-hard=digits-hard-2-64]
 
 Writes benchmarks/results/search.csv and benchmarks/results/search-<benchmark>/ (machine
@@ -53,7 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="studies/digits.toml", help="study config: constraints, grid, batch size")
     parser.add_argument("--benchmark", nargs="+", default=DEFAULT, metavar="NAME=CHECKPOINT")
-    parser.add_argument("--budget-images", type=int, default=None, help="default: sweep + 20 full evaluations")
+    parser.add_argument("--memory-target", type=float, default=None, help="override the config's memory target")
+    parser.add_argument("--budget-images", type=int, default=None, help="default: sweep + 60 full evaluations")
     parser.add_argument("--max-trials", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
@@ -62,7 +63,8 @@ def main() -> None:
     frames = []
     for item in args.benchmark:
         name, _, checkpoint = item.partition("=")
-        cfg = load_study_config(args.config).with_overrides(checkpoint=checkpoint, study_name=name)
+        cfg = load_study_config(args.config).with_overrides(checkpoint=checkpoint, study_name=name,
+                                                            memory_target=args.memory_target)
         walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all}
         spec = ComparisonSpec(name=name, storage=args.storage, seeds=tuple(range(args.seeds)),
                               budget_images=args.budget_images, max_trials=args.max_trials, n_jobs=args.jobs,
