@@ -185,8 +185,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:
         raise PrimeSVTError(f"policy {cfg.policy!r} needs a trial budget: pass --trials N")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objective = make_objective(cfg)  # first: a bad checkpoint or data path must not leave a new empty .db behind
     storage = open_storage(cfg.storage)
-    objective = make_objective(cfg)
     study = prepare_study(cfg, storage, objective, args.resume)
 
     sampler = make_sampler(cfg)
