@@ -132,7 +132,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     base = rows[0]["sampler_ms_per_trial"]
     info = machine()
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k))
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # sampler first, then its timings
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*keys, "x_random_sampler", *info])
