@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -471,9 +471,18 @@ def fail_stale_trials(study: Study, lease: float | None = None, states: Containe
     heartbeat or start for that many seconds (for storages opened without heartbeats). A resumed
     walk sees these configurations free again and evaluates them.
     """
-    storage = study._storage
     failed = fail_heartbeat_stale(study)
-    for trial in storage.get_all_trials(study._study_id, deepcopy=False):
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    return sorted(failed + fail_if_stale(study, trials, lease, states))
+
+
+def fail_if_stale(study: Study, trials: Sequence[FrozenTrial], lease: float | None = None,
+                  states: Container[TrialState] = (TrialState.RUNNING,)) -> list[int]:
+    """Mark those of ``trials`` (an already read list) whose worker is gone as FAIL, recording
+    why; cheap enough for a sampler to run before every decision."""
+    storage = study._storage
+    failed = []
+    for trial in trials:
         if trial.state not in states:
             continue
         reason = stale_reason(trial, lease)
@@ -486,7 +495,7 @@ def fail_stale_trials(study: Study, lease: float | None = None, states: Containe
             continue  # another process finished or failed it first
         _logger.warning(f"Trial {trial.number} marked failed: {reason}.")
         failed.append(trial.number)
-    return sorted(failed)
+    return failed
 
 
 def fail_heartbeat_stale(study: Study) -> list[int]:

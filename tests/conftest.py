@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: busy-waiting OpenMP starves parallel tests
 
@@ -32,3 +33,14 @@ def postgres_url() -> str:
 def chromium() -> str:
     """Path of Debian's chromium binary installed by scripts/services.sh."""
     return _service("PRIMESVT_CHROMIUM", "chromium")
+
+
+@pytest.fixture(params=["sqlite", "journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def storage_url(request, tmp_path) -> Iterator[str]:
+    """One study storage of each kind the scale-out and crash tests cover."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/study.db"
+    elif request.param == "journal":
+        yield f"journal:///{tmp_path}/study.log"
+    else:
+        yield request.getfixturevalue("postgres_url")

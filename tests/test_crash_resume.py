@@ -36,16 +36,6 @@ def reference() -> dict:
     return walk.expected()
 
 
-@pytest.fixture(params=["sqlite", "journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def storage_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/study.db"
-    elif request.param == "journal":
-        yield f"journal:///{tmp_path}/study.log"
-    else:
-        yield request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
 def study_name(storage_url: str) -> Iterator[str]:
     name = f"crash-{uuid.uuid4().hex[:8]}"

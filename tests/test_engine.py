@@ -223,7 +223,6 @@ def test_deployment_memory_is_measured_and_shrinks() -> None:
     assert full["peak_activation_bytes"] > small["peak_activation_bytes"] > 0
     assert full["neuron_state_bytes"] > small["neuron_state_bytes"] > 0
     # the unpruned model's neuron state is exactly one float32 membrane per neuron input element
-    expected = 0
     x = torch.zeros(8, 1, 16, 16)
     shapes = []
     hooks = [m.register_forward_hook(lambda m, a, o: shapes.append(o.shape[1:]))

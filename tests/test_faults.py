@@ -14,7 +14,6 @@ import errno
 import hashlib
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import sys

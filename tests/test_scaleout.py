@@ -4,7 +4,6 @@ configuration as one worker, no configuration evaluated twice, no trial left RUN
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import optuna
 import pytest
@@ -20,16 +19,6 @@ DELAY = 0.01  # seconds per batch of 100 images: 0.1 s per evaluated trial, so w
 @pytest.fixture(scope="module")
 def reference() -> dict:
     return walk.expected()
-
-
-@pytest.fixture(params=["sqlite", "journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def storage_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/study.db"
-    elif request.param == "journal":
-        yield f"journal:///{tmp_path}/study.log"
-    else:
-        yield request.getfixturevalue("postgres_url")
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ gone, or (``stale_after``) that shows no sign of life for that many seconds.
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -30,46 +31,33 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from ...errors import PrimeSVTError
-from ...storage import STALE, fail_heartbeat_stale, keep_alive, stale_reason, worker_info
+from ...storage import STALE, fail_heartbeat_stale, fail_if_stale, keep_alive, worker_info
 from ..constraints import CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, layer_of, normalize_grid
 
 _logger = optuna.logging.get_logger(__name__)
 
 FREE, HELD, ACCEPTED, REJECTED = "free", "held", "accepted", "rejected"
 _HEARTBEAT_CHECK = 5.0  # seconds between heartbeat-staleness checks while waiting
+_CREATION_GRACE = 10.0  # seconds a running trial may take to record its worker
+
+
+def _just_created(trial: FrozenTrial) -> bool:
+    """A running trial whose worker has not yet recorded itself: it may be about to choose, so a
+    higher-numbered trial must wait for it (else both could take one configuration); after
+    ``_CREATION_GRACE`` seconds without a worker record it counts as abandoned."""
+    started = trial.datetime_start
+    return started is not None and (datetime.datetime.now() - started).total_seconds() < _CREATION_GRACE
 
 
 def rates_key(rates: Mapping[str, float]) -> str:
     """The identity of a configuration: its non-zero rates, sorted and rounded."""
     items = sorted((p, round(float(r), 6)) for p, r in rates.items() if round(float(r), 6) != 0.0)
     return "rates:" + json.dumps(items, separators=(",", ":"))
-
-
-def _fail_stale(study: Study, trials: Sequence[FrozenTrial], lease: float | None) -> list[int]:
-    """Fail the running trials (of an already read list) whose worker is gone; see
-    ``primesvt_optuna.storage.stale_reason``. Cheap enough to run before every decision."""
-    storage = study._storage
-    failed = []
-    for trial in trials:
-        if trial.state != TrialState.RUNNING:
-            continue
-        reason = stale_reason(trial, lease)
-        if reason is None:
-            continue
-        try:
-            storage.set_trial_system_attr(trial._trial_id, STALE, reason)
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except (UpdateFinishedTrialError, RuntimeError):
-            continue  # another worker got there first
-        _logger.warning(f"Trial {trial.number} marked failed: {reason}.")
-        failed.append(trial.number)
-    return failed
 
 
 def accuracy_outcome(trial: FrozenTrial) -> bool | None:
@@ -150,7 +138,7 @@ class Snapshot:
             claim = t.system_attrs.get(CLAIM)
             if t.state == TrialState.RUNNING:
                 if claim is None:
-                    if WORKER in t.system_attrs and (me is None or t.number < me):
+                    if (me is None or t.number < me) and (WORKER in t.system_attrs or _just_created(t)):
                         self.undecided.append(t.number)
                 elif claim.get("key"):
                     self.held.setdefault(claim["key"], t.number)
@@ -364,7 +352,7 @@ class ClaimSampler(BaseSampler):
         next_heartbeat_check = time.monotonic()
         while True:
             trials = self._read(study)
-            if _fail_stale(study, trials, self._stale_after):
+            if fail_if_stale(study, trials, self._stale_after):
                 continue
             snap = Snapshot(trials, trial.number, self._is_rate)
             if snap.undecided:
