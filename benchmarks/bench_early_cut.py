@@ -22,7 +22,6 @@ Writes benchmarks/results/early_cut.csv (machine recorded).
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ from primesvt_optuna.reporting.compare import machine, make_sampler
 from primesvt_optuna.reporting.frames import StudyRecord, load_studies, load_sweep, trials_frame
 from primesvt_optuna.reporting.table import selected_trial
 from primesvt_optuna.storage import open_storage
+
+from _results import write_rows
 
 OUT = Path(__file__).resolve().parent / "results" / "early_cut.csv"
 CUTS = {
@@ -135,15 +136,9 @@ def main() -> None:
         r["time_saved_fraction"] = round(1 - r["wall_s"] / base["wall_s"], 4)
         r["same_selection_as_no_cut"] = r["selected_rates"] == base["selected_rates"]
     rows += [{"mode": "rerun", **r} for r in reruns]
-    info = machine()
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[*keys, *info])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, **info})
-            print(r)
+    write_rows(rows, args.output, machine())
+    for r in rows:
+        print(r)
     print(f"wrote {args.output}")
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from primesvt_optuna.reporting.compare import machine
 from primesvt_optuna.reporting.frames import REPORT_ATTR, load_studies
 from primesvt_optuna.reporting.table import runs_table
 from primesvt_optuna.training import evaluate, finetune
+
+from _results import write_rows
 
 OUT = Path(__file__).resolve().parent / "results" / "finetune.csv"
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -100,13 +101,8 @@ def main() -> None:
     rows.append({**best, "config": "uniform-then-fine-tune baseline (largest rate within budget)",
                  "uniform_rate": GRID[lo] if lo >= 0 else 0.0, "epochs": args.epochs})
     info = {**machine(), "checkpoint": str(args.checkpoint), "max_accuracy_drop": args.max_accuracy_drop}
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[*keys, *info])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (round(v, 4) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()} | info)
+    rounded = [{k: (round(v, 4) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()} for r in rows]
+    write_rows(rounded, args.output, info)
     print(f"wrote {args.output}")
 
 

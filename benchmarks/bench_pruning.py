@@ -25,7 +25,8 @@ from spikingjelly.activation_based import functional
 from primesvt_optuna.data import load_splits, make_spec
 from primesvt_optuna.models import build_model
 from primesvt_optuna.pruning import Engine, model_bytes
-from primesvt_optuna.training import evaluate, machine
+from primesvt_optuna.reporting.compare import machine
+from primesvt_optuna.training import evaluate
 
 OUT = Path(__file__).parent / "results" / "pruning.csv"
 
