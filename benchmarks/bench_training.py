@@ -8,10 +8,7 @@ number here). Run: ``python benchmarks/bench_training.py [--presets a b] [--step
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -22,7 +19,10 @@ from torch.utils.data import DataLoader
 from primesvt_optuna.data import load_splits, make_spec
 from primesvt_optuna.models import PRESETS, build_model
 from primesvt_optuna.pruning import model_bytes
-from primesvt_optuna.training import evaluate, machine
+from primesvt_optuna.reporting.compare import machine
+from primesvt_optuna.training import evaluate
+
+from _results import write_rows
 
 SMALL = [name for name, c in PRESETS.items() if c["in_channels"] == 1]
 OUT = Path(__file__).resolve().parent / "results" / "training.csv"
@@ -70,18 +70,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", type=Path, default=OUT)
     args = parser.parse_args()
-    host = machine()
     rows = []
     for name in args.presets:
         row = bench(name, args.steps, args.batch_size)
-        row.update(host, load_avg_1m=round(os.getloadavg()[0], 2), date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        row.update(machine())  # per row: the load average changes between presets
         rows.append(row)
         print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.output, {})
     print(f"wrote {args.output}")
 
 

@@ -15,10 +15,7 @@ this 2-core machine, K > 2 would only share the cores.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,7 +28,10 @@ from optuna.trial import TrialState
 from primesvt_optuna.plugin import PrioritizedSampler, SyntheticObjective
 from primesvt_optuna.plugin.result import result
 from primesvt_optuna.storage import describe_storage, open_storage
+from primesvt_optuna.reporting.compare import machine
 from primesvt_optuna.workers import WorkerReport, optimize, run_workers
+
+from _results import write_rows
 
 SIZES = {"fc1": 4000, "fc2": 4000, "qkv": 1500, "proj": 500, "head": 300}
 SENSITIVITY = {"fc1": 0.05, "fc2": 0.2, "qkv": 0.1, "proj": 0.5, "head": 0.3}
@@ -73,17 +73,6 @@ def run_once(url: str, k: int, delay: float) -> dict[str, object]:
     return row
 
 
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(), "optuna": optuna.__version__}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delay", type=float, default=0.05, help="seconds slept per batch of 100 images")
@@ -103,19 +92,14 @@ def main(argv: list[str] | None = None) -> int:
                 for repeat in range(args.repeats):
                     host = machine()
                     row = {"storage": kind, **run_once(url, k, args.delay), "repeat": repeat,
-                           "delay_per_batch_s": args.delay, **host,
-                           "date": datetime.datetime.now().isoformat(timespec="seconds")}
+                           "delay_per_batch_s": args.delay, **host}
                     rows.append(row)
                     print(f"{kind:<10} K={k} {row['wall_s']:>7.2f} s  {row['trials']} trials  "
                           f"load {host['load_1min']}  selected {row['selected']}", flush=True)
                     if kind != "postgresql":  # a fresh file per run
                         for path in Path(tmp).glob("bench.*"):
                             path.unlink()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.output, {})
     print(f"wrote {args.output} ({describe_storage(args.postgres) if args.postgres else 'no PostgreSQL'})")
     return 0
 
