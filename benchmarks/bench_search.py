@@ -12,8 +12,9 @@ benchmark, and one CSV with, per benchmark and baseline policy, ratios measured 
     python benchmarks/bench_search.py [--config studies/digits.toml] [--memory-target 0.4]
         [--benchmark digits=digits-2-64 digits-hard=digits-hard-2-64]
 
-Writes benchmarks/results/search.csv and benchmarks/results/search-<benchmark>/ (machine
-recorded); the studies stay in benchmarks/results/search.db for `primesvt dashboard`.
+Writes benchmarks/results/search-<tag>.csv and benchmarks/results/search-<tag>-<benchmark>/
+(machine recorded), where the tag names the memory target (``t15`` for 15%); the studies stay in
+benchmarks/results/search-<tag>.db for `primesvt dashboard`.
 """
 
 from __future__ import annotations
@@ -58,21 +59,24 @@ def main() -> None:
     parser.add_argument("--max-trials", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--storage", default=f"sqlite:///{RESULTS}/search.db")
+    parser.add_argument("--storage", default=None, help="default: sqlite:///benchmarks/results/search-<tag>.db")
     args = parser.parse_args()
+    target = args.memory_target if args.memory_target is not None else load_study_config(args.config).constraints.memory_target
+    tag = f"t{round(target * 100)}" if target else "budget"
+    storage = args.storage or f"sqlite:///{RESULTS}/search-{tag}.db"
     frames = []
     for item in args.benchmark:
         name, _, checkpoint = item.partition("=")
         cfg = load_study_config(args.config).with_overrides(checkpoint=checkpoint, study_name=name,
                                                             memory_target=args.memory_target)
         walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all}
-        spec = ComparisonSpec(name=name, storage=args.storage, seeds=tuple(range(args.seeds)),
+        spec = ComparisonSpec(name=name, storage=storage, seeds=tuple(range(args.seeds)),
                               budget_images=args.budget_images, max_trials=args.max_trials, n_jobs=args.jobs,
                               sampler_options={p: walk for p in WALK_POLICIES})
         start = time.perf_counter()
         run_comparison(spec, functools.partial(objective_from_config, cfg))
         wall = time.perf_counter() - start
-        report = build_report(args.storage, RESULTS / f"search-{name}", name)
+        report = build_report(storage, RESULTS / f"search-{tag}-{name}", name)
         print(report.display.to_string(index=False), flush=True)
         table = report.table.merge(ratios(report.table), on="policy", how="left")
         frames.append(table.assign(benchmark=name, checkpoint=checkpoint, constraints=cfg.constraints.describe(),
@@ -81,9 +85,10 @@ def main() -> None:
     out = pd.concat(frames).assign(**{k: str(v) for k, v in info.items()})
     first = ["benchmark", "policy", "saving_ratio", "images_ratio", "time_ratio"]
     out = out[first + [c for c in out.columns if c not in first]]
-    out.to_csv(RESULTS / "search.csv", index=False)
+    path = RESULTS / f"search-{tag}.csv"
+    out.to_csv(path, index=False)
     print(out[first].to_string(index=False))
-    print(f"wrote {RESULTS / 'search.csv'}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
