@@ -77,6 +77,23 @@ def test_search_resume_refusals_and_export(workdir, capsys):
     assert "no study 'nope'" in capsys.readouterr().err
 
 
+def test_prune_embed_search_and_export(workdir, capsys):
+    """The embedding dimension is one more layer of the walk, and export rebuilds that structure."""
+    url = f"sqlite:///{workdir / 'tiny.db'}"
+    assert search(workdir, "--study-name", "embed", "--prune-embed", "--memory-target", "0.9", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    study = optuna.load_study(study_name="embed", storage=open_storage(url))
+    layers = [row["layer"] for row in study.user_attrs["primesvt:layers"]]
+    assert "embed_dim" in layers and study.user_attrs["primesvt:prune_embed"] is True
+    assert search(workdir, "--study-name", "embed", "--resume") == 2  # without the flag: other settings
+    assert "prune_embed" in capsys.readouterr().err
+    output = workdir / "embed.pt"
+    assert main(["export", url, "--study-name", "embed", "--output", str(output), "--json"]) == 0
+    model, ckpt = load_checkpoint(output)
+    assert ckpt["model_bytes"] == out["selected"]["model_bytes"]
+    assert ckpt["structure"]["prune_embed"] is True
+
+
 @pytest.mark.parametrize("policy, extra", [("uniform", []), ("tpe", ["--trials", "4"])])
 def test_baseline_policies(workdir, capsys, policy, extra):
     assert search(workdir, "--policy", policy, "--study-name", policy, "--json", *extra) == 0

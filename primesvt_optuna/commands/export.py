@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if expected and checkpoint_sha256(path) != expected:
         raise PrimeSVTError(f"{path} is not the checkpoint the study searched (SHA-256 differs): pass the original with --checkpoint")
     model, ckpt = load_checkpoint(path)
-    engine = Engine(model)
+    engine = Engine(model, prune_embed=bool(attrs.get(f"{STUDY_PREFIX}prune_embed", False)))
     layers = [row["layer"] for row in attrs.get(f"{STUDY_PREFIX}layers", [])]
     if layers and sorted(layers) != sorted(engine.layers):
         raise PrimeSVTError("the study's layer table does not match this checkpoint's prunable layers")

@@ -37,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--eval-images", type=int, help="size of the validation subset driving the search")
+    p.add_argument("--prune-embed", action="store_true", default=None,
+                   help="also prune the embedding dimension, as one global layer (config: [search] prune_embed)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     p.add_argument("--resume", action="store_true",
                    help="continue an existing study (its settings must match); creates it when absent")
@@ -62,18 +64,6 @@ def make_sampler(cfg: Any, worker: int = 0) -> Any:
     if cfg.policy == "tpe":
         return optuna.samplers.TPESampler(seed=cfg.seed + worker)
     return optuna.samplers.NSGAIISampler(seed=cfg.seed + worker)
-
-
-def make_objective(cfg: Any) -> Any:
-    from ..plugin import ConstraintPruner, PruningObjective
-
-    c = cfg.constraints
-    return PruningObjective(
-        cfg.checkpoint, data=cfg.data or None, max_accuracy_drop=c.max_accuracy_drop, min_accuracy=c.min_accuracy,
-        memory_target=c.memory_target, memory_budget=c.memory_budget, grid=cfg.grid, eval_images=cfg.eval_images,
-        batch_size=cfg.batch_size, device=cfg.device, pruner=ConstraintPruner(**cfg.pruner_settings),
-        wait_timeout=cfg.wait_timeout,
-    )
 
 
 def prepare_study(cfg: Any, storage: Any, objective: Any, resume: bool) -> Any:
@@ -165,7 +155,7 @@ def _work(cfg: Any, worker: int) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=cfg.study_name, storage=open_storage(cfg.storage),
                               sampler=make_sampler(cfg, worker))
-    return optimize(study, make_objective(cfg), worker=worker, callbacks=_callbacks(cfg))
+    return optimize(study, cfg.objective(), worker=worker, callbacks=_callbacks(cfg))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -181,11 +171,12 @@ def run(args: argparse.Namespace) -> int:
         policy=args.policy, trials=args.trials, storage=args.storage, study_name=args.study_name,
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target, workers=args.workers,
         seed=args.seed, device=args.device, batch_size=args.batch_size, eval_images=args.eval_images,
+        prune_embed=args.prune_embed,
     )
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:
         raise PrimeSVTError(f"policy {cfg.policy!r} needs a trial budget: pass --trials N")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    objective = make_objective(cfg)  # first: a bad checkpoint or data path must not leave a new empty .db behind
+    objective = cfg.objective()  # first: a bad checkpoint or data path must not leave a new empty .db behind
     storage = open_storage(cfg.storage)
     study = prepare_study(cfg, storage, objective, args.resume)
 

@@ -432,7 +432,9 @@ class PruningObjective(RateObjective):
         )
 
     def study_attrs(self) -> dict[str, Any]:
-        return {**super().study_attrs(), "eval_images": self.eval_images, "data": self.data_spec}
+        # prune_embed first: it changes the layer table, and the refusal should name the cause
+        return {"prune_embed": self.engine.prune_embed, **super().study_attrs(), "eval_images": self.eval_images,
+                "data": self.data_spec}
 
     def informative_attrs(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint_path}  # where export finds the baseline (hash checked)

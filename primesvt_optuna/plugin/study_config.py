@@ -25,6 +25,7 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     workers = 1
     early_cut = "exact"                     # "statistical" (with confidence) or "off"
     confidence = 0.99
+    prune_embed = false                     # true: also prune the embedding dimension (one global layer)
 
 Relative paths are relative to the current directory. Every mistake (malformed TOML, unknown
 key, wrong type, grid outside [0, 1), negative accuracy budget, memory target >= 1) is one
@@ -51,7 +52,7 @@ _DATA = {"eval_images": int, "batch_size": int, "name": str, "path": str, "img_s
 _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str)}
 _SEARCH = {
     "policy": str, "grid": list, "robustness_rule": str, "walk_all": bool, "trials": int, "seed": int,
-    "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float,
+    "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float, "prune_embed": bool,
 }
 _SECTIONS = {"data": _DATA, "constraints": _CONSTRAINTS, "search": _SEARCH}
 
@@ -78,6 +79,7 @@ class StudyConfig:
     early_cut: str = "exact"
     confidence: float = 0.99
     wait_timeout: float = 3600.0
+    prune_embed: bool = False
     source: str = "<config>"
 
     def __post_init__(self) -> None:
@@ -133,6 +135,21 @@ class StudyConfig:
         if self.early_cut == "off":
             return {"memory": True, "accuracy": False}
         return {"confidence": self.confidence if self.early_cut == "statistical" else None}
+
+    def objective(self, robustness_cache: dict[tuple[str, float], float] | None = None) -> Any:
+        """The PruningObjective this config describes (``robustness_cache``: a shared sweep's
+        accuracies, for the walks of a comparison)."""
+        from .objective import PruningObjective
+        from .pruner import ConstraintPruner
+
+        c = self.constraints
+        return PruningObjective(
+            self.checkpoint, data=self.data or None, max_accuracy_drop=c.max_accuracy_drop,
+            min_accuracy=c.min_accuracy, memory_target=c.memory_target, memory_budget=c.memory_budget,
+            grid=self.grid, eval_images=self.eval_images, batch_size=self.batch_size, device=self.device,
+            pruner=ConstraintPruner(**self.pruner_settings), prune_embed=self.prune_embed,
+            robustness_cache=robustness_cache, wait_timeout=self.wait_timeout,
+        )
 
 
 def _constraints(values: dict[str, Any], source: str) -> Constraints:
@@ -196,6 +213,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         early_cut=search.get("early_cut", "exact"),
         confidence=search.get("confidence", 0.99),
         wait_timeout=search.get("wait_timeout", 3600.0),
+        prune_embed=search.get("prune_embed", False),
         source=source,
     )
 

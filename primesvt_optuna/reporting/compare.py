@@ -133,17 +133,9 @@ def _quiet() -> None:
 
 
 def objective_from_config(cfg: Any, robustness_cache: dict[tuple[str, float], float] | None = None) -> Any:
-    """The PruningObjective ``primesvt search`` builds from a study config, plus the shared sweep's
-    cache for the walks (a module-level function, so a partial of it pickles to the workers)."""
-    from ..plugin import ConstraintPruner, PruningObjective
-
-    c = cfg.constraints
-    return PruningObjective(
-        cfg.checkpoint, data=cfg.data or None, max_accuracy_drop=c.max_accuracy_drop, min_accuracy=c.min_accuracy,
-        memory_target=c.memory_target, memory_budget=c.memory_budget, grid=cfg.grid, eval_images=cfg.eval_images,
-        batch_size=cfg.batch_size, device=cfg.device, pruner=ConstraintPruner(**cfg.pruner_settings),
-        wait_timeout=cfg.wait_timeout, robustness_cache=robustness_cache,
-    )
+    """``cfg.objective(robustness_cache)`` as a module-level function, so that a partial of it
+    pickles to the joblib workers."""
+    return cfg.objective(robustness_cache)
 
 
 class _SweepDone:

@@ -409,11 +409,17 @@ def write_study_attrs(study: Study, attrs: Mapping[str, Any]) -> None:
         if name in current and current[name] != value:
             raise PrimeSVTError(
                 f"study {study.study_name!r} was created with {name.removeprefix(STUDY_PREFIX)} = "
-                f"{json.dumps(current[name])}, not {json.dumps(value)}: use another study name, or the same settings"
+                f"{_short(current[name])}, not {_short(value)}: use another study name, or the same settings"
             )
     for name, value in values.items():
         if name not in current:
             storage.set_study_user_attr(study._study_id, name, value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A stored setting for an error line (a whole layer table would drown the message)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
 
 
 def _fit(name: str, rate: float, distribution: BaseDistribution) -> Any:
