@@ -25,7 +25,7 @@ import copy
 import datetime
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,10 +123,23 @@ class Free:
 Decision = Candidate | Wait | Done | Free
 
 
-class Snapshot:
-    """The study as one read of storage sees it, from the point of view of trial ``me``."""
+def trial_key(trial: FrozenTrial, is_rate: Callable[[str], bool]) -> str | None:
+    """The configuration a trial evaluated: its claim's key, or (a trial no PrimeSVT sampler
+    planned, e.g. added by hand) the key of its rate parameters; None for an idle trial."""
+    claim = trial.system_attrs.get(CLAIM)
+    if claim:
+        return claim.get("key")
+    rates = {p: v for p, v in trial.params.items() if is_rate(p) and isinstance(v, (int, float))}
+    return rates_key(rates) if rates else None
 
-    def __init__(self, trials: Sequence[FrozenTrial], me: int | None, is_rate: Any) -> None:
+
+class Snapshot:
+    """The study as one read of storage sees it, from the point of view of trial ``me``.
+
+    ``key_of(trial)`` gives a finished trial's configuration key (the samplers cache it: a finished
+    trial never changes, and recomputing keys from parameters dominated large studies)."""
+
+    def __init__(self, trials: Sequence[FrozenTrial], me: int | None, key_of: Callable[[FrozenTrial], str | None]) -> None:
         self.trials = [t for t in trials if t.state != TrialState.WAITING]
         self.me = me
         self.outcomes: dict[str, FrozenTrial] = {}
@@ -143,10 +156,7 @@ class Snapshot:
                 elif claim.get("key"):
                     self.held.setdefault(claim["key"], t.number)
                 continue
-            key = claim.get("key") if claim else None
-            if key is None and not claim:
-                rates = {p: v for p, v in t.params.items() if is_rate(p) and isinstance(v, (int, float))}
-                key = rates_key(rates) if rates else None
+            key = key_of(t)
             if key is not None and key not in self.outcomes and accuracy_outcome(t) is not None:
                 self.outcomes[key] = t
 
@@ -222,6 +232,10 @@ class ClaimSampler(BaseSampler):
         self._poll = poll_interval
         self._stale_after = stale_after
         self._checked: set[tuple[int, int]] = set()
+        # read caches, never state: claims this process wrote (immutable once written) and the
+        # configuration keys of finished trials (immutable once finished)
+        self._claims: dict[int, dict[str, Any]] = {}
+        self._keys: dict[tuple[int, datetime.datetime | None], str | None] = {}
 
     # ----- what subclasses define -------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -259,6 +273,7 @@ class ClaimSampler(BaseSampler):
         storage = study._storage
         if CLAIM in trial.system_attrs:  # a retried trial keeps the claim it inherited
             storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
+            self._claims[trial._trial_id] = trial.system_attrs[CLAIM]
             return
         self.attach(study)
         storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
@@ -272,10 +287,10 @@ class ClaimSampler(BaseSampler):
         if isinstance(decision, Candidate):
             self._write_claim(study, trial, decision)
         elif isinstance(decision, Free):
-            storage.set_trial_system_attr(trial._trial_id, CLAIM, {"key": None, "phase": None})
+            self._set_claim(study, trial, {"key": None, "phase": None})
         else:
             reason = f"nothing left to evaluate: {decision.reason}"
-            storage.set_trial_system_attr(trial._trial_id, CLAIM, {"key": None, "phase": "idle", "reason": reason})
+            self._set_claim(study, trial, {"key": None, "phase": "idle", "reason": reason})
             storage.set_trial_user_attr(trial._trial_id, "phase", "idle")
             storage.set_trial_user_attr(trial._trial_id, "cut_reason", reason)
             self._stop(study)
@@ -283,7 +298,9 @@ class ClaimSampler(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        claim = trial.system_attrs.get(CLAIM)
+        claim = self._claims.get(trial._trial_id)
+        if claim is None:  # e.g. the sampler of another process planned it: read it once
+            claim = self._claims[trial._trial_id] = trial.system_attrs.get(CLAIM) or {}
         if not self._is_rate(param_name) or not claim or claim.get("phase") is None:
             return self._fallback.sample_independent(study, trial, param_name, param_distribution)
         if claim["phase"] == "idle":
@@ -296,13 +313,15 @@ class ClaimSampler(BaseSampler):
     ) -> None:
         study._storage.set_trial_system_attr(trial._trial_id, OUTCOME, state.name)
         self._fallback.after_trial(study, trial, state, values)
-        claim = study._storage.get_trial_system_attrs(trial._trial_id).get(CLAIM) or {}
+        claim = self._claims.pop(trial._trial_id, None)
+        if claim is None:
+            claim = study._storage.get_trial_system_attrs(trial._trial_id).get(CLAIM) or {}
         if not claim.get("key"):
             return
         finished = copy.copy(study._storage.get_trial(trial._trial_id))
         finished.state = state
         trials = [finished if t.number == trial.number else t for t in self._read(study)]
-        decision = self._next(study, Snapshot(trials, None, self._is_rate))
+        decision = self._next(study, self._snapshot(trials, None))
         if isinstance(decision, Done):
             _logger.info(f"PrimeSVT {self.policy} finished: {decision.reason}.")
             self._stop(study)
@@ -310,11 +329,22 @@ class ClaimSampler(BaseSampler):
     # ----- public helpers -----------------------------------------------------------------------
     def is_exhausted(self, study: Study) -> bool:
         """True when the policy has nothing left to evaluate in ``study``."""
-        return isinstance(self._next(study, Snapshot(self._read(study), None, self._is_rate)), Done)
+        return isinstance(self._next(study, self._snapshot(self._read(study), None)), Done)
 
     # ----- internals ----------------------------------------------------------------------------
     def _is_rate(self, param: str) -> bool:
         return param.startswith(RATE_PREFIX) or (self._layer_sizes is not None and param in self._layer_sizes)
+
+    def _snapshot(self, trials: Sequence[FrozenTrial], me: int | None) -> Snapshot:
+        return Snapshot(trials, me, self._key_of)
+
+    def _key_of(self, trial: FrozenTrial) -> str | None:
+        if not trial.state.is_finished():
+            return trial_key(trial, self._is_rate)
+        ident = (trial._trial_id, trial.datetime_start)
+        if ident not in self._keys:
+            self._keys[ident] = trial_key(trial, self._is_rate)
+        return self._keys[ident]
 
     @staticmethod
     def _read(study: Study) -> list[FrozenTrial]:
@@ -337,9 +367,13 @@ class ClaimSampler(BaseSampler):
         })
         self._checked.add((id(study._storage), study._study_id))
 
+    def _set_claim(self, study: Study, trial: FrozenTrial, claim: dict[str, Any]) -> None:
+        study._storage.set_trial_system_attr(trial._trial_id, CLAIM, claim)
+        self._claims[trial._trial_id] = claim
+
     def _write_claim(self, study: Study, trial: FrozenTrial, candidate: Candidate) -> None:
         storage = study._storage
-        storage.set_trial_system_attr(trial._trial_id, CLAIM, candidate.claim())
+        self._set_claim(study, trial, candidate.claim())
         storage.set_trial_user_attr(trial._trial_id, "phase", candidate.phase)
         storage.set_trial_user_attr(trial._trial_id, "layer", layer_of(candidate.layer) if candidate.layer else None)
         storage.set_trial_user_attr(trial._trial_id, "rate", candidate.rate)
@@ -354,7 +388,7 @@ class ClaimSampler(BaseSampler):
             trials = self._read(study)
             if fail_if_stale(study, trials, self._stale_after):
                 continue
-            snap = Snapshot(trials, trial.number, self._is_rate)
+            snap = self._snapshot(trials, trial.number)
             if snap.undecided:
                 reason = f"trial {snap.undecided[0]} to choose its configuration"
             else:
@@ -478,7 +512,7 @@ class WalkSampler(ClaimSampler):
 
     def walk_state(self, study: Study) -> WalkState:
         """The walk as the study's trials define it (committed rates, bounds, what is pending)."""
-        snap = Snapshot(self._read(study), None, self._is_rate)
+        snap = self._snapshot(self._read(study), None)
         layers = self._layers(study, snap)
         return self._walk(snap, layers or [])
 
