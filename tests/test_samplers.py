@@ -199,6 +199,34 @@ def test_a_finished_study_gives_idle_trials_and_is_exhausted():
     assert idle.state == TrialState.PRUNED and idle.user_attrs["phase"] == "idle"
 
 
+def test_planned_rates_are_read_without_a_storage_call_per_parameter(tmp_path, monkeypatch):
+    """The claim a trial's sampler wrote is kept for that trial: suggesting each of its rates must
+    not query storage again (it did, once per parameter, which dominated large studies)."""
+    storage = sqlite(tmp_path)
+    sampler = PrioritizedSampler()
+    reads = {"inside": False, "count": 0}
+    for name in ("get_trial", "get_trial_system_attrs"):
+        original = getattr(type(storage), name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads["count"] += reads["inside"]
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(type(storage), name, counted)
+    inner = sampler.sample_independent
+
+    def sample_independent(*args, **kwargs):
+        reads["inside"] = True
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            reads["inside"] = False
+
+    monkeypatch.setattr(sampler, "sample_independent", sample_independent)
+    study = run(sampler, make(), storage=storage, n_trials=12)
+    assert len(study.trials) == 12 and reads["count"] == 0
+
+
 def sqlite(tmp_path: Path):
     return open_storage(f"sqlite:///{tmp_path / 'study.db'}")
 
