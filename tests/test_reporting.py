@@ -61,8 +61,22 @@ def test_table_rows_and_columns(comparison):
     assert (table.seeds == 3).all()
     shown = display_table(table)
     assert list(shown.policy) == list(POLICIES)
-    assert {"best feasible saving", "val accuracy", "images to target", "trials to target", "time to target",
-            "cut early", "images saved by cut", "total time"} <= set(shown.columns)
+    assert {"best feasible saving", "policy's selection (met both)", "val accuracy", "images to target",
+            "trials to target", "time to target", "cut early", "images saved by cut", "total time"} <= set(shown.columns)
+
+
+def test_policy_selection_is_what_search_returns(comparison):
+    """A walk selects its committed configuration, which may save less than the best accuracy-
+    feasible trial it evaluated; the other policies select exactly that best trial."""
+    _, records, _ = comparison
+    runs = runs_table(records)
+    for record, row in zip(records, runs.itertuples()):
+        assert record.selection is not None
+        assert row.policy_selection_saving == pytest.approx(record.selection["memory_saving"])
+        if record.policy in ("prioritized", "smallest-first", "random-order"):
+            assert row.policy_selection_saving <= row.best_saving + 1e-12
+        else:
+            assert row.policy_selection_saving == pytest.approx(row.best_saving)
 
 
 def test_sweep_is_charged_to_the_walks_only(comparison):

@@ -62,6 +62,7 @@ class StudyRecord:
     attrs: dict[str, Any]
     trials: pd.DataFrame
     report: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None  # what the policy itself selects (plugin.result), if known
 
     @property
     def constraints(self) -> dict[str, Any]:
@@ -170,6 +171,16 @@ def sweep_cost(sweep: StudyRecord) -> dict[str, Any]:
             "trials": len(done), "full_evaluation": int(full) if full == full else 0, "source": sweep.study_name}
 
 
+def _selection(storage: BaseStorage, study_name: str) -> dict[str, Any] | None:
+    """The configuration the study's own policy selects, as ``primesvt search`` and ``export``
+    deliver it: for a walk its committed configuration, which can save less than the best
+    accuracy-feasible trial it evaluated (e.g. a robustness trial of one layer alone)."""
+    from ..plugin.result import result
+
+    res = result(optuna.load_study(study_name=study_name, storage=storage))
+    return None if res.selected is None else {**res.selected, "both_met": res.both_met}
+
+
 def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[StudyRecord]:
     """Every comparison study in ``storage`` (only those named ``<prefix>/<policy>/seed<k>`` when a
     prefix is given), sorted by policy (the comparison's order) then seed."""
@@ -183,7 +194,8 @@ def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[
         study_id = storage.get_study_id_from_name(summary.study_name)
         attrs = storage.get_study_user_attrs(study_id)
         frame = trials_frame(storage.get_all_trials(study_id, deepcopy=False))
-        records.append(StudyRecord(*parsed, summary.study_name, attrs, frame, attrs.get(REPORT_ATTR) or {}))
+        records.append(StudyRecord(*parsed, summary.study_name, attrs, frame, attrs.get(REPORT_ATTR) or {},
+                                   _selection(storage, summary.study_name)))
     if not records:
         where = f"named {prefix!r}/<policy>/seed<k>" if prefix else "named <name>/<policy>/seed<k>"
         raise PrimeSVTError(f"no comparison studies {where} in this storage: run `primesvt compare` first")

@@ -67,6 +67,8 @@ def study_summary(record: StudyRecord) -> dict[str, Any]:
         "study": record.study_name,
         "best_saving": float(best.memory_saving) if best is not None else math.nan,
         "selected_trial": int(best.number) if best is not None else None,
+        "policy_selection_saving": _float((record.selection or {}).get("memory_saving")),
+        "policy_selection_met": bool((record.selection or {}).get("both_met", False)),
         "val_accuracy": float(best.accuracy) if best is not None else math.nan,
         "val_images": full,
         "test_accuracy": _float(test.get("accuracy")) if best is not None and test.get("trial") == int(best.number) else math.nan,
@@ -125,6 +127,8 @@ def _stats(values: pd.Series) -> tuple[float, float, float]:
 TABLE_COLUMNS = [
     "policy", "seeds", "target_met",
     "best_saving_median", "best_saving_min", "best_saving_max",
+    "policy_selection_saving_median", "policy_selection_saving_min", "policy_selection_saving_max",
+    "policy_selection_met",
     "val_accuracy_median", "val_accuracy_min", "val_accuracy_max", "val_accuracy_ci_low", "val_accuracy_ci_high",
     "test_accuracy_median", "test_accuracy_min", "test_accuracy_max", "test_accuracy_ci_low", "test_accuracy_ci_high",
     "images_to_target_median", "images_to_target_min", "images_to_target_max",
@@ -140,8 +144,9 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     bootstrap intervals for the median validation and test accuracy."""
     rows = []
     for policy, group in runs.groupby("policy", sort=False):
-        row: dict[str, Any] = {"policy": policy, "seeds": len(group), "target_met": int(group.target_met.sum())}
-        for metric in ("best_saving", "val_accuracy", "test_accuracy", "images_to_target", "trials_to_target",
+        row: dict[str, Any] = {"policy": policy, "seeds": len(group), "target_met": int(group.target_met.sum()),
+                               "policy_selection_met": int(group.policy_selection_met.sum())}
+        for metric in ("best_saving", "policy_selection_saving", "val_accuracy", "test_accuracy", "images_to_target", "trials_to_target",
                        "seconds_to_target", "seconds_total"):
             row[f"{metric}_median"], row[f"{metric}_min"], row[f"{metric}_max"] = _stats(group[metric])
         for split in ("val", "test"):
@@ -192,6 +197,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "target met": f"{r.target_met}/{r.seeds}",
             "best feasible saving": _span(_pct, r.best_saving_median, r.best_saving_min, r.best_saving_max)
             if not math.isnan(r.best_saving_median) else "none feasible",
+            "policy's selection (met both)": _span(_pct, r.policy_selection_saving_median,
+                                                    r.policy_selection_saving_min, r.policy_selection_saving_max)
+            + f" ({r.policy_selection_met}/{r.seeds})",
             "val accuracy": acc("val"),
             "test accuracy": acc("test"),
             "images to target": _span(_count, r.images_to_target_median, r.images_to_target_min, r.images_to_target_max),
