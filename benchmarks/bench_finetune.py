@@ -1,9 +1,10 @@
 """Selected configurations before and after N epochs of fine-tuning, next to the unpruned model
 (the paper's 73.3 / 70.3 / 72.9), and a uniform-rate-then-fine-tune baseline.
 
-Every policy's selection from a finished comparison (the configuration its table row reports:
-the largest accuracy-feasible saving, from the finished seed with the median saving) is
-fine-tuned for the same N epochs with the same seed and learning rate. The baseline prunes every
+Every policy's selection from a finished comparison (the configuration the policy itself selects,
+as ``primesvt search`` and ``export`` deliver it: a walk's committed configuration, TPE's best
+feasible trial; from the seed with the median saving) is fine-tuned for the same N epochs with
+the same seed and learning rate. The baseline prunes every
 layer at one rate, fine-tunes for the same N epochs, and keeps the largest grid rate whose
 validation accuracy *after* fine-tuning is within the accuracy budget: fine-tuning recovers
 accuracy, so a search that never fine-tunes can lose to it, and the table says so when it does.
@@ -28,7 +29,6 @@ from primesvt_optuna.data import load_splits
 from primesvt_optuna.pruning import Engine
 from primesvt_optuna.reporting.compare import machine
 from primesvt_optuna.reporting.frames import REPORT_ATTR, load_studies
-from primesvt_optuna.reporting.table import runs_table
 from primesvt_optuna.training import evaluate, finetune
 
 from _results import write_rows
@@ -37,13 +37,13 @@ OUT = Path(__file__).resolve().parent / "results" / "finetune.csv"
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def measure(engine: Engine, splits: Any, rates: dict[str, float], epochs: int, seed: int) -> dict[str, Any]:
+def measure(engine: Engine, splits: Any, rates: dict[str, float], epochs: int, seed: int, lr: float) -> dict[str, Any]:
     """Accuracy of the model pruned at ``rates`` before and after ``epochs`` of fine-tuning."""
     model = engine.prune(rates) if rates else copy.deepcopy(engine.model)  # never train the engine's model
     val0, test0 = evaluate(model, splits.val), evaluate(model, splits.test)
     start = time.perf_counter()
     if epochs:
-        finetune(model, splits, epochs=epochs, seed=seed, progress=False)
+        finetune(model, splits, epochs=epochs, seed=seed, lr=lr, progress=False)
     val1, test1 = evaluate(model, splits.val), evaluate(model, splits.test)
     return {"memory_saving": round(engine.memory_saving(rates), 4), "val_before": val0, "test_before": test0,
             "val_after": val1, "test_after": test1, "finetune_s": round(time.perf_counter() - start, 1)}
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--policies", nargs="+", default=None, help="only these policies' selections (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (primesvt export's default)")
     parser.add_argument("--max-accuracy-drop", type=float, default=0.03)
     parser.add_argument("--output", type=Path, default=OUT)
     args = parser.parse_args()
@@ -68,29 +69,25 @@ def main() -> None:
     floor = base_val - args.max_accuracy_drop
     rows: list[dict[str, Any]] = [{"config": "unpruned", "epochs": 0, "memory_saving": 0.0, "val_before": base_val,
                                    "test_before": base_test, "val_after": base_val, "test_after": base_test}]
-    finished = [r for r in load_studies(args.storage, args.prefix) if REPORT_ATTR in r.attrs]
-    runs = runs_table(finished)
+    finished = [r for r in load_studies(args.storage, args.prefix) if REPORT_ATTR in r.attrs and r.selection]
     if args.policies:
-        runs = runs[runs.policy.isin(args.policies)]
+        finished = [r for r in finished if r.policy in args.policies]
     done: dict[str, dict[str, Any]] = {}
-    for policy, group in runs.groupby("policy", sort=False):
-        group = group.dropna(subset=["best_saving"]).sort_values("best_saving")
-        if group.empty:
-            rows.append({"config": f"{policy} (nothing feasible)", "epochs": args.epochs})
-            continue
-        pick = group.iloc[(len(group) - 1) // 2]  # the median seed (lower middle for an even count)
-        rates = {k: v for k, v in sorted(pick.rates.items()) if v > 0}
+    for policy in dict.fromkeys(r.policy for r in finished):
+        group = sorted((r for r in finished if r.policy == policy), key=lambda r: (r.selection["memory_saving"], r.seed))
+        pick = group[(len(group) - 1) // 2]  # the median seed (lower middle for an even count)
+        rates = {k: v for k, v in sorted(pick.selection["rates"].items()) if v > 0}
         key = repr(rates)
         if key not in done:
-            done[key] = measure(engine, splits, rates, args.epochs, args.seed)
-        rows.append({"config": f"{policy} seed {pick.seed}", "epochs": args.epochs, **done[key],
+            done[key] = measure(engine, splits, rates, args.epochs, args.seed, args.lr)
+        rows.append({"config": f"{policy} seed {pick.seed}", "epochs": args.epochs, **done[key], "rates": key,
                      "within_budget_before": done[key]["val_before"] >= floor - 1e-12,
                      "within_budget_after_finetune": done[key]["val_after"] >= floor - 1e-12})
         print(rows[-1], flush=True)
     lo, hi = -1, len(GRID)  # GRID[lo] passes (or lo = -1: none known), GRID[hi] fails
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        result = measure(engine, splits, {layer: GRID[mid] for layer in engine.layers}, args.epochs, args.seed)
+        result = measure(engine, splits, {layer: GRID[mid] for layer in engine.layers}, args.epochs, args.seed, args.lr)
         ok = result["val_after"] >= floor - 1e-12
         rows.append({"config": f"uniform {GRID[mid]:.0%} + fine-tune", "epochs": args.epochs, **result,
                      "within_budget_before": result["val_before"] >= floor - 1e-12,
@@ -100,7 +97,7 @@ def main() -> None:
     best = next((r for r in rows if lo >= 0 and r["config"] == f"uniform {GRID[lo]:.0%} + fine-tune"), {})
     rows.append({**best, "config": "uniform-then-fine-tune baseline (largest rate within budget)",
                  "uniform_rate": GRID[lo] if lo >= 0 else 0.0, "epochs": args.epochs})
-    info = {**machine(), "checkpoint": str(args.checkpoint), "max_accuracy_drop": args.max_accuracy_drop}
+    info = {**machine(), "checkpoint": str(args.checkpoint), "max_accuracy_drop": args.max_accuracy_drop, "lr": args.lr}
     rounded = [{k: (round(v, 4) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()} for r in rows]
     write_rows(rounded, args.output, info)
     print(f"wrote {args.output}")

@@ -73,6 +73,8 @@ def test_search_resume_refusals_and_export(workdir, capsys):
     before = output.read_bytes()
     assert main(["export", url, "--study-name", "tiny", "--output", str(output)]) == 2
     assert "--force" in capsys.readouterr().err and output.read_bytes() == before
+    assert main(["export", url, "--study-name", "tiny", "--output", str(workdir / "y.pt"), "--finetune-lr", "0"]) == 2
+    assert "--finetune-lr must be positive" in capsys.readouterr().err and not (workdir / "y.pt").exists()
     assert main(["export", url, "--study-name", "nope", "--output", str(workdir / "x.pt")]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
 

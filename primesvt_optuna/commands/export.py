@@ -25,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--study-name", required=True)
     p.add_argument("--output", required=True, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune for N epochs (default 0)")
+    p.add_argument("--finetune-lr", type=float, default=5e-4, metavar="LR",
+                   help="fine-tuning learning rate (AdamW, cosine decay; default 5e-4)")
     p.add_argument("--checkpoint", help="the baseline, when it moved since the search (its hash must match)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="overwrite CKPT if it exists")
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.finetune_epochs < 0:
         raise PrimeSVTError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if not args.finetune_lr > 0:
+        raise PrimeSVTError(f"--finetune-lr must be positive, got {args.finetune_lr}")
     output = Path(args.output).expanduser()
     if output.is_dir():
         raise PrimeSVTError(f"--output {output} is a folder: give a file name such as {output / 'pruned.pt'}")
@@ -98,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
         "base_bytes": engine.base_bytes, "model_bytes": model_bytes(pruned),
         "memory_saving": 1 - model_bytes(pruned) / engine.base_bytes, "both_constraints_met": res.both_met,
         "unpruned": accuracy(model.to(args.device)), "pruned": accuracy(pruned.to(args.device)),
-        "finetune_epochs": args.finetune_epochs,
+        "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
     }
     if args.finetune_epochs:
         seed = attrs.get(f"{STUDY_PREFIX}seed") or 0
-        finetune(pruned, splits, epochs=args.finetune_epochs, seed=seed, device=args.device, progress=not args.json)
+        finetune(pruned, splits, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed, device=args.device,
+                 progress=not args.json)
         report["finetuned"] = accuracy(pruned)
     final = report.get("finetuned", report["pruned"])
     metrics = {
