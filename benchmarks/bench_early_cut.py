@@ -16,7 +16,8 @@ Two measurements:
     python benchmarks/bench_early_cut.py --storage sqlite:///benchmarks/results/search-t15.db --prefix digits
     python benchmarks/bench_early_cut.py --rerun prioritized [--checkpoint digits-2-64]
 
-Writes benchmarks/results/early_cut.csv (machine recorded).
+Writes benchmarks/results/early_cut.csv by default (machine recorded; ``--output``: the committed
+results are early_cut-<tag>-<benchmark>.csv and early_cut-rerun.csv).
 """
 
 from __future__ import annotations

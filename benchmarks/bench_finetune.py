@@ -11,7 +11,8 @@ accuracy, so a search that never fine-tunes can lose to it, and the table says s
 
     python benchmarks/bench_finetune.py STORAGE --prefix digits [--checkpoint digits-2-64] [--epochs 3]
 
-Writes benchmarks/results/finetune.csv (machine recorded).
+Writes benchmarks/results/finetune.csv by default (machine recorded; ``--output``: the committed
+results are finetune-<tag>-<benchmark>[-lr<lr>].csv).
 """
 
 from __future__ import annotations
