@@ -99,10 +99,10 @@ def main() -> None:
             table = table.assign(comparison_wall_s=round(wall, 1), **{k: str(v) for k, v in machine().items()})
         frames.append(table)
     out = pd.concat(frames, ignore_index=True)
-    first = ["benchmark", "policy", "saving_ratio", "selection_ratio", "images_ratio", "time_ratio"]
-    out = out[first + [c for c in out.columns if c not in first]]
     if earlier is not None:  # keep the other benchmarks' rows of an earlier run at this target
         out = pd.concat([earlier[~earlier.benchmark.isin(out.benchmark)], out], ignore_index=True)
+    first = ["benchmark", "policy", "saving_ratio", "selection_ratio", "images_ratio", "time_ratio"]
+    out = out[first + [c for c in out.columns if c not in first]]
     out.to_csv(path, index=False)
     print(out[first].to_string(index=False))
     print(f"wrote {path}")
