@@ -22,7 +22,6 @@ benchmarks/results/search-<tag>.db for `primesvt dashboard`.
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import pandas as pd
 
 from primesvt_optuna.plugin.study_config import load_study_config
 from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
-from primesvt_optuna.reporting.compare import WALK_POLICIES, machine, objective_from_config
+from primesvt_optuna.reporting.compare import WALK_POLICIES, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT = ["digits=digits-2-64", "digits-hard=digits-hard-2-64"]
@@ -84,7 +83,7 @@ def main() -> None:
                               sampler_options={p: walk for p in WALK_POLICIES})
         if not args.report_only:
             start = time.perf_counter()
-            run_comparison(spec, functools.partial(objective_from_config, cfg))
+            run_comparison(spec, cfg.objective)
             wall = time.perf_counter() - start
         report = build_report(storage, RESULTS / f"search-{tag}-{name}", name)
         print(report.display.to_string(index=False), flush=True)

@@ -40,13 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import functools
     from pathlib import Path
 
     from ..errors import PrimeSVTError
     from ..plugin.study_config import load_study_config
     from ..reporting import ComparisonSpec, build_report, run_comparison
-    from ..reporting.compare import WALK_POLICIES, objective_from_config
+    from ..reporting.compare import WALK_POLICIES
 
     cfg = load_study_config(args.config).with_overrides(
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target)
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise PrimeSVTError("--seeds and --jobs must be at least 1")
     name = args.name or cfg.study_name
     storage = args.storage or f"sqlite:///runs/compare-{name}.db"
-    factory = functools.partial(objective_from_config, cfg)
+    factory = cfg.objective  # a bound method of a frozen dataclass: pickles to the workers
     walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all, "wait_timeout": cfg.wait_timeout}
     spec = ComparisonSpec(
         name=name, storage=storage, policies=tuple(args.policies), seeds=tuple(range(args.seeds)),

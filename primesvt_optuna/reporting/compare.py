@@ -132,12 +132,6 @@ def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def objective_from_config(cfg: Any, robustness_cache: dict[tuple[str, float], float] | None = None) -> Any:
-    """``cfg.objective(robustness_cache)`` as a module-level function, so that a partial of it
-    pickles to the joblib workers."""
-    return cfg.objective(robustness_cache)
-
-
 class _SweepDone:
     """Stop a sweep worker once the reference and every single-layer trial have finished."""
 

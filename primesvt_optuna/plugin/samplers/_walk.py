@@ -339,8 +339,7 @@ class ClaimSampler(BaseSampler):
         return Snapshot(trials, me, self._key_of)
 
     def _key_of(self, trial: FrozenTrial) -> str | None:
-        if not trial.state.is_finished():
-            return trial_key(trial, self._is_rate)
+        """``trial_key``, cached: Snapshot asks only for finished trials, which never change."""
         ident = (trial._trial_id, trial.datetime_start)
         if ident not in self._keys:
             self._keys[ident] = trial_key(trial, self._is_rate)
