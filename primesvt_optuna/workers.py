@@ -68,10 +68,13 @@ def run_workers(k: int, fn: Callable[[int], R]) -> list[R]:
         raise PrimeSVTError(f"--workers must be a whole number >= 1, got {k!r}")
     if k == 1:
         return [fn(0)]
-    from joblib.externals.loky import get_reusable_executor
+    from joblib.executor import get_memmapping_executor
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    executor = get_reusable_executor(max_workers=k, initializer=_ignore_sigint)
+    # joblib's flavour of loky's reusable executor: a later joblib.Parallel in this process (e.g.
+    # run_comparison) reuses or replaces it; loky's own one broke such a Parallel with an
+    # AttributeError ('_temp_folder_manager')
+    executor = get_memmapping_executor(k, initializer=_ignore_sigint)
     with _forward_sigint():
         futures = [executor.submit(fn, i) for i in range(k)]
         wait(futures)

@@ -119,3 +119,17 @@ def test_unreachable_storage_is_one_line(workdir, capsys):
     assert search(workdir, "--storage", "postgresql://nobody@127.0.0.1:9/none", "--study-name", "x") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+def test_compare_from_a_study_config(workdir, capsys):
+    """`primesvt compare CONFIG` end to end: the config's objective reaches two worker processes,
+    every policy gets its study, and the table and figures are written."""
+    url, out = f"sqlite:///{workdir / 'compare.db'}", workdir / "compare-report"
+    assert main(["compare", str(workdir / "tiny.toml"), "--seeds", "1", "--jobs", "2", "--max-trials", "4",
+                 "--storage", url, "-o", str(out)]) == 0
+    table = (out / "comparison.md").read_text().splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == [
+        "prioritized", "smallest-first", "random-order", "uniform", "tpe", "nsga2"]
+    assert all((out / f"{name}.png").exists() for name in ("pareto", "progress", "layer_rates", "robustness"))
+    names = {s.study_name for s in optuna.get_all_study_summaries(open_storage(url))}
+    assert "tiny/robustness-sweep" in names and "tiny/prioritized/seed0" in names
