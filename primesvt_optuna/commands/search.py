@@ -72,7 +72,7 @@ def prepare_study(cfg: Any, storage: Any, objective: Any, resume: bool) -> Any:
 
     from ..plugin.constraints import rate_param
     from ..plugin.samplers import ClaimSampler
-    from ..plugin.samplers._walk import write_study_attrs
+    from ..plugin.samplers._claims import write_study_attrs
 
     exists = cfg.study_name in optuna.get_all_study_names(storage)
     if exists and not resume:

@@ -38,7 +38,7 @@ from ..errors import PrimeSVTError
 from .constraints import CLAIM, DEFAULT_GRID, STUDY_PREFIX, WORKER, Constraints, normalize_grid, rate_param
 from .pruner import ConstraintPruner, Cut
 from ..storage import fail_stale_trials, worker_info
-from .samplers._walk import write_study_attrs
+from .samplers._claims import write_study_attrs
 
 BASE_ACCURACY = f"{STUDY_PREFIX}base_accuracy"
 DIRECTIONS = ["maximize", "minimize"]

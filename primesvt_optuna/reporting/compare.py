@@ -185,7 +185,7 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
     """One independent study (in its own process); returns its name."""
     from ..plugin.constraints import rate_param
     from ..plugin.result import save_result_note
-    from ..plugin.samplers._walk import write_study_attrs
+    from ..plugin.samplers._claims import write_study_attrs
 
     _quiet()
     objective = factory(robustness_cache=cache) if cache is not None else factory()

@@ -1,10 +1,11 @@
-"""PrimeSVT's samplers, one class per module; shared claim/walk logic lives in ``_walk.py``."""
+"""PrimeSVT's samplers, one class per module; the claim/wait/stale machinery lives in ``_claims.py``, the layer walk in ``_walk.py``."""
 
 from ._prioritized import PrioritizedSampler
 from ._random_order import RandomOrderSampler
 from ._smallest_first import SmallestFirstSampler
 from ._uniform import UniformSampler
-from ._walk import ClaimSampler, WalkSampler, rates_key
+from ._claims import ClaimSampler, rates_key
+from ._walk import WalkSampler
 
 __all__ = [
     "ClaimSampler",

@@ -23,7 +23,7 @@ class PrioritizedSampler(WalkSampler):
     Layer sizes come from ``layer_sizes`` or from the layer table that
     :class:`~primesvt_optuna.plugin.PruningObjective` records on the study.
 
-    All state lives in the study (see ``_walk.py``): a study resumed with
+    All state lives in the study (see ``_claims.py``): a study resumed with
     :func:`optuna.load_study` continues the walk, and several workers on one storage claim distinct
     configurations, waiting (up to ``wait_timeout`` seconds) rather than duplicating work.
 

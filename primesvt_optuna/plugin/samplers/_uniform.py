@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from optuna.study import Study
 
-from ._walk import FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
+from ._claims import FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
 
 
 class UniformSampler(ClaimSampler):

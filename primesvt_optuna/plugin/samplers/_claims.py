@@ -1,0 +1,438 @@
+"""The machinery every PrimeSVT sampler shares, apart from any policy: claims written to trials,
+state derived from storage, waiting instead of duplicating work, and stale-worker detection.
+
+Nothing here keeps state in memory that the study does not also hold. Each trial records
+``primesvt:worker`` (host, PID, process start; the storages of ``primesvt_optuna.storage`` write it
+in the transaction that creates the trial) and then ``primesvt:claim`` (the configuration it
+evaluates) as trial system attributes, and ``primesvt:outcome`` once the objective has returned.
+From these, any process computes the same picture of the study:
+
+* a configuration is *done* when a finished trial evaluated it (accepted when its ``accuracy``
+  constraint is <= 0; rejected when it was infeasible, cut, or failed with a recorded reason);
+* it is *held* while a running trial claims it;
+* a trial decides only after every lower-numbered running trial has decided, and takes the first
+  configuration that is neither done nor held. Lower numbers go first, so two workers never take
+  the same configuration, and one or many workers commit the same rates.
+
+A trial that can no longer finish (its worker was killed) is failed by whichever process reads
+the study next (see ``primesvt_optuna.storage.stale_reason``), which frees its configuration.
+
+A policy is a subclass that defines ``_next(study, snapshot)``: the next ``Candidate`` to
+evaluate, or ``Wait``, ``Done`` or ``Free``. Everything else lives here.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from ...errors import PrimeSVTError
+from ...storage import STALE, fail_heartbeat_stale, fail_if_stale, keep_alive, worker_info
+from ..constraints import CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, layer_of, normalize_grid
+
+_logger = optuna.logging.get_logger(__name__)
+
+FREE, HELD, ACCEPTED, REJECTED = "free", "held", "accepted", "rejected"
+
+_HEARTBEAT_CHECK = 5.0  # seconds between heartbeat-staleness checks while waiting
+_CREATION_GRACE = 10.0  # seconds a running trial may take to record its worker
+
+
+def _just_created(trial: FrozenTrial) -> bool:
+    """A running trial whose worker has not yet recorded itself: it may be about to choose, so a
+    higher-numbered trial must wait for it (else both could take one configuration); after
+    ``_CREATION_GRACE`` seconds without a worker record it counts as abandoned."""
+    started = trial.datetime_start
+    return started is not None and (datetime.datetime.now() - started).total_seconds() < _CREATION_GRACE
+
+
+def rates_key(rates: Mapping[str, float]) -> str:
+    """The identity of a configuration: its non-zero rates, sorted and rounded."""
+    items = sorted((p, round(float(r), 6)) for p, r in rates.items() if round(float(r), 6) != 0.0)
+    return "rates:" + json.dumps(items, separators=(",", ":"))
+
+
+def accuracy_outcome(trial: FrozenTrial) -> bool | None:
+    """True: the configuration met the accuracy constraint; False: rejected; None: no outcome.
+
+    Cut (PRUNED) trials and trials that failed while being evaluated (NaN, an exception) reject
+    their rate; a trial that died or was interrupted before an outcome was recorded has none.
+    """
+    if trial.state == TrialState.COMPLETE:
+        violation = trial.constraints.get("accuracy")
+        return violation is None or violation <= 0.0
+    if trial.state == TrialState.PRUNED:
+        return False
+    if trial.state == TrialState.FAIL:
+        if trial.user_attrs.get("interrupted") or STALE in trial.system_attrs:
+            return None
+        if "fail_reason" in trial.user_attrs or OUTCOME in trial.system_attrs:
+            return False
+    return None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration to evaluate, as claimed on a trial."""
+
+    key: str
+    phase: str
+    layer: str | None = None  # parameter name of the layer this trial serves
+    rate: float | None = None
+    rates: dict[str, float] = field(default_factory=dict)
+    uniform: float | None = None  # UniformSampler: the rate of every layer
+    complete: bool = False  # a complete configuration: may be cut for memory before evaluation
+
+    def claim(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "phase": self.phase, "layer": self.layer, "rate": self.rate,
+            "rates": self.rates, "uniform": self.uniform, "complete": self.complete,
+        }
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Free:
+    """No rate parameters in this study: the trial is left to the fallback sampler."""
+
+
+Decision = Candidate | Wait | Done | Free
+
+
+def trial_key(trial: FrozenTrial, is_rate: Callable[[str], bool]) -> str | None:
+    """The configuration a trial evaluated: its claim's key, or (a trial no PrimeSVT sampler
+    planned, e.g. added by hand) the key of its rate parameters; None for an idle trial."""
+    claim = trial.system_attrs.get(CLAIM)
+    if claim:
+        return claim.get("key")
+    rates = {p: v for p, v in trial.params.items() if is_rate(p) and isinstance(v, (int, float))}
+    return rates_key(rates) if rates else None
+
+
+class Snapshot:
+    """The study as one read of storage sees it, from the point of view of trial ``me``.
+
+    ``key_of(trial)`` gives a finished trial's configuration key (the samplers cache it: a finished
+    trial never changes, and recomputing keys from parameters dominated large studies)."""
+
+    def __init__(self, trials: Sequence[FrozenTrial], me: int | None, key_of: Callable[[FrozenTrial], str | None]) -> None:
+        self.trials = [t for t in trials if t.state != TrialState.WAITING]
+        self.me = me
+        self.outcomes: dict[str, FrozenTrial] = {}
+        self.held: dict[str, int] = {}
+        self.undecided: list[int] = []
+        for t in sorted(self.trials, key=lambda t: t.number):
+            if t.number == me:
+                continue
+            claim = t.system_attrs.get(CLAIM)
+            if t.state == TrialState.RUNNING:
+                if claim is None:
+                    if (me is None or t.number < me) and (WORKER in t.system_attrs or _just_created(t)):
+                        self.undecided.append(t.number)
+                elif claim.get("key"):
+                    self.held.setdefault(claim["key"], t.number)
+                continue
+            key = key_of(t)
+            if key is not None and key not in self.outcomes and accuracy_outcome(t) is not None:
+                self.outcomes[key] = t
+
+    def status(self, key: str) -> str:
+        trial = self.outcomes.get(key)
+        if trial is not None:
+            return ACCEPTED if accuracy_outcome(trial) else REJECTED
+        return HELD if key in self.held else FREE
+
+    def trial_for(self, key: str) -> FrozenTrial | None:
+        return self.outcomes.get(key)
+
+
+@dataclass
+
+
+class ClaimSampler(BaseSampler):
+    """Base of the PrimeSVT samplers: claims, waiting, fallback, settings kept in the study."""
+
+    policy = "claims"
+
+    def __init__(
+        self,
+        *,
+        grid: Sequence[float] = DEFAULT_GRID,
+        layer_sizes: Mapping[str, int] | None = None,
+        fallback: BaseSampler | None = None,
+        seed: int | None = None,
+        wait_timeout: float = 3600.0,
+        poll_interval: float = 0.2,
+        stale_after: float | None = None,
+    ) -> None:
+        self._grid = normalize_grid(grid)
+        if layer_sizes is not None and not layer_sizes:
+            raise PrimeSVTError("layer_sizes is empty: give {parameter name: size} for each prunable layer")
+        self._layer_sizes = dict(layer_sizes) if layer_sizes is not None else None
+        self._seed = seed
+        self._fallback = fallback if fallback is not None else RandomSampler(seed=seed)
+        self._wait_timeout = wait_timeout
+        self._poll = poll_interval
+        self._stale_after = stale_after
+        self._checked: set[tuple[int, int]] = set()
+        # read caches, never state: claims this process wrote (immutable once written) and the
+        # configuration keys of finished trials (immutable once finished)
+        self._claims: dict[int, dict[str, Any]] = {}
+        self._keys: dict[tuple[int, datetime.datetime | None], str | None] = {}
+
+    # ----- what subclasses define -------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes which trials run; stored on the study, compared on resume."""
+        return {"policy": self.policy, "grid": list(self._grid), "seed": self._seed,
+                "layer_sizes": self._layer_sizes}
+
+    def _next(self, study: Study, snap: Snapshot) -> Decision:
+        raise NotImplementedError
+
+    # ----- Optuna's sampler interface ----------------------------------------------------------
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def reseed_rng(self) -> None:
+        self._fallback.reseed_rng()
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._fallback.before_trial(study, trial)
+        try:
+            self._claim(study, trial)
+        except BaseException as exc:
+            # study.ask() fails with the trial already created: fail it, or it would stay
+            # RUNNING and undecided, and later trials would wait for it.
+            study._storage.set_trial_system_attr(trial._trial_id, STALE, f"no configuration chosen: {exc!r}")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            raise
+
+    def _claim(self, study: Study, trial: FrozenTrial) -> None:
+        storage = study._storage
+        if CLAIM in trial.system_attrs:  # a retried trial keeps the claim it inherited
+            storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
+            self._claims[trial._trial_id] = trial.system_attrs[CLAIM]
+            return
+        self.attach(study)
+        storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed is not None:  # enqueued by hand: record what it evaluates, so nobody repeats it
+            rates = {p: float(v) for p, v in fixed.items() if self._is_rate(p)}
+            phase = trial.user_attrs.get("phase") or ("reference" if not any(rates.values()) else "search")
+            self._write_claim(study, trial, Candidate(rates_key(rates), phase, rates=rates, complete=True))
+            return
+        decision = self._decide(study, trial)
+        if isinstance(decision, Candidate):
+            self._write_claim(study, trial, decision)
+        elif isinstance(decision, Free):
+            self._set_claim(study, trial, {"key": None, "phase": None})
+        else:
+            reason = f"nothing left to evaluate: {decision.reason}"
+            self._set_claim(study, trial, {"key": None, "phase": "idle", "reason": reason})
+            storage.set_trial_user_attr(trial._trial_id, "phase", "idle")
+            storage.set_trial_user_attr(trial._trial_id, "cut_reason", reason)
+            self._stop(study)
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        claim = self._claims.get(trial._trial_id)
+        if claim is None:  # e.g. the sampler of another process planned it: read it once
+            claim = self._claims[trial._trial_id] = trial.system_attrs.get(CLAIM) or {}
+        if not self._is_rate(param_name) or not claim or claim.get("phase") is None:
+            return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+        if claim["phase"] == "idle":
+            raise optuna.TrialPruned(claim["reason"])
+        rate = claim["uniform"] if claim.get("uniform") is not None else claim.get("rates", {}).get(param_name, 0.0)
+        return _fit(param_name, float(rate), param_distribution)
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        study._storage.set_trial_system_attr(trial._trial_id, OUTCOME, state.name)
+        self._fallback.after_trial(study, trial, state, values)
+        claim = self._claims.pop(trial._trial_id, None)
+        if claim is None:
+            claim = study._storage.get_trial_system_attrs(trial._trial_id).get(CLAIM) or {}
+        if not claim.get("key"):
+            return
+        finished = copy.copy(study._storage.get_trial(trial._trial_id))
+        finished.state = state
+        trials = [finished if t.number == trial.number else t for t in self._read(study)]
+        decision = self._next(study, self._snapshot(trials, None))
+        if isinstance(decision, Done):
+            _logger.info(f"PrimeSVT {self.policy} finished: {decision.reason}.")
+            self._stop(study)
+
+    # ----- public helpers -----------------------------------------------------------------------
+    def is_exhausted(self, study: Study) -> bool:
+        """True when the policy has nothing left to evaluate in ``study``."""
+        return isinstance(self._next(study, self._snapshot(self._read(study), None)), Done)
+
+    # ----- internals ----------------------------------------------------------------------------
+    def _is_rate(self, param: str) -> bool:
+        return param.startswith(RATE_PREFIX) or (self._layer_sizes is not None and param in self._layer_sizes)
+
+    def _snapshot(self, trials: Sequence[FrozenTrial], me: int | None) -> Snapshot:
+        return Snapshot(trials, me, self._key_of)
+
+    def _key_of(self, trial: FrozenTrial) -> str | None:
+        """``trial_key``, cached: Snapshot asks only for finished trials, which never change."""
+        ident = (trial._trial_id, trial.datetime_start)
+        if ident not in self._keys:
+            self._keys[ident] = trial_key(trial, self._is_rate)
+        return self._keys[ident]
+
+    @staticmethod
+    def _read(study: Study) -> list[FrozenTrial]:
+        return study._storage.get_all_trials(study._study_id, deepcopy=False)
+
+    @staticmethod
+    def _stop(study: Study) -> None:
+        try:
+            study.stop()
+        except RuntimeError:  # ask-and-tell outside optimize(): nothing to stop
+            pass
+
+    def attach(self, study: Study) -> None:
+        """Record this sampler's settings on ``study``; refuse a study run with other settings."""
+        if (id(study._storage), study._study_id) in self._checked:
+            return
+        settings = self.settings()
+        write_study_attrs(study, {
+            "policy": settings["policy"], "grid": settings["grid"], "seed": settings["seed"], "sampler": settings,
+        })
+        self._checked.add((id(study._storage), study._study_id))
+
+    def _set_claim(self, study: Study, trial: FrozenTrial, claim: dict[str, Any]) -> None:
+        study._storage.set_trial_system_attr(trial._trial_id, CLAIM, claim)
+        self._claims[trial._trial_id] = claim
+
+    def _write_claim(self, study: Study, trial: FrozenTrial, candidate: Candidate) -> None:
+        storage = study._storage
+        self._set_claim(study, trial, candidate.claim())
+        storage.set_trial_user_attr(trial._trial_id, "phase", candidate.phase)
+        storage.set_trial_user_attr(trial._trial_id, "layer", layer_of(candidate.layer) if candidate.layer else None)
+        storage.set_trial_user_attr(trial._trial_id, "rate", candidate.rate)
+
+    def _decide(self, study: Study, trial: FrozenTrial) -> Decision:
+        """Wait until every lower-numbered running trial has decided, then take the first free
+        candidate; with none free but outcomes pending, wait (up to ``wait_timeout`` seconds)."""
+        deadline = time.monotonic() + self._wait_timeout
+        delay = self._poll / 4
+        next_heartbeat_check = time.monotonic()
+        while True:
+            trials = self._read(study)
+            if fail_if_stale(study, trials, self._stale_after):
+                continue
+            snap = self._snapshot(trials, trial.number)
+            if snap.undecided:
+                reason = f"trial {snap.undecided[0]} to choose its configuration"
+            else:
+                decision = self._next(study, snap)
+                if not isinstance(decision, Wait):
+                    return decision
+                reason = decision.reason
+            if time.monotonic() > deadline:
+                _logger.warning(f"Trial {trial.number}: gave up after waiting {self._wait_timeout:g} s for {reason}.")
+                return Done(f"waited {self._wait_timeout:g} s for {reason}")
+            # Optuna beats and checks heartbeats only around the objective: while planning, this
+            # trial must show it is alive, and dead trials of other hosts must be failed here.
+            keep_alive(study, trial._trial_id)
+            if time.monotonic() >= next_heartbeat_check:
+                next_heartbeat_check = time.monotonic() + _HEARTBEAT_CHECK
+                if fail_heartbeat_stale(study):
+                    continue
+            time.sleep(delay)
+            delay = min(delay * 1.5, self._poll)
+
+    def _layers(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> list[tuple[str, int]] | None:
+        """Rate parameters with sizes, largest first; [] when the study has none; None while
+        unknown (the reference trial has not finished and the objective wrote no layer table)."""
+        if self._layer_sizes is not None:
+            items = list(self._layer_sizes.items())
+        else:
+            table = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}layers")
+            if table:
+                items = [(f"{RATE_PREFIX}{row['layer']}", int(row["params"])) for row in table]
+            else:
+                reference = snap.trial_for(rates_key({}))
+                if reference is None:
+                    return None
+                names = [p for p in reference.params if self._is_rate(p)]
+                if names and need_sizes:
+                    raise PrimeSVTError(
+                        f"{type(self).__name__} needs layer sizes to order the layers: pass "
+                        "layer_sizes={param: size} or use PruningObjective (it records the layer table)"
+                    )
+                items = [(p, 0) for p in names]
+        order = sorted(range(len(items)), key=lambda i: (-items[i][1], i))
+        return [items[i] for i in order]
+
+
+def write_study_attrs(study: Study, attrs: Mapping[str, Any]) -> None:
+    """Set ``primesvt:<key>`` study attributes; an existing different value is refused, so a
+    study never mixes settings (another checkpoint, grid, constraints or policy)."""
+    storage = study._storage
+    current = storage.get_study_user_attrs(study._study_id)
+    values = {f"{STUDY_PREFIX}{key}": json.loads(json.dumps(value)) for key, value in attrs.items()}
+    for name, value in values.items():  # compare everything before writing anything
+        if name in current and current[name] != value:
+            raise PrimeSVTError(
+                f"study {study.study_name!r} was created with {name.removeprefix(STUDY_PREFIX)} = "
+                f"{_short(current[name])}, not {_short(value)}: use another study name, or the same settings"
+            )
+    for name, value in values.items():
+        if name not in current:
+            storage.set_study_user_attr(study._study_id, name, value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A stored setting for an error line (a whole layer table would drown the message)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
+def _fit(name: str, rate: float, distribution: BaseDistribution) -> Any:
+    """The planned rate in the objective's own representation; a clear error when the objective's
+    distribution cannot express it (a different grid)."""
+    if isinstance(distribution, CategoricalDistribution):
+        for choice in distribution.choices:
+            if isinstance(choice, (int, float)) and not isinstance(choice, bool) and abs(float(choice) - rate) < 1e-6:
+                return choice
+    elif isinstance(distribution, FloatDistribution):
+        if distribution._contains(rate):
+            return rate
+        if distribution.step is not None:
+            snapped = round(round((rate - distribution.low) / distribution.step) * distribution.step + distribution.low, 10)
+            if abs(snapped - rate) < 1e-6 and distribution._contains(snapped):
+                return snapped
+    raise ValueError(
+        f"the sampler planned rate {rate:g} for {name!r}, which its distribution {distribution} cannot "
+        "express: give the objective and the sampler the same rate grid"
+    )
