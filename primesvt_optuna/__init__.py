@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _quiet  # noqa: F401  (first: drops torch's "Triton not available" log lines)
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
