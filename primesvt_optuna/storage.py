@@ -12,11 +12,27 @@ Accepted strings (``describe_storage`` prints them back with any password hidden
 * ``journal:///abs/path.log``, ``journal://rel/path.log``, or a bare path ending ``.log``/
   ``.jsonl``/``.journal``: a ``JournalStorage`` on a ``JournalFileBackend``. Optuna 5.0 gives the
   journal no heartbeat, so ``HeartbeatJournalStorage`` adds one: each running trial renews a
-  ``primesvt:heartbeat`` time stamp, and a trial whose stamp is older than the grace period (other
-  hosts; clocks must agree within it) or whose recorded process is gone (this host) is stale.
+  ``primesvt:heartbeat`` time stamp.
 
 Every way of failing to open one (unreachable server, missing driver, read-only file, missing
 folder) raises ``PrimeSVTError`` with one line naming the storage and what to do.
+
+Every RUNNING trial is accounted for. The storages opened here write the trial's worker record
+(host, PID, process start, clock) in the very transaction that creates the trial, so no trial of
+theirs ever exists without one. ``stale_reason`` is the one rule by which any process that reads
+the study (the samplers while deciding, the start of ``optimize``, ``primesvt search --resume``,
+``primesvt report``) fails a trial that can no longer finish, recording why:
+
+* its worker runs on this host: the trial is stale when, and only when, that process is gone (a
+  process that is merely slow, stopped or swapped out keeps its trial, however long);
+* another host, or no worker record at all (a trial created through a storage opened without
+  this module): stale when it shows no sign of life -- heartbeat, worker record, creation --
+  for longer than the grace period. A live worker renews its heartbeat every interval (Optuna's
+  thread while the objective runs, ``keep_alive`` while a sampler waits), and the grace period is
+  longer than the interval (enforced), so a worker stalled for less than the grace period keeps
+  its trial. Hosts' clocks must agree to well within the grace period. A worker stalled longer
+  loses the trial (another worker re-evaluates its configuration) and, when it wakes, drops it
+  and carries on (``primesvt_optuna.workers.optimize``).
 """
 
 from __future__ import annotations
@@ -27,8 +43,9 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +54,8 @@ import sqlalchemy
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+from optuna.storages._rdb import models as rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.storages.journal import JournalFileBackend
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
@@ -237,7 +256,7 @@ def _open_rdb(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = RDBStorage(
+            storage = WorkerRDBStorage(
                 spec.url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=interval,
@@ -325,13 +344,59 @@ class RetryUnclaimedTrialCallback(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
 
 
+def creation_template() -> FrozenTrial:
+    """A new RUNNING trial that already names its worker: the storages below create every trial
+    from it, so the worker record is written in the same transaction as the trial itself."""
+    return FrozenTrial(
+        number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
+        params={}, distributions={}, user_attrs={}, system_attrs={WORKER: worker_info()}, intermediate_values={},
+        trial_id=0,
+    )
+
+
+class WorkerRDBStorage(RDBStorage):
+    """Optuna's RDBStorage, with the worker recorded at creation and ``stale_reason`` as the
+    heartbeat rule (Optuna's own rule never fails a trial that died before its first heartbeat)."""
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        return super()._create_new_trial(study_id, template_trial if template_trial is not None else creation_template())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        with _create_scoped_session(self.scoped_session) as session:
+            now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+            rows = (
+                session.query(rdb_models.TrialHeartbeatModel.trial_id, rdb_models.TrialHeartbeatModel.heartbeat)
+                .join(rdb_models.TrialModel, rdb_models.TrialModel.trial_id == rdb_models.TrialHeartbeatModel.trial_id)
+                .filter(rdb_models.TrialModel.study_id == study_id, rdb_models.TrialModel.state == TrialState.RUNNING)
+                .all()
+            )
+        # heartbeat ages on the database server's clock, which wrote them
+        ages = {trial_id: (now - beat).total_seconds() for trial_id, beat in rows}
+        return _mark_stale(self, study_id, float(self.grace_period or 2 * self.heartbeat_interval), ages)
+
+
+def _mark_stale(storage: BaseStorage, study_id: int, grace: float, heartbeat_ages: Mapping[int, float]) -> list[int]:
+    """The running trials of ``study_id`` that ``stale_reason`` finds stale, each with the reason
+    recorded as ``primesvt:stale`` (Optuna's ``fail_stale_trials`` then fails them)."""
+    stale = []
+    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = stale_reason(trial, grace, heartbeat_ages.get(trial._trial_id))
+        if reason is None:
+            continue
+        try:  # recorded before Optuna fails it, so the study says why
+            storage.set_trial_system_attr(trial._trial_id, STALE, reason)
+        except UpdateFinishedTrialError:
+            continue
+        stale.append(trial._trial_id)
+    return stale
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """A JournalStorage with Optuna's heartbeat interface, which 5.0 gives only to RDBStorage.
 
     Optuna's own optimize loop then renews the heartbeat while a trial runs and fails stale trials
     before each new one, exactly as on PostgreSQL: a heartbeat is a trial system attribute holding
-    the writer's clock, and a trial is stale when that is older than the grace period, or at once
-    when it records a worker on this host whose process is gone.
+    the writer's clock, and ``stale_reason`` decides. Trials are created with their worker record.
     """
 
     def __init__(
@@ -358,6 +423,9 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self.stale_callback = state.pop("stale_callback")
         super().__setstate__(state)
 
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return super().create_new_trial(study_id, template_trial if template_trial is not None else creation_template())
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             self.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
@@ -366,19 +434,12 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
-        stale = []
-        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = trial.system_attrs.get(HEARTBEAT)
-            reason = worker_gone(trial)
-            if reason is None and beat is not None and now - float(beat) > self.grace_period:
-                reason = f"no heartbeat for {now - float(beat):.0f} s (grace period {self.grace_period} s)"
-            if reason is not None:
-                try:  # recorded before Optuna fails it, so the study says why
-                    self.set_trial_system_attr(trial._trial_id, STALE, reason)
-                except UpdateFinishedTrialError:
-                    continue
-                stale.append(trial._trial_id)
-        return stale
+        ages = {
+            trial._trial_id: now - float(trial.system_attrs[HEARTBEAT])
+            for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            if trial.system_attrs.get(HEARTBEAT) is not None
+        }
+        return _mark_stale(self, study_id, float(self.grace_period), ages)
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval
@@ -445,21 +506,28 @@ def worker_gone(trial: FrozenTrial) -> str | None:
     return f"its worker ({local[1]}) is gone" if local is not None and not local[0] else None
 
 
-def stale_reason(trial: FrozenTrial, lease: float | None) -> str | None:
-    """Why a RUNNING trial is stale: its worker on this host is gone, or (another host, or no
-    recorded worker) no heartbeat, worker record or start for ``lease`` seconds."""
+def stale_reason(trial: FrozenTrial, grace: float | None, heartbeat_age: float | None = None) -> str | None:
+    """Why a RUNNING trial can no longer finish, or None while it still can (the module docstring
+    gives the rule). ``grace``: seconds without a sign of life after which a trial of another host
+    (or with no worker record) is dead, None to judge only this host's trials; ``heartbeat_age``:
+    seconds since its last heartbeat, None when it has never beaten (then its worker record and
+    creation time are its last signs of life)."""
     local = _local_worker(trial)
     if local is not None:
         return None if local[0] else f"its worker ({local[1]}) is gone"
-    if lease is None:
+    if grace is None:
         return None
-    stamps = [trial.system_attrs.get(HEARTBEAT), (trial.system_attrs.get(WORKER) or {}).get("time")]
+    if heartbeat_age is not None:
+        return f"no heartbeat for {heartbeat_age:.0f} s (grace period {grace:g} s)" if heartbeat_age > grace else None
+    worker = trial.system_attrs.get(WORKER) or {}
+    stamps = [worker.get("time")]
     if trial.datetime_start is not None:
         stamps.append(trial.datetime_start.timestamp())
     last = max((float(s) for s in stamps if s is not None), default=None)
-    if last is not None and time.time() - last > lease:
-        return f"no heartbeat for {time.time() - last:.0f} s (lease {lease:g} s)"
-    return None
+    if last is None or time.time() - last <= grace:
+        return None
+    what = "no heartbeat" if worker else "no worker record and no heartbeat"
+    return f"{what} for {time.time() - last:.0f} s since it started (grace period {grace:g} s)"
 
 
 def fail_stale_trials(study: Study, lease: float | None = None, states: Container[TrialState] = (TrialState.RUNNING,)) -> list[int]:
@@ -478,14 +546,18 @@ def fail_stale_trials(study: Study, lease: float | None = None, states: Containe
 
 def fail_if_stale(study: Study, trials: Sequence[FrozenTrial], lease: float | None = None,
                   states: Container[TrialState] = (TrialState.RUNNING,)) -> list[int]:
-    """Mark those of ``trials`` (an already read list) whose worker is gone as FAIL, recording
-    why; cheap enough for a sampler to run before every decision."""
+    """Mark those of ``trials`` (an already read list) that can no longer finish as FAIL,
+    recording why; cheap enough for a sampler to run before every decision. On this host that is
+    a gone process; elsewhere, only on a storage without heartbeats (where ``fail_heartbeat_stale``
+    cannot tell), no sign of life for ``lease`` seconds."""
     storage = study._storage
+    lease = None if is_heartbeat_enabled(storage) else lease
     failed = []
     for trial in trials:
         if trial.state not in states:
             continue
-        reason = stale_reason(trial, lease)
+        beat = trial.system_attrs.get(HEARTBEAT)
+        reason = stale_reason(trial, lease, None if beat is None else time.time() - float(beat))
         if reason is None:
             continue
         try:

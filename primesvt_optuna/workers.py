@@ -35,10 +35,12 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from . import faults
 from .errors import PrimeSVTError
-from .storage import WORKER, fail_stale_trials
+from .storage import STALE, WORKER, fail_stale_trials
 
 R = TypeVar("R")
+_logger = optuna.logging.get_logger(__name__)
 
 INTERRUPTED = "interrupted"
 """User attribute on a trial stopped by Ctrl-C (the samplers treat it as never evaluated)."""
@@ -172,28 +174,52 @@ def optimize(
     def guarded(trial: optuna.Trial) -> Any:
         try:
             stop.check()
-            return objective(trial)
+            value = objective(trial)
         except KeyboardInterrupt:
             with _sigint_ignored():  # tells the walk this rate was not evaluated, not rejected
                 trial.set_user_attr(INTERRUPTED, True)
             raise
+        faults.hit("returned", trial.number)
+        return value
 
     interrupted = False
     released: list[int] = []
+    dropped: set[int] = set()
+    owned_before = 0 if n_trials is None else len(_own_trials(study))
+    deadline = None if timeout is None else time.monotonic() + timeout
     with stop.installed():
-        try:
-            study.optimize(
-                guarded, n_trials=n_trials, timeout=timeout, callbacks=[*callbacks, after_trial], catch=catch,
-                gc_after_trial=False, show_progress_bar=show_progress_bar,
-            )
-        except KeyboardInterrupt:
-            interrupted = True
-            with _sigint_ignored():
-                released = release_own_trials(study)
-        except BaseException:
-            with _sigint_ignored(), suppress(Exception):  # the original error is the one to show
-                release_own_trials(study)
-            raise
+        while True:  # more than once only when a stalled trial of this worker was taken over
+            remaining = None if n_trials is None else n_trials - (len(_own_trials(study)) - owned_before)
+            left = None if deadline is None else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or (left is not None and left <= 0):
+                break
+            try:
+                study.optimize(
+                    guarded, n_trials=remaining, timeout=left, callbacks=[*callbacks, after_trial], catch=catch,
+                    gc_after_trial=False, show_progress_bar=show_progress_bar,
+                )
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+                with _sigint_ignored():
+                    released = release_own_trials(study)
+                break
+            except Exception:
+                lost = sorted(t.number for t in _own_trials(study) if STALE in t.system_attrs)
+                if not set(lost) - dropped:
+                    with _sigint_ignored(), suppress(Exception):  # the original error is the one to show
+                        release_own_trials(study)
+                    raise
+                _logger.warning(
+                    f"Trial(s) {', '.join(map(str, sorted(set(lost) - dropped)))} of this worker were declared "
+                    "dead by another process while it stalled (no heartbeat for the grace period); another "
+                    "worker evaluates their configurations. Dropped; carrying on."
+                )
+                dropped.update(lost)
+            except BaseException:
+                with _sigint_ignored(), suppress(Exception):  # the original error is the one to show
+                    release_own_trials(study)
+                raise
     return WorkerReport(worker, os.getpid(), finished[0], interrupted, released)
 
 
@@ -283,6 +309,10 @@ def _sigint_ignored() -> Iterator[None]:
 def _mine(trial: FrozenTrial) -> bool:
     worker = trial.system_attrs.get(WORKER) or {}
     return worker.get("host") == socket.gethostname() and worker.get("pid") == os.getpid()
+
+
+def _own_trials(study: Study) -> list[FrozenTrial]:
+    return [t for t in study._storage.get_all_trials(study._study_id, deepcopy=False) if _mine(t)]
 
 
 def release_own_trials(study: Study) -> list[int]:

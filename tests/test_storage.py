@@ -29,6 +29,7 @@ from primesvt_optuna.storage import (
     open_storage,
     parse_storage,
     running_trials,
+    stale_reason,
     worker_info,
 )
 
@@ -198,7 +199,12 @@ def _storages(tmp_path, postgres: str | None = None):
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_fail_stale_trials_by_pid_and_lease(tmp_path, kind: str) -> None:
-    storage = dict(_storages(tmp_path))[kind]
+    """A storage opened without heartbeats (plain Optuna): this host by PID; other hosts, and trials
+    with no worker record, only by the lease the caller gives."""
+    if kind == "sqlite":
+        storage = RDBStorage(f"sqlite:///{tmp_path}/s.db")
+    else:
+        storage = JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.log")))
     study = optuna.create_study(storage=storage, study_name="s")
     mine, dead, remote, old_remote, unmarked = (study.ask() for _ in range(5))
     mark_worker(mine)
@@ -215,6 +221,75 @@ def test_fail_stale_trials_by_pid_and_lease(tmp_path, kind: str) -> None:
     assert fail_stale_trials(study, lease=1.0) == [old_remote.number, unmarked.number]
     assert "no heartbeat" in study._storage.get_trial(old_remote._trial_id).system_attrs[STALE]
     assert {t.number for t in running_trials(study)} == {mine.number, remote.number}
+
+
+def test_every_trial_is_created_with_its_worker(storage_url: str) -> None:
+    """No moment exists in which a trial has no worker record: the creating transaction writes it."""
+    storage = open_storage(storage_url)
+    name = f"created-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(storage=storage, study_name=name)
+    try:
+        trial = study.ask()
+        worker = open_storage(storage_url).get_trial(trial._trial_id).system_attrs[WORKER]  # a fresh reader
+        assert (worker["host"], worker["pid"], worker["start"]) == (socket.gethostname(), os.getpid(), worker_info()["start"])
+        study.tell(trial, 1.0)
+        study.enqueue_trial({"x": 0.5})  # a template trial is stored as given: WAITING, no worker yet
+        waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+        assert len(waiting) == 1 and WORKER not in waiting[0].system_attrs
+    finally:
+        if storage_url.startswith("postgresql"):
+            optuna.delete_study(study_name=name, storage=storage)
+
+
+def _frozen(host: str | None, started: float, beat_age: float | None = None) -> optuna.trial.FrozenTrial:
+    import datetime
+
+    system = {} if host is None else {WORKER: {"host": host, "pid": os.getpid(), "start": worker_info()["start"], "time": started}}
+    return optuna.trial.FrozenTrial(
+        number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.fromtimestamp(started),
+        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs=system,
+        intermediate_values={}, trial_id=0,
+    )
+
+
+def test_stale_rule() -> None:
+    """The one rule, without clocks racing: this host's live process is never stale, however
+    silent; other hosts and unrecorded trials are stale only past the grace period."""
+    now, hour = time.time(), 3600.0
+    here = socket.gethostname()
+    assert stale_reason(_frozen(here, now - 10 * hour), grace=1.0) is None, "a live local worker keeps its trial"
+    assert stale_reason(_frozen(here, now - 10 * hour), grace=1.0, heartbeat_age=10 * hour) is None
+    for host in ("elsewhere", None):
+        assert stale_reason(_frozen(host, now), grace=hour) is None, "inside the grace period"
+        assert stale_reason(_frozen(host, now), grace=None) is None, "no grace: other hosts are not judged"
+        reason = stale_reason(_frozen(host, now - 2 * hour), grace=hour)
+        assert reason is not None and ("no worker record" in reason) == (host is None)
+    assert stale_reason(_frozen("elsewhere", now - 2 * hour), grace=hour, heartbeat_age=5.0) is None, "it beats"
+    assert "no heartbeat for" in stale_reason(_frozen("elsewhere", now), grace=hour, heartbeat_age=2 * hour)
+
+
+def test_no_heartbeat_ever_is_stale_after_the_grace_period(storage_url: str) -> None:
+    """A trial of another host that died before its first heartbeat (Optuna's own rule never fails
+    it), and one created through a storage opened without this module (no worker record)."""
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=2)
+    name = f"silent-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(storage=storage, study_name=name)
+    try:
+        remote, mine = study.ask(), study.ask()
+        storage.set_trial_system_attr(remote._trial_id, WORKER, {**worker_info(), "host": "elsewhere"})
+        plain = RDBStorage(parse_storage(storage_url).url) if not storage_url.startswith("journal") else JournalStorage(
+            optuna.storages.journal.JournalFileBackend(storage_url.split("journal://", 1)[1]))
+        unrecorded = plain.create_new_trial(study._study_id)
+        time.sleep(2.5)  # past the grace period; nothing beat
+        failed = fail_stale_trials(study)
+        unrecorded_number = plain.get_trial(unrecorded).number
+        assert failed == sorted([remote.number, unrecorded_number])
+        reasons = {t.number: t.system_attrs.get(STALE, "") for t in study.get_trials()}
+        assert "no heartbeat" in reasons[remote.number] and "no worker record" in reasons[unrecorded_number]
+        assert study._storage.get_trial(mine._trial_id).state == TrialState.RUNNING, "this live process keeps its trial"
+    finally:
+        if storage_url.startswith("postgresql"):
+            optuna.delete_study(study_name=name, storage=storage)
 
 
 def test_journal_heartbeat_fails_silent_trials_of_other_hosts(tmp_path) -> None:

@@ -7,8 +7,11 @@ by one piece of code:
 * parameters ``rate:<layer>``, suggested largest layer first;
 * constraints ``accuracy`` (drop - budget) and ``memory`` (target - saving), fractions, set once;
 * user attributes ``phase``, ``layer``, ``rate``, ``accuracy``, ``accuracy_drop``,
-  ``memory_saving``, ``model_bytes``, ``images_evaluated``, ``constraint_accuracy``,
-  ``constraint_memory``, ``feasible``, ``wall_time``; ``cut_reason`` on cut trials,
+  ``memory_saving``, ``model_bytes``, ``images_evaluated``, ``images_decided`` (images evaluated
+  when the accuracy verdict was certain, at the batch schedule's looks), ``images_recalibrated`` (forward passes
+  of the BatchNorm recalibration, search cost like evaluated images; 0 when off),
+  ``constraint_accuracy``, ``constraint_memory``, ``feasible``, ``wall_time``;
+  ``accuracy_lower_bound`` under ``accept="confident"``; ``cut_reason`` on cut trials,
   ``fail_reason`` on failed ones;
 * study attributes ``primesvt:layers``, ``base_bytes``, ``grid``, ``constraints``,
   ``checkpoint_sha256`` (compared on every attach: a study never mixes settings) and
@@ -34,9 +37,10 @@ import optuna
 from optuna.study import Study
 from optuna.trial import Trial, TrialState
 
+from .. import faults
 from ..errors import PrimeSVTError
 from .constraints import CLAIM, DEFAULT_GRID, STUDY_PREFIX, WORKER, Constraints, normalize_grid, rate_param
-from .pruner import ConstraintPruner, Cut
+from .pruner import DEFAULT_FIRST_BATCH, ConstraintPruner, Cut, batch_schedule, looks_of
 from ..storage import fail_stale_trials, worker_info
 from .samplers._claims import write_study_attrs
 

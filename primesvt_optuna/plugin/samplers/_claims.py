@@ -23,6 +23,7 @@ evaluate, or ``Wait``, ``Done`` or ``Free``. Everything else lives here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -32,11 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from ... import faults
 from ...errors import PrimeSVTError
 from ...storage import STALE, fail_heartbeat_stale, fail_if_stale, keep_alive, worker_info
 from ..constraints import CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, layer_of, normalize_grid
@@ -45,16 +48,7 @@ _logger = optuna.logging.get_logger(__name__)
 
 FREE, HELD, ACCEPTED, REJECTED = "free", "held", "accepted", "rejected"
 
-_HEARTBEAT_CHECK = 5.0  # seconds between heartbeat-staleness checks while waiting
-_CREATION_GRACE = 10.0  # seconds a running trial may take to record its worker
-
-
-def _just_created(trial: FrozenTrial) -> bool:
-    """A running trial whose worker has not yet recorded itself: it may be about to choose, so a
-    higher-numbered trial must wait for it (else both could take one configuration); after
-    ``_CREATION_GRACE`` seconds without a worker record it counts as abandoned."""
-    started = trial.datetime_start
-    return started is not None and (datetime.datetime.now() - started).total_seconds() < _CREATION_GRACE
+_HEARTBEAT_CHECK = 5.0  # longest pause between two heartbeat-staleness checks while waiting
 
 
 def rates_key(rates: Mapping[str, float]) -> str:
@@ -147,7 +141,9 @@ class Snapshot:
             claim = t.system_attrs.get(CLAIM)
             if t.state == TrialState.RUNNING:
                 if claim is None:
-                    if (me is None or t.number < me) and (WORKER in t.system_attrs or _just_created(t)):
+                    # it may be about to choose: wait for it (until it decides, or a stale check
+                    # fails it), else both could take one configuration
+                    if me is None or t.number < me:
                         self.undecided.append(t.number)
                 elif claim.get("key"):
                     self.held.setdefault(claim["key"], t.number)
@@ -222,14 +218,17 @@ class ClaimSampler(BaseSampler):
         self._fallback.reseed_rng()
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        faults.hit("created", trial.number)
         self._fallback.before_trial(study, trial)
         try:
             self._claim(study, trial)
         except BaseException as exc:
             # study.ask() fails with the trial already created: fail it, or it would stay
-            # RUNNING and undecided, and later trials would wait for it.
-            study._storage.set_trial_system_attr(trial._trial_id, STALE, f"no configuration chosen: {exc!r}")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            # RUNNING and undecided, and later trials would wait for it. (Already finished: another
+            # process declared it stale while this one stalled; the original error tells why.)
+            with contextlib.suppress(UpdateFinishedTrialError, RuntimeError):
+                study._storage.set_trial_system_attr(trial._trial_id, STALE, f"no configuration chosen: {exc!r}")
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             raise
 
     def _claim(self, study: Study, trial: FrozenTrial) -> None:
@@ -240,6 +239,7 @@ class ClaimSampler(BaseSampler):
             return
         self.attach(study)
         storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
+        faults.hit("worker", trial.number)
         fixed = trial.system_attrs.get("fixed_params")
         if fixed is not None:  # enqueued by hand: record what it evaluates, so nobody repeats it
             rates = {p: float(v) for p, v in fixed.items() if self._is_rate(p)}
@@ -249,6 +249,7 @@ class ClaimSampler(BaseSampler):
         decision = self._decide(study, trial)
         if isinstance(decision, Candidate):
             self._write_claim(study, trial, decision)
+            faults.hit("claimed", trial.number)
         elif isinstance(decision, Free):
             self._set_claim(study, trial, {"key": None, "phase": None})
         else:
@@ -275,6 +276,7 @@ class ClaimSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         study._storage.set_trial_system_attr(trial._trial_id, OUTCOME, state.name)
+        faults.hit("after_trial", trial.number)
         self._fallback.after_trial(study, trial, state, values)
         claim = self._claims.pop(trial._trial_id, None)
         if claim is None:
@@ -346,6 +348,8 @@ class ClaimSampler(BaseSampler):
         deadline = time.monotonic() + self._wait_timeout
         delay = self._poll / 4
         next_heartbeat_check = time.monotonic()
+        grace = getattr(getattr(study._storage, "_backend", study._storage), "grace_period", None)
+        check_every = min(_HEARTBEAT_CHECK, grace / 3) if grace else _HEARTBEAT_CHECK
         while True:
             trials = self._read(study)
             if fail_if_stale(study, trials, self._stale_after):
@@ -365,7 +369,7 @@ class ClaimSampler(BaseSampler):
             # trial must show it is alive, and dead trials of other hosts must be failed here.
             keep_alive(study, trial._trial_id)
             if time.monotonic() >= next_heartbeat_check:
-                next_heartbeat_check = time.monotonic() + _HEARTBEAT_CHECK
+                next_heartbeat_check = time.monotonic() + check_every
                 if fail_heartbeat_stale(study):
                     continue
             time.sleep(delay)
