@@ -1,15 +1,20 @@
-"""`primesvt dashboard STORAGE`: optuna-dashboard on loopback, with the address printed."""
+"""`primesvt dashboard STORAGE`: a read-only optuna-dashboard on loopback, with the address printed;
+its best trials are Optuna's (``primesvt_optuna.reporting.dashboard``)."""
 
 from __future__ import annotations
 
 import argparse
 
 DESCRIPTION = """\
-Serve optuna-dashboard for STORAGE on 127.0.0.1 (never on other interfaces: the dashboard can
-edit and delete studies) and print its address. Every trial shows PrimeSVT's user attributes
-(phase, layer, rate, accuracy, memory_saving, constraint_accuracy, constraint_memory, feasible,
-images_evaluated, ...); optuna-dashboard 0.21 does not read Optuna 5's constraints, so use the
-constraint_* attributes and the feasible flag there. Ctrl-C stops it.
+Serve optuna-dashboard for STORAGE on 127.0.0.1 (never on other interfaces) and print its
+address. The dashboard gets a read-only view of the storage: it cannot edit notes, tell or delete
+anything, and the study is never written to. optuna-dashboard 0.21 does not read Optuna 5's
+constraints (trial.set_constraint), so the view shows each trial's constraints in the form the
+dashboard reads (feasible and infeasible trials are told apart in its plots), and the trials it
+marks "Best Trial" are exactly Optuna's study.best_trials (the Pareto front of the feasible
+trials; for one objective, the feasible trials with the best value). Every trial also shows
+PrimeSVT's user attributes (phase, layer, rate, accuracy, memory_saving, constraint_accuracy,
+constraint_memory, feasible, images_evaluated, ...). Ctrl-C stops it.
 """
 
 
