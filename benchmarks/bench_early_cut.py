@@ -65,6 +65,7 @@ def run(args: argparse.Namespace, policy: str, cut: str, folder: Path) -> dict[s
         "policy": policy, "cut": cut, "trials": len(frame), "trials_cut": int(frame.cut.sum()),
         "cut_for_memory": int(frame.cut_reason.fillna("").str.startswith("memory").sum()),
         "images_evaluated": int(frame.images_evaluated.fillna(0).sum()),
+        "images_recalibrated": int(frame.images_recalibrated.fillna(0).sum()),  # BN recalibration's forward passes
         "full_evaluation_images": record.val_images, "wall_s": round(wall, 1),
         "selected_trial": None if best is None else int(best.number),
         "selected_saving": None if best is None else round(float(best.memory_saving), 4),

@@ -96,6 +96,68 @@ def test_prune_embed_search_and_export(workdir, capsys):
     assert ckpt["structure"]["prune_embed"] is True
 
 
+def test_recalibration_and_confident_acceptance_search_and_export(workdir, capsys):
+    """--recalibrate-bn and --accept confident are recorded on the study (a resume without them is
+    refused), counted per trial, and export applies the same recalibration before saving."""
+    from primesvt_optuna.data import load_splits
+    from primesvt_optuna.pruning import Engine
+    from primesvt_optuna.pruning.recalibrate import recalibrate_bn
+    from primesvt_optuna.training import evaluate
+
+    url = f"sqlite:///{workdir / 'tiny.db'}"
+    assert search(workdir, "--study-name", "recal", "--recalibrate-bn", "40", "--accept", "confident",
+                  "--confidence", "0.9", "--max-accuracy-drop", "0.9", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    study = optuna.load_study(study_name="recal", storage=open_storage(url))
+    assert study.user_attrs["primesvt:recalibrate_bn"] == {"images": 40, "batch_size": 64, "seed": 0}
+    assert study.user_attrs["primesvt:constraints"]["accept"] == "confident"
+    assert study.user_attrs["primesvt:constraints"]["confidence"] == 0.9
+    evaluated = [t for t in study.trials if t.user_attrs.get("images_evaluated") and t.user_attrs["phase"] != "reference"]
+    assert evaluated and all(t.user_attrs["images_recalibrated"] == 40 for t in evaluated)
+    assert out["stats"]["images_recalibrated"] == 40 * len(evaluated)
+    same = ("--study-name", "recal", "--resume", "--max-accuracy-drop", "0.9")
+    assert search(workdir, *same, "--accept", "confident", "--confidence", "0.9") == 2
+    assert "recalibrate_bn" in capsys.readouterr().err  # without --recalibrate-bn: other settings
+    assert search(workdir, *same, "--recalibrate-bn", "40") == 2
+    assert "constraints" in capsys.readouterr().err  # without the confident rule: other settings
+
+    output = workdir / "recal.pt"
+    assert main(["export", url, "--study-name", "recal", "--output", str(output), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rates = out["selected"]["rates"]
+    assert report["rates"] == rates
+    assert rates  # the budget (90 points) accepts every pruned configuration of this untrained model
+    # the same recalibration as the search, before saving
+    assert report["recalibrate_bn"] == {"images": 40, "batch_size": 64, "seed": 0}
+    assert report["images_recalibrated"] == 40 and set(report["pruned_plain"]) == {"val", "test"}
+    ckpt_model, ckpt = load_checkpoint(workdir / "tiny.pt")
+    expected = Engine(ckpt_model).prune(rates)
+    splits = load_splits(ckpt["data"])
+    recalibrate_bn(expected, splits.train, images=40, seed=0)
+    assert report["pruned"] == {s: evaluate(expected, getattr(splits, s)) for s in ("val", "test")}
+    saved, _ = load_checkpoint(output)
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in expected.state_dict().items())
+
+
+def test_search_and_export_deliver_the_best_trial_not_the_walks_commit(workdir, capsys):
+    """Smallest-first commits the smallest layer, which already meets a 1% target; the sweep found
+    the largest layer alone saves more within the budget: search and export deliver that one."""
+    url = f"sqlite:///{workdir / 'tiny.db'}"
+    args = ("--study-name", "best", "--policy", "smallest-first", "--memory-target", "0.01", "--max-accuracy-drop", "0.9")
+    assert search(workdir, *args, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    walk = out["walk_commit"]
+    assert out["selected"]["walk_commit"] is False and out["selected"]["trial"] != walk["trial"]
+    assert out["selected"]["memory_saving"] > walk["memory_saving"] and walk["both_met"]
+    assert search(workdir, *args, "--resume") == 0
+    assert f"the walk committed trial {walk['trial']}" in capsys.readouterr().out
+    output = workdir / "best.pt"
+    assert main(["export", url, "--study-name", "best", "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert f"exported trial {out['selected']['trial']}" in printed and "not the walk's commit" in printed
+    assert load_checkpoint(output)[1]["model_bytes"] == out["selected"]["model_bytes"]
+
+
 @pytest.mark.parametrize("policy, extra", [("uniform", []), ("tpe", ["--trials", "4"])])
 def test_baseline_policies(workdir, capsys, policy, extra):
     assert search(workdir, "--policy", policy, "--study-name", policy, "--json", *extra) == 0

@@ -42,6 +42,27 @@ def test_defaults_and_overrides():
     assert budget.constraints.memory_budget == 100_000 and budget.constraints.memory_target is None
 
 
+def test_acceptance_rule_and_recalibration():
+    cfg = parse_study_config(GOOD + "accept = 'confident'\nconfidence = 0.9\ninterval = 'wilson'\n"
+                             "[search]\nrecalibrate_bn = 512\nconfidence = 0.99\n")
+    c = cfg.constraints
+    assert (c.accept, c.confidence, c.interval, cfg.recalibrate_bn, cfg.confidence) == (
+        "confident", 0.9, "wilson", 512, 0.99)  # [search] confidence stays the early cut's
+    assert parse_study_config(GOOD).recalibrate_bn == 0 and parse_study_config(GOOD).constraints.accept == "point"
+
+    plain = parse_study_config(GOOD)
+    other = plain.with_overrides(accept="confident", recalibrate_bn=64)
+    assert other.constraints.accept == "confident" and other.constraints.confidence == 0.95 and other.recalibrate_bn == 64
+    implied = plain.with_overrides(accept_confidence=0.99)  # a level asks for the confident rule
+    assert (implied.constraints.accept, implied.constraints.confidence) == ("confident", 0.99)
+    assert implied.confidence == plain.confidence  # the early cut's level is not touched
+    back = cfg.with_overrides(accept="point", memory_target=0.2)
+    assert back.constraints.accept == "point" and "confidence" not in back.constraints.to_dict()
+    assert back.constraints.memory_target == 0.2
+    with pytest.raises(PrimeSVTError, match="apply to accept = 'confident' only"):
+        plain.with_overrides(accept="point", accept_confidence=0.9)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -60,6 +81,12 @@ def test_defaults_and_overrides():
         (GOOD.replace('checkpoint = "digits-2-64"', ""), "checkpoint is missing"),
         (GOOD + "[data]\neval_images = 0\n", "eval_images must be at least 1"),
         ("data = 3\n" + GOOD, "[data] must be a table"),
+        (GOOD + "accept = 'lucky'\n", "accept must be one of point, confident"),
+        (GOOD + "confidence = 0.9\n", "confidence and interval apply to accept = 'confident' only"),
+        (GOOD + "accept = 'confident'\nconfidence = 1.5\n", "confidence (of the accuracy's lower bound) must lie"),
+        (GOOD + "accept = 'confident'\ninterval = 'normal'\n", "interval must be one of"),
+        (GOOD + "[search]\nrecalibrate_bn = -1\n", "recalibrate_bn is a number of training images"),
+        (GOOD + "[search]\nrecalibrate_bn = 'all'\n", "recalibrate_bn must be int"),
     ],
 )
 def test_bad_configs_are_one_clear_line(text, message):

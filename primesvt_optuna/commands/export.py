@@ -16,9 +16,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="write the configuration a search selected as a pruned checkpoint (optionally fine-tuned)",
         description=(
-            "Prune the study's baseline checkpoint at the selected rates, optionally fine-tune it, and "
-            "write it as a checkpoint (temporary file, then rename: an existing file is never half "
-            "overwritten). Reports validation and test accuracy before and after fine-tuning."
+            "Prune the study's baseline checkpoint at the selected rates (the configuration with the "
+            "largest saving among the study's trials that meet both constraints), recalibrate its "
+            "BatchNorm statistics when the study did, optionally fine-tune it, and write it as a "
+            "checkpoint (temporary file, then rename: an existing file is never half overwritten). "
+            "Reports validation and test accuracy before and after fine-tuning."
         ),
     )
     p.add_argument("storage", metavar="STORAGE", help="the search's storage, e.g. sqlite:///runs/digits.db")
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..plugin.constraints import STUDY_PREFIX
     from ..plugin.result import result
     from ..pruning import Engine, model_bytes, structure_of
+    from ..pruning.recalibrate import BATCH_SIZE, recalibrate_bn
     from ..storage import describe_storage, open_storage
     from ..training import evaluate, finetune
 
@@ -101,9 +104,21 @@ def run(args: argparse.Namespace) -> int:
         "study_name": args.study_name, "trial": res.selected["trial"], "rates": rates, "output": str(output),
         "base_bytes": engine.base_bytes, "model_bytes": model_bytes(pruned),
         "memory_saving": 1 - model_bytes(pruned) / engine.base_bytes, "both_constraints_met": res.both_met,
-        "unpruned": accuracy(model.to(args.device)), "pruned": accuracy(pruned.to(args.device)),
+        "unpruned": accuracy(model.to(args.device)),
         "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
     }
+    if res.walk_commit is not None and not res.selected.get("walk_commit", True):
+        report["walk_commit"] = res.walk_commit  # the selection saves more than the walk's commit
+    recalibration = attrs.get(f"{STUDY_PREFIX}recalibrate_bn")
+    if recalibration and rates:
+        # the search evaluated every pruned configuration after adaptive BN: apply it identically
+        report["pruned_plain"] = accuracy(pruned.to(args.device))
+        report["recalibrate_bn"] = recalibration
+        report["images_recalibrated"] = recalibrate_bn(
+            pruned, splits.train, images=int(recalibration["images"]), seed=int(recalibration.get("seed", 0)),
+            batch_size=int(recalibration.get("batch_size", BATCH_SIZE)), device=args.device,
+        )
+    report["pruned"] = accuracy(pruned.to(args.device))
     if args.finetune_epochs:
         seed = attrs.get(f"{STUDY_PREFIX}seed") or 0
         finetune(pruned, splits, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed, device=args.device,
@@ -118,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "source_checkpoint_sha256": expected, "study_name": args.study_name, "trial": res.selected["trial"],
         "rates": rates, "policy": res.policy, "constraints": res.constraints, "finetune_epochs": args.finetune_epochs,
+        "recalibrate_bn": report.get("recalibrate_bn"),
     }
     try:
         save_checkpoint(output, pruned.cpu(), ckpt["model_config"], spec, metrics, structure=structure_of(pruned),
@@ -134,10 +150,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(r: dict[str, Any]) -> None:
     print(f"exported trial {r['trial']} of study {r['study_name']!r} to {r['output']}")
+    if "walk_commit" in r:
+        w = r["walk_commit"]
+        print(f"  the best configuration the study evaluated, not the walk's commit (trial {w['trial']}, "
+              f"saves {100 * w['memory_saving']:.2f}%)")
+    if "recalibrate_bn" in r:
+        print(f"  BatchNorm recalibrated on {r['images_recalibrated']} training images (as in the search)")
     print(f"  model bytes {r['model_bytes']:,} of {r['base_bytes']:,} (saves {100 * r['memory_saving']:.2f}%)"
           + ("" if r["both_constraints_met"] else "; note: the search could not meet both constraints"))
-    columns = ["unpruned", "pruned"] + (["finetuned"] if "finetuned" in r else [])
-    heads = {"unpruned": "unpruned", "pruned": "pruned", "finetuned": f"fine-tuned ({r['finetune_epochs']} ep)"}
+    columns = ["unpruned"] + (["pruned_plain"] if "pruned_plain" in r else []) + ["pruned"]
+    columns += ["finetuned"] if "finetuned" in r else []
+    heads = {"unpruned": "unpruned", "pruned_plain": "pruned, no BN recal.",
+             "pruned": "pruned, BN recal." if "pruned_plain" in r else "pruned",
+             "finetuned": f"fine-tuned ({r['finetune_epochs']} ep)"}
     print("  " + f"{'accuracy':<12}" + "".join(f"{heads[c]:>20}" for c in columns))
     for split, name in (("val", "validation"), ("test", "test")):
         print("  " + f"{name:<12}" + "".join(f"{100 * r[c][split]:>19.2f}%" for c in columns))

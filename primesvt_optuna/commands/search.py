@@ -39,6 +39,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-images", type=int, help="size of the validation subset driving the search")
     p.add_argument("--prune-embed", action="store_true", default=None,
                    help="also prune the embedding dimension, as one global layer (config: [search] prune_embed)")
+    p.add_argument("--recalibrate-bn", type=int, metavar="N",
+                   help="adaptive BatchNorm: re-estimate the BN statistics of each pruned model on N training "
+                        "images before evaluating it (0: off, the default; config: [search] recalibrate_bn)")
+    p.add_argument("--accept", choices=("point", "confident"),
+                   help="accuracy acceptance: 'point' (measured accuracy meets the floor, the default) or "
+                        "'confident' (its one-sided lower confidence bound does; config: [constraints] accept)")
+    p.add_argument("--confidence", type=float, metavar="LEVEL",
+                   help="level of the confident acceptance's lower bound (default 0.95; implies --accept confident)")
+    p.add_argument("--interval", choices=("clopper-pearson", "wilson"),
+                   help="lower bound of the confident acceptance (default clopper-pearson, exact binomial)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     p.add_argument("--resume", action="store_true",
                    help="continue an existing study (its settings must match); creates it when absent")
@@ -171,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         policy=args.policy, trials=args.trials, storage=args.storage, study_name=args.study_name,
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target, workers=args.workers,
         seed=args.seed, device=args.device, batch_size=args.batch_size, eval_images=args.eval_images,
-        prune_embed=args.prune_embed,
+        prune_embed=args.prune_embed, recalibrate_bn=args.recalibrate_bn, accept=args.accept,
+        accept_confidence=args.confidence, accept_interval=args.interval,
     )
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:
         raise PrimeSVTError(f"policy {cfg.policy!r} needs a trial budget: pass --trials N")
@@ -215,7 +226,8 @@ def _print(res: Any, cfg: Any, storage: str) -> None:
     s = res.stats
     print(f"study {res.study_name!r} ({res.policy}) in {storage}: {s['trials']} trials "
           f"({s['complete']} complete, {s['pruned']} cut, {s['failed']} failed), "
-          f"{s['images_evaluated']:,} images evaluated")
+          f"{s['images_evaluated']:,} images evaluated"
+          + (f", {s['images_recalibrated']:,} passed forward to recalibrate BatchNorm" if s.get("images_recalibrated") else ""))
     print(res.message)
     sel = res.selected
     if sel:

@@ -3,14 +3,29 @@ default rate grid, the user's accuracy/memory constraints and the attribute keys
 
 Constraint values follow Optuna's convention (feasible when <= 0) and are fractions, so that
 Optuna's samplers, which sum violations across keys, weigh accuracy and memory alike.
+
+Two acceptance rules decide the accuracy constraint (``Constraints.accept``):
+
+* ``"point"`` (default, the paper's): ``accuracy = floor - measured accuracy``;
+* ``"confident"``: ``accuracy = floor - L``, where ``L`` is a one-sided lower confidence bound, at
+  level ``confidence`` (0.95 by default), of the accuracy measured on ``n`` evaluation images
+  (``k = round(accuracy * n)`` of them right): the exact binomial (Clopper-Pearson) bound, the
+  ``p`` with ``P(X >= k | n, p) = 1 - confidence`` (0 when ``k = 0``), or the Wilson score bound.
+  It is still a fraction on the accuracy scale, <= 0 exactly when ``L`` meets the floor, so every
+  sampler reading the ``accuracy`` constraint applies the stricter rule unchanged.
+
+The floor itself (``base - max_accuracy_drop``, or ``min_accuracy``) is the same under both rules:
+the unpruned model's accuracy is taken as measured.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 from ..errors import PrimeSVTError
@@ -71,6 +86,78 @@ def parse_bytes(value: int | float | str) -> int:
     return int(float(number) * _UNITS[unit.lower() if unit else None])
 
 
+ACCEPT_RULES = ("point", "confident")
+INTERVALS = ("clopper-pearson", "wilson")
+DEFAULT_ACCEPT_CONFIDENCE = 0.95
+
+
+def wilson_lower(correct: int, n: int, confidence: float) -> float:
+    """One-sided Wilson score lower bound of a binomial proportion (0 for ``n = 0``)."""
+    if n <= 0:
+        return 0.0
+    z = NormalDist().inv_cdf(confidence)
+    p = correct / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(max(0.0, p * (1 - p) / n + z * z / (4 * n * n)))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+def _upper_tail(k: int, n: int, p: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)``, summed in log space (no SciPy needed)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+             for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
+
+
+def clopper_pearson_lower_bisect(correct: int, n: int, confidence: float) -> float:
+    """The exact (Clopper-Pearson) one-sided lower bound by bisection on the binomial tail: the
+    ``p`` with ``P(X >= correct | n, p) = 1 - confidence`` (the tail grows with ``p``)."""
+    if correct <= 0:
+        return 0.0
+    alpha = 1.0 - confidence
+    lo, hi = 0.0, correct / n
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if _upper_tail(correct, n, mid) < alpha:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-15:
+            break
+    return lo
+
+
+@functools.lru_cache(maxsize=65536)
+def clopper_pearson_lower(correct: int, n: int, confidence: float) -> float:
+    """Exact binomial (Clopper-Pearson) one-sided lower confidence bound of ``correct / n``:
+    ``Beta(1 - confidence; correct, n - correct + 1)`` quantile (SciPy when installed, else the
+    bisection above); 0 when nothing is right."""
+    if n <= 0 or correct <= 0:
+        return 0.0
+    try:
+        from scipy.stats import beta
+    except ImportError:  # pragma: no cover - scikit-learn brings SciPy
+        return clopper_pearson_lower_bisect(correct, n, confidence)
+    return float(beta.ppf(1.0 - confidence, correct, n - correct + 1))
+
+
+def lower_confidence_bound(correct: int, n: int, confidence: float, interval: str = "clopper-pearson") -> float:
+    """One-sided lower confidence bound of a binomial proportion (``interval``: see ``INTERVALS``)."""
+    if interval == "wilson":
+        return wilson_lower(correct, n, confidence)
+    if interval == "clopper-pearson":
+        return clopper_pearson_lower(int(correct), int(n), float(confidence))
+    raise PrimeSVTError(f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
+
+
 @dataclass(frozen=True)
 class Constraints:
     """The user's two constraints.
@@ -79,12 +166,19 @@ class Constraints:
     or ``min_accuracy`` (absolute floor). Memory: ``memory_target`` (fraction of the model's bytes
     to save) or ``memory_budget`` (bytes the pruned model may take); neither means "no memory
     constraint", and a walk then prunes every target layer.
+
+    Acceptance (see module docs): ``accept="point"`` compares the measured accuracy with the
+    floor; ``accept="confident"`` its one-sided lower confidence bound at ``confidence``
+    (``interval``: ``"clopper-pearson"``, exact, or ``"wilson"``).
     """
 
     max_accuracy_drop: float | None = 0.03
     min_accuracy: float | None = None
     memory_target: float | None = None
     memory_budget: int | None = None
+    accept: str = "point"
+    confidence: float = DEFAULT_ACCEPT_CONFIDENCE
+    interval: str = "clopper-pearson"
 
     def __post_init__(self) -> None:
         if (self.max_accuracy_drop is None) == (self.min_accuracy is None):
@@ -103,10 +197,22 @@ class Constraints:
             )
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise PrimeSVTError(f"memory_budget must be a positive number of bytes, got {self.memory_budget}")
+        if self.accept not in ACCEPT_RULES:
+            raise PrimeSVTError(f"accept must be one of {', '.join(ACCEPT_RULES)}, got {self.accept!r}")
+        if not (isinstance(self.confidence, (int, float)) and 0.5 < self.confidence < 1.0):
+            raise PrimeSVTError(f"confidence (of the accuracy's lower bound) must lie in (0.5, 1), got {self.confidence}")
+        if self.interval not in INTERVALS:
+            raise PrimeSVTError(f"interval must be one of {', '.join(INTERVALS)}, got {self.interval!r}")
+
+    @property
+    def confident(self) -> bool:
+        return self.accept == "confident"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Constraints:
-        unknown = set(data) - {"max_accuracy_drop", "min_accuracy", "memory_target", "memory_budget"}
+        known = {"max_accuracy_drop", "min_accuracy", "memory_target", "memory_budget", "accept", "confidence",
+                 "interval"}
+        unknown = set(data) - known
         if unknown:
             raise PrimeSVTError(f"unknown constraint keys {sorted(unknown)}")
         data = dict(data)
@@ -114,10 +220,19 @@ class Constraints:
             data["memory_budget"] = parse_bytes(data["memory_budget"])
         if "max_accuracy_drop" not in data and data.get("min_accuracy") is not None:
             data["max_accuracy_drop"] = None
+        for key in ("accept", "confidence", "interval"):  # None: the default
+            if key in data and data[key] is None:
+                del data[key]
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The four constraint values, and the acceptance settings only when they are not the
+        default point rule (so studies recorded before the rule existed still resume)."""
+        data = asdict(self)
+        if not self.confident:
+            for key in ("accept", "confidence", "interval"):
+                del data[key]
+        return data
 
     def check_model(self, base_bytes: int) -> None:
         """A memory budget larger than the model is a mistake, not a trivially met constraint."""
@@ -142,12 +257,39 @@ class Constraints:
             return 1.0 - self.memory_budget / base_bytes
         return self.memory_target
 
-    def accuracy_violation(self, accuracy: float, base_accuracy: float | None) -> float:
-        """``drop - budget`` (= floor - accuracy); <= 0 when the accuracy constraint holds."""
+    def accuracy_lower_bound(self, accuracy: float, images: int | None = None) -> float:
+        """What the acceptance rule compares with the floor: the accuracy itself (point), or its
+        one-sided lower confidence bound over ``images`` evaluation images (confident)."""
+        if not self.confident:
+            return accuracy
+        if not images:
+            raise ValueError("confident acceptance needs the number of evaluation images")
+        n = int(images)
+        return lower_confidence_bound(round(accuracy * n), n, self.confidence, self.interval)
+
+    def floor_violation(self, floor: float, accuracy: float, images: int | None = None) -> float:
+        """``floor - accuracy`` (point) or ``floor - lower bound`` (confident), rounded to 12 digits."""
+        return round(floor - self.accuracy_lower_bound(accuracy, images), 12)
+
+    def accuracy_violation(self, accuracy: float, base_accuracy: float | None, images: int | None = None) -> float:
+        """``drop - budget`` (= floor - accuracy) under the point rule, ``floor - lower confidence
+        bound`` under the confident one (``images``: how many the accuracy was measured on);
+        <= 0 when the accuracy constraint holds."""
         floor = self.accuracy_floor(base_accuracy)
         if floor is None:
             raise ValueError("the base accuracy is needed for a max_accuracy_drop constraint")
-        return round(floor - accuracy, 12)
+        return self.floor_violation(floor, accuracy, images)
+
+    def required_accuracy(self, floor: float | None, images: int) -> float | None:
+        """The lowest measured accuracy over ``images`` images that the rule accepts: the floor
+        (point), else ``k_min / images`` with ``k_min`` the fewest right images whose lower bound
+        meets the floor (above 1 when none does). An early cut against it keeps its verdict exact."""
+        if floor is None or not self.confident:
+            return floor
+        n = int(images)
+        if n <= 0:
+            return floor
+        return _required_correct(self, float(floor), n) / n
 
     def memory_violation(self, saving: float, base_bytes: int) -> float | None:
         """``target - saving``; <= 0 when the memory constraint holds, None without a target."""
@@ -166,4 +308,20 @@ class Constraints:
             mem = f"memory saving >= {100 * self.memory_target:.1f}%"
         else:
             mem = "no memory target (maximise the saving)"
+        if self.confident:
+            acc += (f" (accepted when the one-sided {100 * self.confidence:g}% "
+                    f"{'Clopper-Pearson' if self.interval == 'clopper-pearson' else 'Wilson'} lower bound meets it)")
         return f"{acc}; {mem}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _required_correct(constraints: Constraints, floor: float, n: int) -> int:
+    """Fewest right images out of ``n`` that ``constraints`` accepts (``n + 1``: none)."""
+    lo, hi = 0, n + 1  # the answer lies in [lo, hi]; the bound grows with the count right
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if constraints.floor_violation(floor, mid / n, n) <= 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

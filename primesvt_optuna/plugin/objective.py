@@ -97,6 +97,11 @@ class RateObjective:
     def eval_batches(self) -> int:
         raise NotImplementedError
 
+    def recalibration_images(self, rates: Mapping[str, float]) -> int:
+        """Images passed forward to recalibrate BatchNorm before evaluating ``rates`` (search cost
+        beside the evaluated images; 0 without recalibration)."""
+        return 0
+
     # ----- study set-up -------------------------------------------------------------------------
     @property
     def directions(self) -> list[str]:
@@ -171,7 +176,7 @@ class RateObjective:
             trial.set_user_attr("phase", "reference" if reference else "search")
         complete = not reference and claim.get("complete", True)
 
-        attrs: dict[str, Any] = {}
+        attrs: dict[str, Any] = {"images_recalibrated": 0}
         try:
             model_bytes = int(self.predict_bytes(rates))
             saving = 1.0 - model_bytes / self.base_bytes
@@ -203,7 +208,9 @@ class RateObjective:
             except _Interrupted as exc:
                 return self._fail(trial, str(exc), attrs, started, interrupted=True)
             seen += extra
-        violation = self.constraints.accuracy_violation(accuracy, base)
+        violation = self.constraints.accuracy_violation(accuracy, base, self.eval_images)
+        if self.constraints.confident:
+            attrs["accuracy_lower_bound"] = self.constraints.accuracy_lower_bound(accuracy, self.eval_images)
         trial.set_constraint("accuracy", violation)
         if memory is not None:
             trial.set_constraint("memory", memory)
@@ -235,25 +242,26 @@ class RateObjective:
             if cached is not None:
                 trial.set_user_attr("cached", True)
                 return float(cached), 0
+        attrs["images_recalibrated"] = self.recalibration_images(rates)
         total, batches = self.eval_images, self.eval_batches
         single_pruner = len(trial.study.directions) == 1 and isinstance(trial.study.pruner, ConstraintPruner)
         floor = None if reference else self._floor(trial.study)
         if single_pruner:
             trial.set_user_attr("eval_images", total)
             trial.set_user_attr("eval_batches", batches)
-            trial.set_user_attr("accuracy_floor", floor)
+            trial.set_user_attr("accuracy_floor", self.constraints.required_accuracy(floor, total))
         correct = seen = 0
         for c, n in self.iter_batches(rates):
             correct, seen = correct + c, seen + n
             if reference or pruner is None or math.isnan(correct):
                 continue
             if floor is None and (floor := self._floor(trial.study)) is not None and single_pruner:
-                trial.set_user_attr("accuracy_floor", floor)
+                trial.set_user_attr("accuracy_floor", self.constraints.required_accuracy(floor, total))
             if single_pruner:
                 trial.report(correct / seen, seen)
                 if not trial.should_prune():
                     continue
-            cut = pruner.accuracy_cut(int(correct), seen, total, floor, batches)
+            cut = pruner.accuracy_cut(int(correct), seen, total, self.constraints.required_accuracy(floor, total), batches)
             if cut is not None:
                 self._cut(trial, cut, attrs, floor, seen, started)
         if seen == 0:
@@ -302,7 +310,7 @@ class RateObjective:
         memory = attrs.get("constraint_memory")
         accuracy = None
         if cut.kind != "memory" and floor is not None and cut.accuracy_bound is not None:
-            accuracy = round(floor - cut.accuracy_bound, 12)
+            accuracy = self.constraints.floor_violation(floor, cut.accuracy_bound, self.eval_images)
             trial.set_constraint("accuracy", accuracy)
         if memory is not None:
             trial.set_constraint("memory", memory)
@@ -376,6 +384,14 @@ class PruningObjective(RateObjective):
         pruner: the early cut (default: memory pre-check and exact accuracy cut); None: no cut.
         robustness_cache: ``{(layer, rate): accuracy}`` from a cached robustness table measured on
             the same evaluation subset; single-layer trials it covers are filled without evaluation.
+        accept: ``"point"`` (default) accepts a configuration whose measured accuracy meets the floor;
+            ``"confident"`` only when its one-sided lower confidence bound at ``confidence`` does
+            (``interval``: ``"clopper-pearson"``, exact binomial, or ``"wilson"``).
+        recalibrate_bn: before evaluating a pruned configuration, re-estimate the BatchNorm
+            statistics on this many training images (EagleEye's adaptive BN; seeded by ``seed``,
+            batches of 64, see :mod:`primesvt_optuna.pruning.recalibrate`); 0 (default): off. The
+            unpruned reference is evaluated as it is. Recorded on the study; ``primesvt export``
+            applies it identically.
     """
 
     def __init__(
@@ -398,6 +414,10 @@ class PruningObjective(RateObjective):
         prune_embed: bool = False,
         robustness_cache: Mapping[tuple[str, float], float] | None = None,
         wait_timeout: float = 3600.0,
+        accept: str = "point",
+        confidence: float = 0.95,
+        interval: str = "clopper-pearson",
+        recalibrate_bn: int = 0,
     ) -> None:
         from ..data import Splits, load_splits, subset
         from ..pruning import Engine
@@ -424,9 +444,14 @@ class PruningObjective(RateObjective):
         self.eval_set = subset(self.splits.val, eval_images, seed)
         self.batch_size = batch_size
         self.device = device
+        if recalibrate_bn is None or isinstance(recalibrate_bn, bool) or int(recalibrate_bn) < 0:
+            raise PrimeSVTError(f"recalibrate_bn is a number of training images (0: off), got {recalibrate_bn!r}")
+        self.recalibrate_bn = int(recalibrate_bn)
+        self.recalibrate_seed = int(seed)
         constraints = Constraints.from_dict({
             "max_accuracy_drop": max_accuracy_drop if min_accuracy is None else None,
             "min_accuracy": min_accuracy, "memory_target": memory_target, "memory_budget": memory_budget,
+            "accept": accept, "confidence": confidence, "interval": interval,
         })
         table = self.engine.table
         super().__init__(
@@ -438,7 +463,30 @@ class PruningObjective(RateObjective):
     def study_attrs(self) -> dict[str, Any]:
         # prune_embed first: it changes the layer table, and the refusal should name the cause
         return {"prune_embed": self.engine.prune_embed, **super().study_attrs(), "eval_images": self.eval_images,
-                "data": self.data_spec}
+                "data": self.data_spec, "recalibrate_bn": self.recalibration_settings}
+
+    @property
+    def recalibration_settings(self) -> dict[str, int] | None:
+        """What the study records about BatchNorm recalibration (None: off); export reads it."""
+        if not self.recalibrate_bn:
+            return None
+        from ..pruning.recalibrate import BATCH_SIZE
+
+        return {"images": self.recalibrate_bn, "batch_size": BATCH_SIZE, "seed": self.recalibrate_seed}
+
+    def recalibration_images(self, rates: Mapping[str, float]) -> int:
+        if not self.recalibrate_bn or not any(rate > 0 for rate in rates.values()):
+            return 0
+        return min(self.recalibrate_bn, len(self.splits.train))
+
+    def recalibrate(self, model: Any, rates: Mapping[str, float]) -> int:
+        """Adaptive BN on a pruned model, in place, as the study records it (not the reference)."""
+        if not self.recalibration_images(rates):
+            return 0
+        from ..pruning.recalibrate import recalibrate_bn
+
+        return recalibrate_bn(model, self.splits.train, images=self.recalibrate_bn, seed=self.recalibrate_seed,
+                              device=self.device)
 
     def informative_attrs(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint_path}  # where export finds the baseline (hash checked)
@@ -459,4 +507,5 @@ class PruningObjective(RateObjective):
 
         # a copy even unpruned: concurrent trials (n_jobs) must not share neuron state
         model = self.engine.prune(rates) if rates else copy.deepcopy(self.engine.model)
+        self.recalibrate(model.to(self.device), rates)
         yield from iter_eval(model.to(self.device), self.eval_set, batch_size=self.batch_size, device=self.device)

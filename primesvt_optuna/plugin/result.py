@@ -2,17 +2,22 @@
 Pareto front, the closest trade-offs when the constraints cannot both be met, and a markdown
 note saved on the study for optuna-dashboard.
 
-Which configuration is *selected*: for the walk policies (prioritized, smallest-first,
-random-order) the walk's committed configuration, replayed from the trials with the sampler
-settings recorded on the study; for the others (uniform, TPE, NSGA-II) the feasible trial with the
-fewest model bytes (ties: higher accuracy, then lower trial number). When no trial meets both
-constraints, the accuracy-feasible trial with the fewest bytes is selected and flagged.
+Which configuration is *selected*, for every policy: the trial with the largest memory saving
+(fewest model bytes) among all the study's trials that meet both constraints, ties broken by
+higher accuracy, then lower trial number. For the walk policies (prioritized, smallest-first,
+random-order) this is usually the walk's committed configuration (replayed from the trials with
+the sampler settings recorded on the study), but not always: a robustness trial, or a rate the
+walk tried and passed over, can save more and still meet both constraints. The result then says
+so (``walk_commit`` holds the commit, ``selected["walk_commit"]`` is False, and the message names
+both). When no trial meets both constraints, a walk's commit is kept; for the other policies the
+accuracy-feasible trial with the fewest bytes is selected; both are flagged as not meeting both.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +31,8 @@ from .samplers import WalkSampler, from_settings
 
 COLUMNS = [
     "trial", "state", "phase", "layer", "rate", "accuracy", "accuracy_drop", "model_bytes", "memory_saving",
-    "constraint_accuracy", "constraint_memory", "feasible", "images_evaluated", "cut_reason", "rates",
+    "constraint_accuracy", "constraint_memory", "feasible", "images_evaluated", "images_recalibrated", "cut_reason",
+    "rates",
 ]
 
 
@@ -41,6 +47,7 @@ def trials_frame(study: Study) -> pd.DataFrame:
             "model_bytes": a.get("model_bytes"), "memory_saving": a.get("memory_saving"),
             "constraint_accuracy": t.constraints.get("accuracy"), "constraint_memory": t.constraints.get("memory"),
             "feasible": _feasible(t), "images_evaluated": a.get("images_evaluated", 0),
+            "images_recalibrated": a.get("images_recalibrated", 0),
             "cut_reason": a.get("cut_reason") or a.get("fail_reason"), "rates": _rates(t),
         })
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -87,6 +94,9 @@ class Result:
     front: pd.DataFrame = field(repr=False)
     closest: pd.DataFrame = field(repr=False)
     stats: dict[str, Any] = field(default_factory=dict)
+    walk_commit: dict[str, Any] | None = None
+    """For a walk policy: the walk's committed configuration (trial, rates, accuracy, saving, both
+    constraints met), whether or not it is the selection; None for the other policies."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -109,6 +119,10 @@ class Result:
                 "", "| layer | rate |", "|---|---|",
             ]
             lines += [f"| `{layer}` | {rate:g} |" for layer, rate in s["rates"].items()] or ["| (none) | 0 |"]
+            if self.walk_commit is not None and not s.get("walk_commit", True):
+                w = self.walk_commit
+                lines += ["", f"Not the walk's commit: the walk committed trial {w['trial']} "
+                              f"({_pct(w['memory_saving'])} saved at {_pct(w['accuracy'])})."]
         for title, frame in (("Feasible Pareto front", self.front), ("Closest trade-offs", self.closest)):
             if len(frame):
                 lines += ["", f"## {title}", "", "| trial | accuracy | model bytes | memory saving | violation |",
@@ -144,20 +158,17 @@ def result(study: Study) -> Result:
     complete = frame[frame["state"] == "COMPLETE"].dropna(subset=["accuracy", "model_bytes"])
 
     finished = True
-    chosen: FrozenTrial | None = None
+    walk: FrozenTrial | None = None
+    is_walk = False
     sampler = from_settings(settings) if settings else None
     if isinstance(sampler, WalkSampler):
+        is_walk = True
         state = sampler.walk_state(study)
         finished = state.done
-        chosen = trials.get(state.selected_trial) if state.selected_trial is not None else None
-    else:
-        if sampler is not None:
-            finished = sampler.is_exhausted(study)
-        ranked = sorted(
-            (t for t in trials.values() if _accuracy_ok(t) and "model_bytes" in t.user_attrs),
-            key=lambda t: (not _feasible(t), t.user_attrs["model_bytes"], -t.user_attrs["accuracy"], t.number),
-        )
-        chosen = ranked[0] if ranked else None
+        walk = trials.get(state.selected_trial) if state.selected_trial is not None else None
+    elif sampler is not None:
+        finished = sampler.is_exhausted(study)
+    chosen = select(trials.values(), walk=walk, is_walk=is_walk)
 
     feasible = complete[complete["feasible"]]
     front = _front(feasible) if len(feasible) else feasible
@@ -179,19 +190,58 @@ def result(study: Study) -> Result:
             "memory_ok": chosen.constraints.get("memory", 0.0) <= 0, "base_accuracy": attrs.get(f"{STUDY_PREFIX}base_accuracy"),
             "base_bytes": attrs.get(f"{STUDY_PREFIX}base_bytes"),
         }
+        if "accuracy_lower_bound" in a:
+            selected["accuracy_lower_bound"] = a["accuracy_lower_bound"]
+        if is_walk:
+            selected["walk_commit"] = walk is not None and chosen.number == walk.number
+    walk_commit = None
+    if walk is not None:
+        w = walk.user_attrs
+        walk_commit = {"trial": walk.number, "rates": _rates(walk), "accuracy": w.get("accuracy"),
+                       "model_bytes": w.get("model_bytes"), "memory_saving": w.get("memory_saving"),
+                       "both_met": _feasible(walk)}
     stats = {
         "trials": len(frame),
         "complete": int((frame["state"] == "COMPLETE").sum()),
         "pruned": int((frame["state"] == "PRUNED").sum()),
         "failed": int((frame["state"] == "FAIL").sum()),
         "images_evaluated": int(pd.to_numeric(frame["images_evaluated"], errors="coerce").fillna(0).sum()),
+        "images_recalibrated": int(pd.to_numeric(frame["images_recalibrated"], errors="coerce").fillna(0).sum()),
         "pruner": attrs.get(f"{STUDY_PREFIX}pruner"),
     }
+    recalibration = attrs.get(f"{STUDY_PREFIX}recalibrate_bn")
+    if recalibration:
+        stats["recalibrate_bn"] = recalibration
+    message = _message(selected, both_met, finished, attrs)
+    if selected is not None and walk_commit is not None and not selected["walk_commit"]:
+        message += (
+            f" (trial {selected['trial']}, the best configuration the study evaluated; the walk committed "
+            f"trial {walk_commit['trial']}, which saves {_pct(walk_commit['memory_saving'])} at "
+            f"{_pct(walk_commit['accuracy'])})"
+        )
     return Result(
         study_name=study.study_name, policy=policy, constraints=attrs.get(f"{STUDY_PREFIX}constraints"),
         selected=selected, both_met=both_met, finished=finished,
-        message=_message(selected, both_met, finished, attrs), front=front, closest=closest, stats=stats,
+        message=message, front=front, closest=closest, stats=stats, walk_commit=walk_commit,
     )
+
+
+def select(trials: Iterable[FrozenTrial], walk: FrozenTrial | None = None, is_walk: bool = False) -> FrozenTrial | None:
+    """The selection rule (see module docs): the feasible trial with the fewest model bytes, ties
+    to higher accuracy then lower trial number; a walk's commit when it is that same configuration
+    (a rate vector evaluated twice keeps the commit) or when no trial is feasible."""
+    ranked = sorted(
+        (t for t in trials if _accuracy_ok(t) and "model_bytes" in t.user_attrs and "accuracy" in t.user_attrs),
+        key=lambda t: (not _feasible(t), t.user_attrs["model_bytes"], -t.user_attrs["accuracy"], t.number),
+    )
+    best = ranked[0] if ranked else None
+    if is_walk:
+        if best is None or not _feasible(best):
+            return walk
+        if walk is not None and _feasible(walk) and _rates(walk) == _rates(best) and (
+                walk.user_attrs.get("accuracy") == best.user_attrs.get("accuracy")):
+            return walk
+    return best
 
 
 def _message(selected: dict[str, Any] | None, both_met: bool, finished: bool, attrs: dict[str, Any]) -> str:

@@ -14,6 +14,10 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     [constraints]
     max_accuracy_drop = 0.03                # or min_accuracy = 0.95 (absolute floor)
     memory_target = 0.4                     # or memory_budget = "2MB"
+    accept = "point"                        # or "confident": the accuracy's one-sided lower
+                                            #   confidence bound must meet the floor, with
+    # confidence = 0.95                     #   its level and
+    # interval = "clopper-pearson"          #   the bound ("wilson" also works)
 
     [search]
     policy = "prioritized"                  # uniform | random-order | smallest-first | tpe | nsga2
@@ -26,6 +30,7 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     early_cut = "exact"                     # "statistical" (with confidence) or "off"
     confidence = 0.99
     prune_embed = false                     # true: also prune the embedding dimension (one global layer)
+    recalibrate_bn = 0                      # N > 0: adaptive BatchNorm on N training images per pruned model
 
 Relative paths are relative to the current directory. Every mistake (malformed TOML, unknown
 key, wrong type, grid outside [0, 1), negative accuracy budget, memory target >= 1) is one
@@ -49,10 +54,12 @@ EARLY_CUTS = ("exact", "statistical", "off")
 
 _TOP = {"study_name": str, "storage": str, "checkpoint": str, "device": str}
 _DATA = {"eval_images": int, "batch_size": int, "name": str, "path": str, "img_size": int, "seed": int}
-_CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str)}
+_CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str),
+                "accept": str, "confidence": float, "interval": str}
 _SEARCH = {
     "policy": str, "grid": list, "robustness_rule": str, "walk_all": bool, "trials": int, "seed": int,
     "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float, "prune_embed": bool,
+    "recalibrate_bn": int,
 }
 _SECTIONS = {"data": _DATA, "constraints": _CONSTRAINTS, "search": _SEARCH}
 
@@ -80,6 +87,7 @@ class StudyConfig:
     confidence: float = 0.99
     wait_timeout: float = 3600.0
     prune_embed: bool = False
+    recalibrate_bn: int = 0
     source: str = "<config>"
 
     def __post_init__(self) -> None:
@@ -102,6 +110,8 @@ class StudyConfig:
         for key in ("eval_images", "trials"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise bad(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.recalibrate_bn < 0:
+            raise bad(f"recalibrate_bn is a number of training images (0: off), got {self.recalibrate_bn}")
         if self.wait_timeout <= 0:
             raise bad(f"wait_timeout must be positive, got {self.wait_timeout}")
         if self.policy in ("tpe", "nsga2") and self.trials is None:
@@ -112,12 +122,23 @@ class StudyConfig:
             raise bad(f"[search] grid: {exc}") from None
 
     def with_overrides(self, **overrides: Any) -> StudyConfig:
-        """A copy with the given fields replaced (``None`` values are ignored); re-validated."""
+        """A copy with the given fields replaced (``None`` values are ignored); re-validated.
+        ``accept``, ``accept_confidence`` and ``accept_interval`` set the constraints' acceptance
+        rule (``confidence`` is the statistical early cut's level)."""
         changes = {k: v for k, v in overrides.items() if v is not None}
+        acceptance = {name: changes.pop(key) for key, name in
+                      (("accept", "accept"), ("accept_confidence", "confidence"), ("accept_interval", "interval"))
+                      if key in changes}
+        if acceptance and "accept" not in acceptance:  # a level or interval asks for the confident rule
+            acceptance["accept"] = "confident"
         constraint_keys = {"max_accuracy_drop", "min_accuracy", "memory_target", "memory_budget"}
-        if constraint_keys & changes.keys():
+        if constraint_keys & changes.keys() or acceptance:
             current = self.constraints.to_dict()
+            if acceptance.get("accept") == "point":  # back to the point rule: its level and interval go
+                current.pop("confidence", None)
+                current.pop("interval", None)
             given = {k: changes.pop(k) for k in list(changes) if k in constraint_keys}
+            given.update(acceptance)
             if "max_accuracy_drop" in given:
                 current["min_accuracy"] = None
             if "min_accuracy" in given:
@@ -149,10 +170,16 @@ class StudyConfig:
             grid=self.grid, eval_images=self.eval_images, batch_size=self.batch_size, device=self.device,
             pruner=ConstraintPruner(**self.pruner_settings), prune_embed=self.prune_embed,
             robustness_cache=robustness_cache, wait_timeout=self.wait_timeout,
+            accept=c.accept, confidence=c.confidence, interval=c.interval, recalibrate_bn=self.recalibrate_bn,
         )
 
 
 def _constraints(values: dict[str, Any], source: str) -> Constraints:
+    if values.get("accept", "point") == "point" and {"confidence", "interval"} & values.keys():
+        raise PrimeSVTError(
+            f"{source}: [constraints] confidence and interval apply to accept = 'confident' only "
+            "(the statistical early cut's level is [search] confidence)"
+        )
     try:
         return Constraints.from_dict(values)
     except PrimeSVTError as exc:
@@ -214,6 +241,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         confidence=search.get("confidence", 0.99),
         wait_timeout=search.get("wait_timeout", 3600.0),
         prune_embed=search.get("prune_embed", False),
+        recalibrate_bn=search.get("recalibrate_bn", 0),
         source=source,
     )
 

@@ -118,7 +118,7 @@ class ImageBudget:
         if self.budget is None:
             return
         used = self.charged + sum(
-            float(t.user_attrs.get("images_evaluated") or 0)
+            float(t.user_attrs.get("images_evaluated") or 0) + float(t.user_attrs.get("images_recalibrated") or 0)
             for t in study.get_trials(deepcopy=False, states=_FINISHED)
         )
         if used >= self.budget:

@@ -111,6 +111,8 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "memory_saving": _float(ua.get("memory_saving")),
         "model_bytes": _float(ua.get("model_bytes")),
         "images_evaluated": _float(ua.get("images_evaluated", 0)),
+        # forward passes of the BatchNorm recalibration (search cost like evaluated images)
+        "images_recalibrated": _float(ua.get("images_recalibrated", 0)),
         "constraint_accuracy": c_acc,
         "constraint_memory": c_mem,
         # Accuracy-feasible: what "best saving that satisfies the accuracy constraint" ranges over.
@@ -129,7 +131,8 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
 
 
 COLUMNS = ["number", "state", "complete", "phase", "layer", "rate", "accuracy", "accuracy_drop",
-           "memory_saving", "model_bytes", "images_evaluated", "constraint_accuracy", "constraint_memory",
+           "memory_saving", "model_bytes", "images_evaluated", "images_recalibrated", "constraint_accuracy",
+           "constraint_memory",
            "accuracy_ok", "feasible", "cut", "cached", "cut_reason", "wall_time", "datetime_start",
            "datetime_complete", "rates"]
 
@@ -167,14 +170,16 @@ def sweep_cost(sweep: StudyRecord) -> dict[str, Any]:
     done = t[(t.phase == "robustness") & t.state.isin(["COMPLETE", "PRUNED"])]
     seconds = (done.datetime_complete - done.datetime_start).dt.total_seconds().sum()
     full = t[t.complete].images_evaluated.max()
-    return {"images": float(done.images_evaluated.fillna(0).sum()), "seconds": round(float(seconds), 3),
+    images = done.images_evaluated.fillna(0).sum() + done.images_recalibrated.fillna(0).sum()
+    return {"images": float(images), "seconds": round(float(seconds), 3),
             "trials": len(done), "full_evaluation": int(full) if full == full else 0, "source": sweep.study_name}
 
 
 def _selection(storage: BaseStorage, study_name: str) -> dict[str, Any] | None:
     """The configuration the study's own policy selects, as ``primesvt search`` and ``export``
-    deliver it: for a walk its committed configuration, which can save less than the best
-    accuracy-feasible trial it evaluated (e.g. a robustness trial of one layer alone)."""
+    deliver it (``plugin.result``: the largest saving among the trials that meet both constraints;
+    for a walk that finds none, its commit), with ``walk_commit`` (False when a walk's commit is not
+    the selection)."""
     from ..plugin.result import result
 
     res = result(optuna.load_study(study_name=study_name, storage=storage))

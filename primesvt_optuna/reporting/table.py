@@ -27,7 +27,8 @@ def cost_curve(record: StudyRecord) -> pd.DataFrame:
     accuracy-feasible memory saving found so far; charged costs are added in front."""
     t = record.trials
     charged = record.report.get("charged") or {}
-    images = t.images_evaluated.fillna(0).cumsum() + float(charged.get("images", 0))
+    spent = t.images_evaluated.fillna(0) + t.images_recalibrated.fillna(0)  # BN recalibration is search cost
+    images = spent.cumsum() + float(charged.get("images", 0))
     trials = pd.Series(np.arange(1, len(t) + 1), index=t.index)  # cached sweep trials are in the study
     if len(t):
         first = t.datetime_start.min()

@@ -1,0 +1,147 @@
+"""Adaptive BatchNorm recalibration: only BatchNorm buffers change, bit for bit reproducibly, as a
+cumulative average; the objective counts its images, records it on the study and leaves the
+engine's model alone."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import optuna
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import neuron
+
+from primesvt_optuna.data import load_splits, make_spec
+from primesvt_optuna.errors import PrimeSVTError
+from primesvt_optuna.models import build_model
+from primesvt_optuna.plugin import PrioritizedSampler, PruningObjective
+from primesvt_optuna.pruning import Engine
+from primesvt_optuna.pruning.recalibrate import BATCH_SIZE, batchnorms, recalibrate_bn, recalibration_set
+from primesvt_optuna.training import evaluate
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_model({"preset": "digits-tiny"}).eval()
+    return model, load_splits(make_spec("digits", img_size=16))
+
+
+def _pruned(model):
+    engine = Engine(copy.deepcopy(model))
+    return engine.prune({name: 0.5 for name in engine.layers[:3]})
+
+
+def test_only_batchnorm_buffers_change_and_bit_for_bit(tiny):
+    model, splits = tiny
+    first, second = _pruned(model), _pruned(model)
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    bn_names = {name for name, m in first.named_modules() if m in set(batchnorms(first))}
+    assert bn_names  # the preset has BatchNorm layers to recalibrate
+
+    seen = recalibrate_bn(first, splits.train, images=100, seed=3)
+    assert seen == 100
+    after = first.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.rsplit(".", 1)[0] in bn_names and k.rsplit(".", 1)[1] in BN_BUFFERS for k in changed)
+    for name in bn_names:  # every BatchNorm re-estimated: two batches (64 + 36), cumulative average
+        assert int(after[f"{name}.num_batches_tracked"]) == math.ceil(100 / BATCH_SIZE)
+        assert f"{name}.running_mean" in changed
+    assert not first.training and all(m.momentum == 0.1 for m in batchnorms(first))  # modes and momentum back
+
+    assert recalibrate_bn(second, splits.train, images=100, seed=3) == 100
+    assert all(torch.equal(v, second.state_dict()[k]) for k, v in after.items())  # reproducible, bit for bit
+    other = _pruned(model)
+    recalibrate_bn(other, splits.train, images=100, seed=4)  # another seed: other images
+    assert not all(torch.equal(v, other.state_dict()[k]) for k, v in after.items())
+
+
+def test_running_statistics_are_the_cumulative_average_of_the_batch_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), neuron.LIFNode(step_mode="s")).eval()
+    model[1].running_mean.fill_(5.0)
+    data = torch.utils.data.TensorDataset(torch.randn(150, 1, 6, 6), torch.zeros(150, dtype=torch.long))
+    recalibrate_bn(model, data, images=150, seed=0, batch_size=64)
+    chosen = recalibration_set(data, 150, 0)
+    with torch.no_grad():
+        means, variances = [], []
+        for start in range(0, 150, 64):
+            x = torch.stack([chosen[i][0] for i in range(start, min(start + 64, 150))])
+            y = model[0](x)
+            means.append(y.mean((0, 2, 3)))
+            variances.append(y.var((0, 2, 3), unbiased=True))
+    assert torch.allclose(model[1].running_mean, torch.stack(means).mean(0), atol=1e-6)
+    assert torch.allclose(model[1].running_var, torch.stack(variances).mean(0), atol=1e-6)
+    assert int(model[1].num_batches_tracked) == 3 and model[1].momentum == 0.1
+    assert float(model[2].v) == 0.0  # neuron state reset after the last batch
+
+
+def test_neuron_state_is_reset_between_batches(tiny):
+    """A membrane state left over from an earlier forward pass (same batch shape) does not leak into
+    the statistics, and batch 2 does not see batch 1's state: each batch is as if alone."""
+    model, splits = tiny
+    a, b, c = _pruned(model), _pruned(model), _pruned(model)
+    with torch.no_grad():
+        b(torch.stack([splits.train[i][0] for i in range(64)]))  # leftover state of a 64-image batch
+    for m in (a, b):
+        recalibrate_bn(m, splits.train, images=128, seed=0)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+    # two batches, recalibrated together or as two one-batch passes averaged by hand
+    chosen = recalibration_set(splits.train, 128, 0)
+    halves = []
+    for part in (range(0, 64), range(64, 128)):
+        m = _pruned(model)
+        recalibrate_bn(m, torch.utils.data.Subset(chosen, list(part)))
+        halves.append(m.state_dict())
+    for name in {n for n, mod in c.named_modules() if mod in set(batchnorms(c))}:
+        for buffer in ("running_mean", "running_var"):
+            key = f"{name}.{buffer}"
+            assert torch.allclose(a.state_dict()[key], (halves[0][key] + halves[1][key]) / 2, atol=1e-5)
+
+
+def test_recalibration_set_is_seeded_and_bounded(tiny):
+    _, splits = tiny
+    assert recalibration_set(splits.train, 10, 1).indices == recalibration_set(splits.train, 10, 1).indices
+    assert recalibration_set(splits.train, 10, 1).indices != recalibration_set(splits.train, 10, 2).indices
+    assert len(recalibration_set(splits.train, 10**6, 0)) == len(splits.train)
+    with pytest.raises(PrimeSVTError, match="at least one image"):
+        recalibration_set(splits.train, 0, 0)
+
+
+def test_objective_recalibrates_pruned_trials_counts_the_images_and_records_it(tiny):
+    model, splits = tiny
+    spec = make_spec("digits", img_size=16)
+    kwargs = dict(model=model, data=spec, eval_images=48, batch_size=16, grid=[0.5], max_accuracy_drop=0.05,
+                  memory_target=0.3, pruner=None)
+    objective = PruningObjective(**kwargs, recalibrate_bn=70)
+    engine_state = {k: v.clone() for k, v in objective.engine.model.state_dict().items()}
+    study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=[0.5]))
+    study.optimize(objective, n_trials=3)
+    assert study.user_attrs["primesvt:recalibrate_bn"] == {"images": 70, "batch_size": BATCH_SIZE, "seed": 0}
+    reference, *pruned = study.trials
+    assert reference.user_attrs["images_recalibrated"] == 0  # the unpruned reference is evaluated as it is
+    assert reference.user_attrs["accuracy"] == evaluate(model, objective.eval_set)
+    for trial in pruned:
+        assert trial.user_attrs["images_recalibrated"] == 70 and trial.user_attrs["images_evaluated"] == 48
+        rates = {k.removeprefix("rate:"): v for k, v in trial.params.items() if v > 0}
+        expected = objective.engine.prune(rates)
+        recalibrate_bn(expected, splits.train, images=70, seed=0)
+        assert trial.user_attrs["accuracy"] == evaluate(expected, objective.eval_set, batch_size=16)
+    # the engine's own model is never touched: its exactness guarantees are about the plain model
+    assert all(torch.equal(v, objective.engine.model.state_dict()[k]) for k, v in engine_state.items())
+
+    plain = PruningObjective(**kwargs)
+    with pytest.raises(PrimeSVTError, match="recalibrate_bn"):  # a study never mixes settings
+        study.optimize(plain, n_trials=1)
+    fresh = optuna.create_study(directions=plain.directions, sampler=PrioritizedSampler(grid=[0.5]))
+    fresh.optimize(plain, n_trials=2)
+    assert fresh.user_attrs["primesvt:recalibrate_bn"] is None
+    assert all(t.user_attrs["images_recalibrated"] == 0 for t in fresh.trials)
+    with pytest.raises(PrimeSVTError, match="number of training images"):
+        PruningObjective(**kwargs, recalibrate_bn=-1)
