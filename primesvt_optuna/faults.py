@@ -25,16 +25,19 @@ import signal
 
 POINTS = ("created", "worker", "claimed", "evaluating", "returned", "after_trial")
 VARIABLE = "PRIMESVT_FAULT"
+_fired: set[tuple[str, int]] = set()
 
 
 def hit(point: str, trial_number: int) -> None:
-    """Kill (or stop) this process if ``PRIMESVT_FAULT`` names this point of this trial."""
+    """Kill (or stop) this process if ``PRIMESVT_FAULT`` names this point of this trial (the first
+    time it gets there: ``evaluating`` is passed once per batch)."""
     spec = os.environ.get(VARIABLE)
     if not spec:
         return
     name, _, number = spec.partition("@")
     if name not in POINTS or not number.isdigit():
         raise ValueError(f"{VARIABLE}={spec!r}: use <point>@<trial number> with a point among {', '.join(POINTS)}")
-    if name == point and int(number) == trial_number:
+    if name == point and int(number) == trial_number and (point, trial_number) not in _fired:
+        _fired.add((point, trial_number))  # once: a stopped process continues past its point
         stop = os.environ.get(f"{VARIABLE}_SIGNAL", "KILL").upper() == "STOP"
         os.kill(os.getpid(), signal.SIGSTOP if stop else signal.SIGKILL)

@@ -334,13 +334,14 @@ class RetryUnclaimedTrialCallback(RetryHeartbeatStaleTrialCallback):
 
     A walk trial carries a claim; once it failed without an outcome its configuration is free again
     and the walk itself hands it to the next trial. A WAITING retry copy of it would be a second,
-    concurrent evaluation of the same configuration, so it is not made.
+    concurrent evaluation of the same configuration, so it is not made; nor for a trial that died
+    before it had any parameter (its copy would be an empty trial, left WAITING when a walk stops).
     """
 
     def __call__(self, study: Study, trial: FrozenTrial) -> None:
         claim = trial.system_attrs.get(CLAIM)
-        if claim and claim.get("key"):
-            return
+        if (claim and claim.get("key")) or not trial.params:
+            return  # nothing chosen yet (died before its sampler decided): a copy would be a new trial
         super().__call__(study, trial)
 
 

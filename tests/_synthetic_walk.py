@@ -31,9 +31,11 @@ from primesvt_optuna.plugin.result import result  # noqa: E402
 from primesvt_optuna.storage import open_storage  # noqa: E402
 from primesvt_optuna.workers import WorkerReport, interrupted_message, optimize, run_workers  # noqa: E402
 
-SIZES = {"fc1": 4000, "fc2": 4000, "qkv": 1500, "proj": 500, "head": 300}
-SENSITIVITY = {"fc1": 0.05, "fc2": 0.2, "qkv": 0.1, "proj": 0.5, "head": 0.3}
-GRID = (0.2, 0.4, 0.6, 0.8)
+# small enough that a whole walk is ~15 trials (the crash tests run it ~60 times), yet it has
+# passing and rejected rates, a layer that is no target, and walk trials after a commit
+SIZES = {"fc1": 4000, "fc2": 3000, "qkv": 1500, "proj": 500}
+SENSITIVITY = {"fc1": 0.05, "fc2": 0.2, "qkv": 0.1, "proj": 0.5}
+GRID = (0.3, 0.6, 0.9)
 
 
 def make_objective(delay: float = 0.0) -> SyntheticObjective:
@@ -84,6 +86,7 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         "duplicates": sorted(k for k, n in collections.Counter(evaluated).items() if n > 1),
         "workers": sorted({(t.system_attrs.get("primesvt:worker") or {}).get("pid") for t in trials} - {None}),
         "trials": len(trials),
+        "walk_trials": [t.number for t in trials if t.user_attrs.get("phase") == "walk"],
     }
 
 

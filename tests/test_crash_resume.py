@@ -1,9 +1,14 @@
-"""A worker killed with SIGKILL mid-trial, and a search stopped with Ctrl-C, on SQLite, a journal
-file and PostgreSQL: running the same command again finishes the walk with the same selected
-configuration as an uninterrupted run, and no trial is left RUNNING.
+"""A worker killed at every moment of a trial's life, paused, or stopped with Ctrl-C, on SQLite, a
+journal file and PostgreSQL: running the same command again finishes the walk with the same
+selected configuration as an uninterrupted run, leaves no trial RUNNING or WAITING, and evaluates
+no configuration twice beyond the one the crash interrupted.
 
 The command is ``tests/_synthetic_walk.py STORAGE STUDY K DELAY`` (the SyntheticObjective behind
-``run_workers``/``optimize``, as ``primesvt search --workers K`` runs it), in a subprocess.
+``run_workers``/``optimize``, as ``primesvt search --workers K`` runs it), in a subprocess. Every
+fault is placed with ``PRIMESVT_FAULT=<point>@<trial>`` (``primesvt_optuna.faults``): the worker
+kills or stops itself at that exact point, so nothing here races a timer. The only waits are for
+events that must happen (a process reaching its stop point) under deadlines that matter only when
+a test fails, and sleeps that let a grace period elapse on purpose.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -23,11 +28,12 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 import _synthetic_walk as walk
-from primesvt_optuna.storage import STALE, open_storage
+from primesvt_optuna.faults import POINTS
+from primesvt_optuna.storage import CLAIM, STALE, fail_stale_trials, open_storage
 
 SCRIPT = Path(__file__).with_name("_synthetic_walk.py")
-DELAY = 0.01  # per batch: 0.1 s per evaluated trial, long enough to be caught in the middle
-HEARTBEAT = {"PRIMESVT_HEARTBEAT_INTERVAL": "1", "PRIMESVT_GRACE_PERIOD": "3"}
+INTERVAL, GRACE = 1, 3  # heartbeat interval and grace period (s) of every process in these tests
+DEADLINE = 240  # seconds; reached only when a test fails
 pytestmark = pytest.mark.slow
 
 
@@ -47,97 +53,199 @@ def study_name(storage_url: str) -> Iterator[str]:
             pass
 
 
-def _command(url: str, name: str, k: int) -> list[str]:
-    return [sys.executable, str(SCRIPT), url, name, str(k), str(DELAY)]
+def _env(grace: int = GRACE, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRIMESVT_FAULT", "PRIMESVT_FAKE_HOST"))}
+    return {**env, "PRIMESVT_HEARTBEAT_INTERVAL": str(INTERVAL), "PRIMESVT_GRACE_PERIOD": str(grace), **extra}
 
 
-def _start(url: str, name: str, k: int, env: dict[str, str]) -> subprocess.Popen:
+def _command(url: str, name: str, k: int, delay: float = 0.0) -> list[str]:
+    return [sys.executable, str(SCRIPT), url, name, str(k), str(delay)]
+
+
+def _start(url: str, name: str, k: int, env: dict[str, str], delay: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen(
-        _command(url, name, k), env={**os.environ, **HEARTBEAT, **env}, start_new_session=True,
+        _command(url, name, k, delay), env=env, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
-def _trials(url: str, name: str) -> list[FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
-    except KeyError:  # not created yet
-        return []
+def _run(url: str, name: str, k: int, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(url, name, k), env=env, capture_output=True, text=True, timeout=DEADLINE)
 
 
-def _wait_for(url: str, name: str, proc: subprocess.Popen, found: Callable[[list[FrozenTrial]], bool]) -> list[FrozenTrial]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        trials = _trials(url, name)
-        if found(trials):
-            return trials
-        assert proc.poll() is None, f"the search ended before the fault was injected: {proc.communicate()}"
-        time.sleep(0.05)
-    raise AssertionError("the walk never got there")
-
-
-def _in_walk(trials: list[FrozenTrial]) -> bool:
-    """A walk trial is being evaluated (at least two walk trials exist, so a commit is behind us)."""
-    walked = [t for t in trials if t.user_attrs.get("phase") == "walk"]
-    return len(walked) >= 2 and walked[-1].state == TrialState.RUNNING
-
-
-def _resume(url: str, name: str, k: int, env: dict[str, str]) -> dict:
-    done = subprocess.run(
-        _command(url, name, k), env={**os.environ, **HEARTBEAT, **env}, capture_output=True, text=True, timeout=300,
-    )
+def _resume(url: str, name: str, k: int = 1) -> dict:
+    """The same command again, on this host, without any fault."""
+    done = _run(url, name, k, _env())
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _trials(url: str, name: str) -> dict[int, FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    return {t.number: t for t in study.get_trials()}
+
+
+def _stopped(group: int) -> int:
+    """Wait until a process of session ``group`` has stopped itself at its fault point; its PID."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "T" and int(fields[3]) == group:
+                return int(entry)
+        time.sleep(0.05)
+    raise AssertionError("no worker reached its stop point")
+
+
+def _pending(pid: int, signum: int) -> None:
+    """Wait until ``signum`` is pending on the stopped process ``pid`` (delivered once continued)."""
+    deadline = time.monotonic() + DEADLINE
+    bit = 1 << (signum - 1)
+    while time.monotonic() < deadline:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        if (int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)) & bit:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"signal {signum} never reached process {pid}")
+
+
+def _finish(proc: subprocess.Popen) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 def _check_same_as_uninterrupted(got: dict, reference: dict) -> None:
     assert got["finished"]
     assert got["selected"] == reference["selected"]
     assert got["commits"] == reference["commits"]
-    assert got["duplicates"] == []
-    assert "RUNNING" not in got["states"] and "WAITING" not in got["states"]
+    assert got["duplicates"] == [], "a configuration was evaluated twice"
+    assert "RUNNING" not in got["states"] and "WAITING" not in got["states"], got["states"]
 
 
+def _fault_trial(reference: dict) -> int:
+    """The second walk trial: a commit is behind it, so a wrong resume shows in the commits."""
+    return reference["walk_trials"][1]
+
+
+@pytest.mark.parametrize("point", POINTS)
 @pytest.mark.parametrize("host", ["same", "other"])
-def test_sigkill_mid_trial_then_resume(storage_url: str, study_name: str, host: str, reference: dict) -> None:
-    """``same``: the resumed run sees the dead PID and frees the trial at once. ``other``: the
-    killed worker recorded another host name, so only the heartbeat (Optuna's on PostgreSQL, ours
-    on the journal) can tell, after the grace period. (SQLite serves one machine: same host only.)"""
+def test_killed_at_every_point_then_resume(storage_url: str, study_name: str, host: str, point: str, reference: dict) -> None:
+    """``same``: the resumed run sees the dead PID and fails the trial at once. ``other``: the killed
+    worker recorded another host name, so only the silence past the grace period can tell (the
+    resumed worker waits for it rather than duplicate its configuration). SQLite serves one machine."""
     if host == "other" and storage_url.startswith("sqlite"):
         pytest.skip("a SQLite file is not shared between machines")
-    first = {"PRIMESVT_FAKE_HOST": "worker-a.example"} if host == "other" else {}
-    proc = _start(storage_url, study_name, 1, first)
+    number = _fault_trial(reference)
+    fake = {"PRIMESVT_FAKE_HOST": "worker-a.example"} if host == "other" else {}
+    killed = _run(storage_url, study_name, 1, _env(PRIMESVT_FAULT=f"{point}@{number}", **fake))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    before = _trials(storage_url, study_name)
+    assert before[number].state == TrialState.RUNNING and max(before) == number, "the fault left no zombie to clear"
+    claim = before[number].system_attrs.get(CLAIM) or {}
+    assert bool(claim) == (point not in ("created", "worker"))
+
+    _check_same_as_uninterrupted(_resume(storage_url, study_name), reference)
+    after = _trials(storage_url, study_name)
+    assert after[number].state == TrialState.FAIL
+    assert ("is gone" if host == "same" else "no heartbeat") in after[number].system_attrs[STALE]
+    if claim.get("key"):
+        retried = [t for t in after.values() if t.number > number and (t.system_attrs.get(CLAIM) or {}).get("key") == claim["key"]]
+        assert [t.state for t in retried] in ([TrialState.COMPLETE], [TrialState.PRUNED]), "not retried exactly once"
+
+
+@pytest.mark.parametrize("storage_kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_paused_worker_keeps_its_trial_within_the_grace_period(storage_kind: str, tmp_path, request, reference: dict) -> None:
+    """A worker of another host frozen (SIGSTOP) mid-evaluation for several heartbeat intervals, but
+    less than the grace period, keeps its trial: a reader's stale check leaves it alone, and once
+    continued the worker finishes it (no second evaluation anywhere)."""
+    url = f"journal:///{tmp_path}/study.log" if storage_kind == "journal" else request.getfixturevalue("postgres_url")
+    name = f"paused-{uuid.uuid4().hex[:8]}"
+    number, grace = _fault_trial(reference), 30
+    proc = _start(url, name, 1, _env(grace, PRIMESVT_FAKE_HOST="worker-a.example",
+                                     PRIMESVT_FAULT=f"evaluating@{number}", PRIMESVT_FAULT_SIGNAL="STOP"))
     try:
-        trials = _wait_for(storage_url, study_name, proc, _in_walk)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        pid = _stopped(proc.pid)
+        time.sleep(3 * INTERVAL)  # three heartbeats missed; far inside the 30 s grace period
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=INTERVAL, grace_period=grace))
+        assert fail_stale_trials(study) == []
+        assert _trials(url, name)[number].state == TrialState.RUNNING
+        os.kill(pid, signal.SIGCONT)
+        out, err = _finish(proc)
+        assert proc.returncode == 0, err[-3000:]
+        _check_same_as_uninterrupted(json.loads(out.strip().splitlines()[-1]), reference)
+        assert _trials(url, name)[number].state in (TrialState.COMPLETE, TrialState.PRUNED)
     finally:
         if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    killed = next(t for t in reversed(_trials(storage_url, study_name)) if t.state == TrialState.RUNNING)
-    assert killed.number >= trials[-1].number - 1
-    if host == "other":
-        time.sleep(float(HEARTBEAT["PRIMESVT_GRACE_PERIOD"]) + 1.5)
-
-    got = _resume(storage_url, study_name, 1, {})
-    _check_same_as_uninterrupted(got, reference)
-    after = {t.number: t for t in _trials(storage_url, study_name)}
-    assert after[killed.number].state == TrialState.FAIL
-    reason = after[killed.number].system_attrs.get(STALE, "")
-    assert reason == "" or "is gone" in reason or "heartbeat" in reason
-    retried = [t for t in after.values() if t.number > killed.number
-               and t.system_attrs.get("primesvt:claim", {}).get("key") == killed.system_attrs["primesvt:claim"]["key"]]
-    assert retried and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED), "the killed trial was not retried"
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        if storage_kind == "postgresql":
+            optuna.delete_study(study_name=name, storage=open_storage(url))
 
 
-def _interrupt_and_resume(url: str, name: str, k: int, send: Callable[[subprocess.Popen], None], reference: dict) -> None:
-    proc = _start(url, name, k, {})
+def test_paused_local_worker_is_never_failed(tmp_path, reference: dict) -> None:
+    """On this host a live process keeps its trial however long it stalls: past the grace period too."""
+    url, name, number = f"sqlite:///{tmp_path}/study.db", "paused-local", _fault_trial(reference)
+    proc = _start(url, name, 1, _env(2, PRIMESVT_FAULT=f"claimed@{number}", PRIMESVT_FAULT_SIGNAL="STOP"))
     try:
-        _wait_for(url, name, proc, _in_walk)
-        send(proc)
-        out, err = proc.communicate(timeout=120)
+        pid = _stopped(proc.pid)
+        time.sleep(3)  # past the 2 s grace period
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=1, grace_period=2))
+        assert fail_stale_trials(study) == []
+        os.kill(pid, signal.SIGCONT)
+        out, err = _finish(proc)
+        assert proc.returncode == 0, err[-3000:]
+        _check_same_as_uninterrupted(json.loads(out.strip().splitlines()[-1]), reference)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def test_worker_paused_past_the_grace_period_loses_its_trial_and_carries_on(tmp_path, reference: dict) -> None:
+    """Frozen longer than the grace period on another host: a reader fails its trial; when the
+    worker wakes, it drops that trial (its writes are refused) and finishes the walk."""
+    url, name, number = f"journal:///{tmp_path}/study.log", "paused-long", _fault_trial(reference)
+    proc = _start(url, name, 1, _env(2, PRIMESVT_FAKE_HOST="worker-a.example",
+                                     PRIMESVT_FAULT=f"evaluating@{number}", PRIMESVT_FAULT_SIGNAL="STOP"))
+    try:
+        pid = _stopped(proc.pid)
+        time.sleep(3)  # past the 2 s grace period
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=1, grace_period=2))
+        assert fail_stale_trials(study) == [number]
+        os.kill(pid, signal.SIGCONT)
+        out, err = _finish(proc)
+        assert proc.returncode == 0, err[-3000:]
+        assert "declared dead by another process" in err
+        _check_same_as_uninterrupted(json.loads(out.strip().splitlines()[-1]), reference)
+        assert "no heartbeat" in _trials(url, name)[number].system_attrs[STALE]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def _interrupt_and_resume(url: str, name: str, k: int, to_group: bool, reference: dict) -> None:
+    """Stop a worker mid-evaluation (fault point), send SIGINT as asked, let it continue: it must
+    record its trial as interrupted, exit 130 with the resume hint, and the resume must finish."""
+    proc = _start(url, name, k, _env(PRIMESVT_FAULT="evaluating@3", PRIMESVT_FAULT_SIGNAL="STOP"))
+    try:
+        stopped = _stopped(proc.pid)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        _pending(stopped, signal.SIGINT)  # forwarded by the parent, or sent to the group
+        os.kill(stopped, signal.SIGCONT)
+        out, err = proc.communicate(timeout=DEADLINE)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -145,23 +253,21 @@ def _interrupt_and_resume(url: str, name: str, k: int, send: Callable[[subproces
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted:" in err and "resume with: primesvt search" in err and "--resume" in err
     trials = _trials(url, name)
-    assert not [t.number for t in trials if t.state == TrialState.RUNNING], "Ctrl-C left trials RUNNING"
-    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
-    assert all(t.state == TrialState.FAIL for t in stopped)  # none when Ctrl-C fell between two trials
-    _check_same_as_uninterrupted(_resume(url, name, k, {}), reference)
+    assert not [t.number for t in trials.values() if t.state == TrialState.RUNNING], "Ctrl-C left trials RUNNING"
+    assert trials[3].state == TrialState.FAIL and trials[3].user_attrs.get("interrupted"), "trial 3 was mid-evaluation"
+    _check_same_as_uninterrupted(_resume(url, name, k), reference)
 
 
 def test_ctrl_c_from_terminal(storage_url: str, study_name: str, reference: dict) -> None:
     """A terminal's Ctrl-C: SIGINT to every process of the job (one worker on SQLite, where the
     interrupt lands in the main process; two elsewhere)."""
     k = 1 if storage_url.startswith("sqlite") else 2
-    _interrupt_and_resume(storage_url, study_name, k, lambda p: os.killpg(p.pid, signal.SIGINT), reference)
+    _interrupt_and_resume(storage_url, study_name, k, True, reference)
 
 
 def test_sigint_to_parent_only_is_forwarded(tmp_path, reference: dict) -> None:
     """``kill -INT`` on the parent alone: it forwards the interrupt to its workers."""
-    url = f"journal:///{tmp_path}/study.log"
-    _interrupt_and_resume(url, "sigint", 2, lambda p: os.kill(p.pid, signal.SIGINT), reference)
+    _interrupt_and_resume(f"journal:///{tmp_path}/study.log", "sigint", 2, False, reference)
 
 
 def test_live_worker_takes_over_from_a_dead_one_on_another_host(tmp_path, reference: dict) -> None:
@@ -171,17 +277,19 @@ def test_live_worker_takes_over_from_a_dead_one_on_another_host(tmp_path, refere
     ``storage.fail_heartbeat_stale`` (on PostgreSQL the same code path runs Optuna's check)."""
     url = f"journal:///{tmp_path}/study.log"
     name = f"takeover-{uuid.uuid4().hex[:8]}"
-    doomed = _start(url, name, 1, {"PRIMESVT_FAKE_HOST": "worker-a.example"})
+    number = _fault_trial(reference)
+    doomed = _start(url, name, 1, _env(PRIMESVT_FAKE_HOST="worker-a.example", PRIMESVT_FAULT=f"evaluating@{number}",
+                                       PRIMESVT_FAULT_SIGNAL="STOP"))
     survivor = None
     try:
-        _wait_for(url, name, doomed, lambda trials: len(trials) >= 2)
-        survivor = _start(url, name, 1, {"PRIMESVT_FAKE_HOST": "worker-b.example"})
-        _wait_for(url, name, doomed, _in_walk)
-        os.kill(doomed.pid, signal.SIGKILL)
-        doomed.wait(timeout=30)
-        out, err = survivor.communicate(timeout=75)
+        frozen = _stopped(doomed.pid)
+        survivor = _start(url, name, 1, _env(PRIMESVT_FAKE_HOST="worker-b.example"))
+        os.kill(frozen, signal.SIGKILL)
+        doomed.communicate(timeout=DEADLINE)
+        out, err = survivor.communicate(timeout=DEADLINE)
         assert survivor.returncode == 0, err[-3000:]
         _check_same_as_uninterrupted(json.loads(out.strip().splitlines()[-1]), reference)
+        assert "no heartbeat" in _trials(url, name)[number].system_attrs[STALE]
     finally:
         for proc in (doomed, survivor):
             if proc is not None and proc.poll() is None:
