@@ -16,6 +16,9 @@ import json
 import os
 import socket
 import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -56,16 +59,26 @@ def create(storage: Any, name: str, sampler: optuna.samplers.BaseSampler | None 
     )
 
 
-def work(url: str, name: str, delay: float, worker: int) -> WorkerReport:
-    """One worker: its own storage connection, sampler and objective (what each machine runs)."""
+def work(url: str, name: str, delay: float, worker: int, barrier: tuple[str, int] | None = None) -> WorkerReport:
+    """One worker: its own storage connection, sampler and objective (what each machine runs).
+    ``barrier`` = (folder, K): start only once all K workers are up, so that a slow process start
+    cannot leave one worker the whole walk."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=open_storage(url), sampler=make_sampler())
+    if barrier is not None:
+        folder, k = Path(barrier[0]), barrier[1]
+        (folder / f"{worker}.ready").touch()
+        deadline = time.monotonic() + 300
+        while len(list(folder.glob("*.ready"))) < k and time.monotonic() < deadline:
+            time.sleep(0.01)
     return optimize(study, make_objective(delay), worker=worker)
 
 
 def search(url: str, name: str, k: int, delay: float) -> list[WorkerReport]:
     create(open_storage(url), name)
-    return run_workers(k, lambda i: work(url, name, delay, i))
+    with tempfile.TemporaryDirectory() as folder:
+        barrier = (folder, k) if k > 1 else None
+        return run_workers(k, lambda i: work(url, name, delay, i, barrier))
 
 
 def summary(study: optuna.Study) -> dict[str, Any]:

@@ -257,7 +257,7 @@ class _DevTools:
         finally:
             self.call("Target.closeTarget", targetId=target)
 
-    def wait_for(self, session: str, expression: str, timeout: float = 60) -> Any:
+    def wait_for(self, session: str, expression: str, timeout: float = 240) -> Any:
         """Evaluate ``expression`` in the tab until it is neither null nor false (the app fetches
         the study after its first paint)."""
         deadline = time.monotonic() + timeout

@@ -288,23 +288,51 @@ study.optimize(obj)
 """
 
 
-def _worker(tmp_path: Path, storage: str, delay: float, **settings) -> subprocess.Popen:
+def _worker(tmp_path: Path, storage: str, delay: float, fault: str | None = None, **settings) -> subprocess.Popen:
+    """A worker process; ``fault`` = (point@trial, KILL or STOP): see primesvt_optuna.faults."""
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER_SCRIPT.format(sizes=SIZES, settings={**SETTINGS, **settings}, grid=GRID)))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if fault is not None:
+        env.update(PRIMESVT_FAULT=fault[0], PRIMESVT_FAULT_SIGNAL=fault[1])
     return subprocess.Popen([sys.executable, str(script), storage, str(delay)], env=env)
 
 
+def _until(condition, what: str, timeout: float = 240):
+    """Wait for an event that must happen; the deadline matters only when a test fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def test_two_worker_processes_share_one_sqlite_study(tmp_path):
+    """Worker A stops itself once it has claimed trial 1; B must take the next configurations; A is
+    continued once B has finished one, so both did work whatever the machine's load."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.create_study(directions=make().directions, storage=open_storage(url), study_name="s")
-    workers = [_worker(tmp_path, url, 0.003, **SMALL) for _ in range(2)]
-    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    first = _worker(tmp_path, url, 0.003, ("claimed@1", "STOP"), **SMALL)
+    _until(lambda: _state(first.pid) == "T", "worker A stopped at its fault point")
+    second = _worker(tmp_path, url, 0.003, **SMALL)
+
+    def second_finished_one():
+        trials = optuna.load_study(study_name="s", storage=open_storage(url)).trials
+        return any(t.state.is_finished() and t.system_attrs.get(WORKER, {}).get("pid") == second.pid for t in trials)
+
+    _until(second_finished_one, "worker B finished a trial")
+    os.kill(first.pid, signal.SIGCONT)
+    assert [w.wait(timeout=240) for w in (first, second)] == [0, 0]
     study = optuna.load_study(study_name="s", storage=open_storage(url))
     evaluated = [t for t in study.trials if t.user_attrs.get("phase") != "idle"]
     keys = [t.system_attrs[CLAIM]["key"] for t in evaluated]
     assert len(keys) == len(set(keys)), "a configuration was evaluated twice"
-    assert len({t.system_attrs[WORKER]["pid"] for t in evaluated}) == 2, "both workers did work"
+    assert {t.system_attrs[WORKER]["pid"] for t in evaluated} == {first.pid, second.pid}, "both workers did work"
     assert all(t.state.is_finished() for t in study.trials)
     reference = run(PrioritizedSampler(**SMALL), make(**SMALL))
     assert result(study).selected["rates"] == result(reference).selected["rates"]
@@ -314,19 +342,12 @@ def test_killed_worker_on_journal_storage_is_detected_and_its_trial_redone(tmp_p
     path = str(tmp_path / "journal.log")
     storage = open_storage(path)
     optuna.create_study(directions=make().directions, storage=storage, study_name="s")
-    worker = _worker(tmp_path, path, 0.05, **SMALL)  # 0.5 s per trial
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        trials = optuna.load_study(study_name="s", storage=storage).trials
-        if len(trials) >= 3 and trials[-1].state == TrialState.RUNNING and CLAIM in trials[-1].system_attrs:
-            break
-        time.sleep(0.05)
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
+    worker = _worker(tmp_path, path, 0.0, ("evaluating@3", "KILL"), **SMALL)
+    assert worker.wait(timeout=240) == -signal.SIGKILL
     storage = JournalStorage(JournalFileBackend(path))  # plain journal: no heartbeat, only the PID check
     study = optuna.load_study(study_name="s", storage=storage, sampler=PrioritizedSampler(**SMALL))
     killed = study.trials[-1]
-    assert killed.state == TrialState.RUNNING  # journal storage has no heartbeat
+    assert killed.number == 3 and killed.state == TrialState.RUNNING  # journal storage has no heartbeat
     assert fail_stale_trials(study) == [killed.number]
     study.optimize(make(**SMALL))
     killed = study.trials[killed.number]

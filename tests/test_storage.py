@@ -313,17 +313,17 @@ def test_journal_heartbeat_fails_silent_trials_of_other_hosts(tmp_path) -> None:
 
 
 def test_keep_alive_renews_a_waiting_trial(tmp_path) -> None:
-    storage = open_storage(f"journal:///{tmp_path}/s.log", heartbeat_interval=1, grace_period=2)
+    """Both trials last beat long ago; keep_alive renews only the one still waiting to plan. (A
+    30 s grace period: nothing here depends on how fast the machine is.)"""
+    storage = open_storage(f"journal:///{tmp_path}/s.log", heartbeat_interval=1, grace_period=30)
     study = optuna.create_study(storage=storage, study_name="s")
     waiting, dead = study.ask(), study.ask()
     for trial in (waiting, dead):
         storage.set_trial_system_attr(trial._trial_id, WORKER, {"host": "elsewhere", "pid": 1, "start": None})
-    keep_alive(study, waiting._trial_id)
-    keep_alive(study, dead._trial_id)
-    time.sleep(1.2)
+        keep_alive(study, trial._trial_id)
+        storage.set_trial_system_attr(trial._trial_id, HEARTBEAT, time.time() - 100)
+    time.sleep(1.1)  # one heartbeat interval: keep_alive beats at most once per interval
     keep_alive(study, waiting._trial_id)  # renewed: a worker still waiting to plan its trial
-    time.sleep(1.2)
-    keep_alive(study, waiting._trial_id)
     assert fail_heartbeat_stale(study) == [dead.number]
     assert study._storage.get_trial(waiting._trial_id).state == TrialState.RUNNING
 
