@@ -155,3 +155,32 @@ def test_selection_is_the_largest_saving_meeting_accuracy(comparison):
         else:
             assert best.memory_saving == ok.memory_saving.max()
             assert best.constraint_accuracy <= 0
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_report_fails_a_dead_workers_trial_and_leaves_a_read_only_storage_alone(comparison, tmp_path):
+    """`primesvt report` reads the study, so it accounts for every RUNNING trial: a killed worker's
+    trial becomes FAIL with the reason; through a read-only URI nothing is written."""
+    import shutil
+
+    from primesvt_optuna.reporting.frames import load_studies
+    from primesvt_optuna.storage import STALE, WORKER, open_storage, worker_info
+
+    spec, _, folder = comparison
+    copy = tmp_path / "copy.db"
+    shutil.copy(folder / "compare.db", copy)
+    storage = open_storage(f"sqlite:///{copy}")
+    name = next(s.study_name for s in optuna.get_all_study_summaries(storage) if parse_study_name(s.study_name))
+    study = optuna.load_study(study_name=name, storage=storage)
+    zombie = study.ask()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage.set_trial_system_attr(zombie._trial_id, WORKER, {**worker_info(), "pid": dead.pid})
+    del storage, study
+
+    load_studies(f"sqlite:///file:{copy}?mode=ro&uri=true", prefix="tiny")
+    reader = open_storage(f"sqlite:///{copy}", read_only=True)
+    assert reader.get_trial(zombie._trial_id).state == optuna.trial.TrialState.RUNNING, "read-only: nothing written"
+    load_studies(f"sqlite:///{copy}", prefix="tiny")
+    frozen = reader.get_trial(zombie._trial_id)
+    assert frozen.state == optuna.trial.TrialState.FAIL and "is gone" in frozen.system_attrs[STALE]

@@ -18,7 +18,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import PrimeSVTError
-from ..storage import open_storage
+from ..storage import fail_stale_trials, open_storage, parse_storage
 
 RATE_PREFIX = "rate:"
 STUDY_PREFIX = "primesvt:"
@@ -188,7 +188,9 @@ def _selection(storage: BaseStorage, study_name: str) -> dict[str, Any] | None:
 
 def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[StudyRecord]:
     """Every comparison study in ``storage`` (only those named ``<prefix>/<policy>/seed<k>`` when a
-    prefix is given), sorted by policy (the comparison's order) then seed."""
+    prefix is given), sorted by policy (the comparison's order) then seed. Trials that can no
+    longer finish are failed first (``fail_stale_trials``), unless the storage was opened read-only."""
+    writable = not isinstance(storage, str) or not parse_storage(storage).read_only
     if isinstance(storage, str):
         storage = open_storage(storage, read_only=True)
     records = []
@@ -196,6 +198,8 @@ def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[
         parsed = parse_study_name(summary.study_name)
         if parsed is None or (prefix is not None and parsed[0] != prefix):
             continue
+        if writable:
+            fail_stale_trials(optuna.load_study(study_name=summary.study_name, storage=storage))
         study_id = storage.get_study_id_from_name(summary.study_name)
         attrs = storage.get_study_user_attrs(study_id)
         frame = trials_frame(storage.get_all_trials(study_id, deepcopy=False))
