@@ -101,7 +101,7 @@ def test_real_objective_on_the_tiny_preset_with_two_threads(tiny_model):
         model=tiny_model, data=make_spec("digits", img_size=16), eval_images=48, batch_size=16, grid=[0.5],
         max_accuracy_drop=0.0, memory_target=0.3,
     )
-    sampler = PrioritizedSampler(grid=[0.5], poll_interval=0.05)
+    sampler = PrioritizedSampler(grid=[0.5], poll_interval=0.05, sweep="full")
     study = optuna.create_study(directions=objective.directions, sampler=sampler)
     study.optimize(objective, n_jobs=2)
     evaluated = [t for t in study.trials if t.user_attrs["phase"] != "idle"]

@@ -28,7 +28,9 @@ SIZES = {"a": 3000, "b": 2000, "c": 1000}
 
 
 def walk_study(objective: SyntheticObjective) -> optuna.Study:
-    study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=objective.grid))
+    """The paper's walk with its full sweep: every single-layer trial is in the study."""
+    sampler = PrioritizedSampler(grid=objective.grid, sweep="full")
+    study = optuna.create_study(directions=objective.directions, sampler=sampler)
     study.optimize(objective)
     return study
 

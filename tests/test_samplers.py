@@ -3,6 +3,7 @@ exactly against an independent oracle, resume, crashes, several workers, baselin
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -45,7 +46,8 @@ def make(**kwargs) -> SyntheticObjective:
 
 
 def oracle(obj: SyntheticObjective, order: list[str], *, walk_all=False, rule="highest", budget=0.03):
-    """The method written out plainly: returns (committed rates, walk configurations evaluated)."""
+    """The method written out plainly: returns (committed rates, walk configurations evaluated,
+    the single-layer rates a lazy sweep measures, in order)."""
     floor = obj.accuracy({}) - budget
 
     def ok(rates):
@@ -56,11 +58,15 @@ def oracle(obj: SyntheticObjective, order: list[str], *, walk_all=False, rule="h
 
     committed: dict[str, float] = {}
     evaluated: list[dict[str, float]] = []
+    measured: list[tuple[str, float]] = []
     for layer in order:
         bound = None
-        for rate in GRID:
+        for rate in reversed(GRID) if rule == "highest" else GRID:
+            measured.append((layer, rate))
             if ok({layer: rate}):
                 bound = rate
+                if rule == "highest":
+                    break
             elif rule == "contiguous":
                 break
         if bound is None:
@@ -74,7 +80,7 @@ def oracle(obj: SyntheticObjective, order: list[str], *, walk_all=False, rule="h
                 break
         if not walk_all and saving(committed) >= 0.28:
             break
-    return committed, evaluated
+    return committed, evaluated, measured
 
 
 def rates_of(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
@@ -91,28 +97,52 @@ def run(sampler, obj=None, storage=None, **kwargs) -> optuna.Study:
 BY_SIZE = ["a", "b", "c", "d", "e"]
 
 
-@pytest.mark.parametrize(
-    "sampler, order",
-    [
-        (PrioritizedSampler(), BY_SIZE),
-        (SmallestFirstSampler(), BY_SIZE[::-1]),
-        (RandomOrderSampler(seed=3), [BY_SIZE[i] for i in np.random.RandomState(3).permutation(5)]),
-    ],
-    ids=["prioritized", "smallest-first", "random-order"],
-)
-def test_walk_trials_and_commits_match_the_oracle(sampler, order):
+ORDERS = {
+    "prioritized": (PrioritizedSampler, BY_SIZE),
+    "smallest-first": (SmallestFirstSampler, BY_SIZE[::-1]),
+    "random-order": (functools.partial(RandomOrderSampler, seed=3), [BY_SIZE[i] for i in np.random.RandomState(3).permutation(5)]),
+}
+
+
+@pytest.mark.parametrize("sweep", ["lazy", "full"])
+@pytest.mark.parametrize("policy", list(ORDERS))
+def test_walk_trials_and_commits_match_the_oracle(policy, sweep):
+    cls, order = ORDERS[policy]
     obj = make()
-    study = run(sampler, obj)
-    committed, walk = oracle(obj, order)
+    study = run(cls(sweep=sweep), obj)
+    committed, walk, measured = oracle(obj, order)
     trials = study.trials
     assert trials[0].user_attrs["phase"] == "reference" and not rates_of(trials[0])
-    sweep = [(t.user_attrs["layer"], t.user_attrs["rate"]) for t in trials if t.user_attrs["phase"] == "robustness"]
-    assert sweep == [(layer, rate) for layer in BY_SIZE for rate in GRID]
+    sweep_trials = [(t.user_attrs["layer"], t.user_attrs["rate"]) for t in trials if t.user_attrs["phase"] == "robustness"]
+    expected = [(layer, rate) for layer in BY_SIZE for rate in GRID] if sweep == "full" else measured
+    assert sweep_trials == expected
     assert [rates_of(t) for t in trials if t.user_attrs["phase"] == "walk"] == walk
-    assert len(trials) == 1 + 45 + len(walk)  # the sampler stopped the study by itself
+    assert len(trials) == 1 + len(expected) + len(walk)  # the sampler stopped the study by itself
     res = result(study)
-    assert res.selected["rates"] == committed
+    assert res.walk_commit["rates"] == committed
     assert res.finished
+
+
+@pytest.mark.parametrize("rule", ["highest", "contiguous"])
+@pytest.mark.parametrize("policy", list(ORDERS))
+def test_lazy_and_full_sweep_commit_identical_rates(policy, rule):
+    """Random drop tables, with isolated failing rates (so the two rules differ): the lazy sweep
+    commits exactly the full sweep's rates, for fewer trials, and never measures a layer the walk
+    does not reach."""
+    cls = ORDERS[policy][0]
+    rng = np.random.RandomState(len(policy) * 7 + len(rule))
+    for _ in range(4):
+        sens = {k: float(v) for k, v in zip(SIZES, rng.uniform(0.02, 1.5, len(SIZES)))}
+        fail = [(k, float(GRID[i])) for k in SIZES for i in rng.choice(len(GRID), 2, replace=False)]
+        obj = make(sensitivity=sens, fail=fail, memory_target=float(rng.uniform(0.1, 0.5)))
+        full = run(cls(sweep="full", robustness_rule=rule), obj)
+        lazy = run(cls(robustness_rule=rule), obj)
+        commits = [[(c.layer, c.rate) for c in s.sampler.walk_state(s).commits] for s in (full, lazy)]
+        assert commits[0] == commits[1]
+        assert len(lazy.trials) <= len(full.trials)
+        reached = {layer for layer, _ in commits[1]}
+        measured = {t.user_attrs["layer"] for t in lazy.trials if t.user_attrs["phase"] == "robustness"}
+        assert {f"rate:{layer}" for layer in measured} <= reached
 
 
 def test_prioritized_walk_is_nontrivial_and_meets_both_constraints():
@@ -130,9 +160,9 @@ def test_prioritized_walk_is_nontrivial_and_meets_both_constraints():
 def test_walk_all_and_contiguous_rule():
     obj = make(max_accuracy_drop=0.06)
     study = run(PrioritizedSampler(walk_all=True, robustness_rule="contiguous"), obj)
-    committed, _ = oracle(obj, BY_SIZE, walk_all=True, rule="contiguous", budget=0.06)
-    assert result(study).selected["rates"] == committed
-    stopped, _ = oracle(obj, BY_SIZE, rule="contiguous", budget=0.06)
+    committed, _, _ = oracle(obj, BY_SIZE, walk_all=True, rule="contiguous", budget=0.06)
+    assert result(study).walk_commit["rates"] == committed
+    stopped, _, _ = oracle(obj, BY_SIZE, rule="contiguous", budget=0.06)
     assert len(committed) > len(stopped)
 
 
@@ -151,12 +181,12 @@ def test_layer_sizes_drive_any_objective_and_other_params_go_to_the_fallback():
     study.optimize(objective)
     state = study.sampler.walk_state(study)
     assert state.committed == {"rate:big": 0.5, "rate:small": 0.1}  # 0.3 and 0.2 fail beside big=0.5
-    assert len({t.params["lr"] for t in study.trials}) == len(study.trials) > 20
+    assert len({t.params["lr"] for t in study.trials}) == len(study.trials) > 10
 
 
 def test_failures_and_nan_reject_the_rate_and_the_walk_goes_on():
     obj = make(fail=[("a", 0.7)], nan=[("c", 0.1)])
-    study = run(PrioritizedSampler(), obj)
+    study = run(PrioritizedSampler(sweep="full"), obj)  # the lazy sweep never needs c at 0.1
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert [rates_of(t) for t in failed] == [{"a": 0.7}, {"c": 0.1}]
     assert "synthetic failure" in failed[0].user_attrs["fail_reason"]

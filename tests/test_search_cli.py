@@ -143,7 +143,8 @@ def test_search_and_export_deliver_the_best_trial_not_the_walks_commit(workdir, 
     """Smallest-first commits the smallest layer, which already meets a 1% target; the sweep found
     the largest layer alone saves more within the budget: search and export deliver that one."""
     url = f"sqlite:///{workdir / 'tiny.db'}"
-    args = ("--study-name", "best", "--policy", "smallest-first", "--memory-target", "0.01", "--max-accuracy-drop", "0.9")
+    args = ("--study-name", "best", "--policy", "smallest-first", "--memory-target", "0.01", "--max-accuracy-drop", "0.9",
+            "--sweep", "full")
     assert search(workdir, *args, "--json") == 0
     out = json.loads(capsys.readouterr().out)
     walk = out["walk_commit"]

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or cfg.study_name
     storage = args.storage or f"sqlite:///runs/compare-{name}.db"
     factory = cfg.objective  # a bound method of a frozen dataclass: pickles to the workers
-    walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all, "wait_timeout": cfg.wait_timeout}
+    walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all, "sweep": cfg.sweep,
+            "wait_timeout": cfg.wait_timeout}
     spec = ComparisonSpec(
         name=name, storage=storage, policies=tuple(args.policies), seeds=tuple(range(args.seeds)),
         budget_images=args.budget_images, max_trials=args.max_trials or cfg.trials or 150, n_jobs=args.jobs,

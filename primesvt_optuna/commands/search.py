@@ -37,6 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--eval-images", type=int, help="size of the validation subset driving the search")
+    p.add_argument("--sweep", choices=("lazy", "full"),
+                   help="robustness of a layer measured when the walk reaches it, only as far as its bound "
+                        "needs ('lazy', the default: same selection, fewer images) or every layer at every "
+                        "rate first ('full', the paper's sweep; config: [search] sweep)")
     p.add_argument("--prune-embed", action="store_true", default=None,
                    help="also prune the embedding dimension, as one global layer (config: [search] prune_embed)")
     p.add_argument("--recalibrate-bn", type=int, metavar="N",
@@ -62,7 +66,7 @@ def make_sampler(cfg: Any, worker: int = 0) -> Any:
     from ..plugin import PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
 
     common = {"grid": cfg.grid, "wait_timeout": cfg.wait_timeout}
-    walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all}
+    walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all, "sweep": cfg.sweep}
     if cfg.policy == "prioritized":
         return PrioritizedSampler(seed=cfg.seed, **common, **walk)
     if cfg.policy == "smallest-first":
@@ -181,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         policy=args.policy, trials=args.trials, storage=args.storage, study_name=args.study_name,
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target, workers=args.workers,
         seed=args.seed, device=args.device, batch_size=args.batch_size, eval_images=args.eval_images,
-        prune_embed=args.prune_embed, recalibrate_bn=args.recalibrate_bn, accept=args.accept,
+        sweep=args.sweep, prune_embed=args.prune_embed, recalibrate_bn=args.recalibrate_bn, accept=args.accept,
         accept_confidence=args.confidence, accept_interval=args.interval,
     )
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:

@@ -23,6 +23,7 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     policy = "prioritized"                  # uniform | random-order | smallest-first | tpe | nsga2
     grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     robustness_rule = "highest"             # or "contiguous"
+    sweep = "lazy"                          # "full": every layer at every rate before the walk
     walk_all = false
     trials = 200                            # a cap for the walks; the budget for tpe/nsga2
     seed = 0
@@ -57,7 +58,7 @@ _DATA = {"eval_images": int, "batch_size": int, "name": str, "path": str, "img_s
 _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str),
                 "accept": str, "confidence": float, "interval": str}
 _SEARCH = {
-    "policy": str, "grid": list, "robustness_rule": str, "walk_all": bool, "trials": int, "seed": int,
+    "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "trials": int, "seed": int,
     "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float, "prune_embed": bool,
     "recalibrate_bn": int,
 }
@@ -79,6 +80,7 @@ class StudyConfig:
     policy: str = "prioritized"
     grid: tuple[float, ...] = DEFAULT_GRID
     robustness_rule: str = "highest"
+    sweep: str = "lazy"
     walk_all: bool = False
     trials: int | None = None
     seed: int = 0
@@ -100,6 +102,8 @@ class StudyConfig:
             raise bad(f"policy {self.policy!r} is unknown: choose one of {', '.join(POLICIES)}")
         if self.robustness_rule not in ("highest", "contiguous"):
             raise bad(f"robustness_rule must be 'highest' or 'contiguous', got {self.robustness_rule!r}")
+        if self.sweep not in ("lazy", "full"):
+            raise bad(f"sweep must be 'lazy' or 'full', got {self.sweep!r}")
         if self.early_cut not in EARLY_CUTS:
             raise bad(f"early_cut must be one of {', '.join(EARLY_CUTS)}, got {self.early_cut!r}")
         if not 0.5 < self.confidence < 1.0:
@@ -233,6 +237,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         policy=search.get("policy", "prioritized"),
         grid=tuple(search.get("grid", DEFAULT_GRID)),
         robustness_rule=search.get("robustness_rule", "highest"),
+        sweep=search.get("sweep", "lazy"),
         walk_all=search.get("walk_all", False),
         trials=search.get("trials"),
         seed=search.get("seed", 0),

@@ -8,8 +8,9 @@ and ``primesvt report`` finds them again. The comparison is fair in what it char
   a callback for the policies that do not stop by themselves (TPE, NSGA-II);
 * the robustness sweep (the unpruned reference plus every layer alone at every grid rate) is run
   once, in a study named ``<name>/robustness-sweep``, and handed to the walk policies as a cache;
-  its images and seconds are *charged* to each study that used it (recorded under
-  ``primesvt:report`` -> ``charged``), so a walk never looks cheaper for sharing it.
+  the images and seconds of the sweep trials a study replayed are *charged* to it (recorded under
+  ``primesvt:report`` -> ``charged``), so a walk never looks cheaper for sharing it, and a lazy
+  walk (the default) pays only for the bounds it looked up.
 
 After a study ends, its worker evaluates the selected configuration (largest memory saving that
 meets the accuracy constraint) on the test split, when the objective has one, and records it in
@@ -153,7 +154,8 @@ def _sweep_worker(spec: ComparisonSpec, factory: ObjectiveFactory) -> None:
     objective = factory()
     study = optuna.create_study(storage=open_storage(spec.storage), study_name=sweep_name(spec.name),
                                 directions=objective.directions,
-                                sampler=PrioritizedSampler(grid=objective.grid, seed=0), load_if_exists=True)
+                                sampler=PrioritizedSampler(grid=objective.grid, seed=0, sweep="full"),
+                                load_if_exists=True)
     n_sweep = 1 + len(objective.layers) * len(objective.grid)
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) < n_sweep:
         study.optimize(objective, callbacks=[_SweepDone(n_sweep)], gc_after_trial=False)

@@ -163,11 +163,14 @@ def load_sweep(storage: str | BaseStorage, name: str) -> StudyRecord | None:
     return StudyRecord(name, "robustness-sweep", 0, sweep_name(name), attrs, frame)
 
 
-def sweep_cost(sweep: StudyRecord) -> dict[str, Any]:
+def sweep_cost(sweep: StudyRecord, used: set[tuple[str, float]] | None = None) -> dict[str, Any]:
     """What the shared sweep cost: images and seconds of its single-layer trials that reached an
-    outcome (a trial failed because its worker was killed is retried, and its time is not work)."""
+    outcome (a trial failed because its worker was killed is retried, and its time is not work);
+    only those of the (layer, rate) pairs in ``used`` when given (what one study replayed)."""
     t = sweep.trials
     done = t[(t.phase == "robustness") & t.state.isin(["COMPLETE", "PRUNED"])]
+    if used is not None:
+        done = done[[(layer, round(float(rate), 6)) in used for layer, rate in zip(done.layer, done.rate)]]
     seconds = (done.datetime_complete - done.datetime_start).dt.total_seconds().sum()
     full = t[t.complete].images_evaluated.max()
     images = done.images_evaluated.fillna(0).sum() + done.images_recalibrated.fillna(0).sum()
@@ -215,6 +218,8 @@ def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[
     for record in records:  # the sweep's cost is charged to every study that replayed it
         sweep = sweeps[record.name]
         if sweep is not None and record.trials.cached.any():
-            record.report = {**record.report, "charged": sweep_cost(sweep)}
+            replayed = record.trials[record.trials.cached.astype(bool)]
+            used = {(layer, round(float(rate), 6)) for layer, rate in zip(replayed.layer, replayed.rate)}
+            record.report = {**record.report, "charged": sweep_cost(sweep, used)}
     order = {p: i for i, p in enumerate(POLICIES)}
     return sorted(records, key=lambda r: (order.get(r.policy, len(order)), r.policy, r.seed))

@@ -32,5 +32,7 @@ def from_settings(settings: dict) -> ClaimSampler | None:
         return None
     kwargs = {"grid": settings["grid"], "layer_sizes": settings.get("layer_sizes"), "seed": settings.get("seed")}
     if issubclass(cls, WalkSampler):
-        kwargs.update(robustness_rule=settings["robustness_rule"], walk_all=settings["walk_all"])
+        # studies from before the lazy sweep ran the full one
+        kwargs.update(robustness_rule=settings["robustness_rule"], walk_all=settings["walk_all"],
+                      sweep=settings.get("sweep", "full"))
     return cls(**kwargs)

@@ -1,6 +1,14 @@
 """The layer walk of the paper and its baselines: reference, robustness bounds, then one layer
 at a time in a policy's order, each at the highest rate that keeps the accuracy constraint.
 
+The walk uses a layer's robustness sweep only through its bound, so by default (``sweep="lazy"``)
+it measures the bound when it reaches the layer, and only as far as the bound needs: rule
+``highest`` evaluates the layer alone from the top rate down and stops at the first pass; rule
+``contiguous`` from the bottom up, stopping at the first failure. Both give exactly the bound of
+the full sweep, so the walk commits exactly the same rates; a layer the walk never reaches (the
+memory target is met first) is never measured. ``sweep="full"`` measures every layer at every
+rate first, as the paper does (the whole heatmap inside the study).
+
 The claim/wait/stale machinery is in ``_claims.py``; a walk order is one method, ``_order``.
 """
 
@@ -74,6 +82,7 @@ class WalkSampler(ClaimSampler):
         layer_sizes: Mapping[str, int] | None = None,
         robustness_rule: str = "highest",
         walk_all: bool = False,
+        sweep: str = "lazy",
         fallback: BaseSampler | None = None,
         seed: int | None = None,
         wait_timeout: float = 3600.0,
@@ -86,11 +95,14 @@ class WalkSampler(ClaimSampler):
         )
         if robustness_rule not in ("highest", "contiguous"):
             raise PrimeSVTError(f"robustness_rule must be 'highest' or 'contiguous', got {robustness_rule!r}")
+        if sweep not in ("lazy", "full"):
+            raise PrimeSVTError(f"sweep must be 'lazy' or 'full', got {sweep!r}")
         self._rule = robustness_rule
         self._walk_all = walk_all
+        self._sweep = sweep
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "robustness_rule": self._rule, "walk_all": self._walk_all}
+        return {**super().settings(), "robustness_rule": self._rule, "walk_all": self._walk_all, "sweep": self._sweep}
 
     def _order(self, layers: list[tuple[str, int]]) -> list[str]:
         """The walk order of the layers (given largest first)."""
@@ -124,22 +136,23 @@ class WalkSampler(ClaimSampler):
         if snap.status(reference) == FREE:
             state.candidate = Candidate(reference, "reference")
             return state
-        for param, _ in layers:
-            for rate in self._grid:
-                key = rates_key({param: rate})
-                if snap.status(key) == FREE:
-                    state.candidate = Candidate(key, "robustness", param, rate, {param: rate})
-                    return state
+        if self._sweep == "full":
+            for param, _ in layers:
+                for rate in self._grid:
+                    key = rates_key({param: rate})
+                    if snap.status(key) == FREE:
+                        state.candidate = Candidate(key, "robustness", param, rate, {param: rate})
+                        return state
         state.selected_trial = getattr(snap.trial_for(reference), "number", None)
         if not self._walk_all and _memory_met(snap.trial_for(reference)):
             state.done = state.memory_met = True
             return state
         for param in self._order(layers):
-            statuses = [snap.status(rates_key({param: r})) for r in self._grid]
-            if HELD in statuses:
-                state.blocked_on = f"the robustness sweep of {param}"
+            known, bound, candidate = self._bound(snap, param)
+            if not known:
+                state.candidate = candidate
+                state.blocked_on = f"the robustness of {param}"
                 return state
-            bound = robustness_bound(self._grid, [s == ACCEPTED for s in statuses], self._rule)
             state.bounds[param] = bound
             decided: float | None = None
             first_free: Candidate | None = None
@@ -176,3 +189,25 @@ class WalkSampler(ClaimSampler):
                 return state
         state.done = True
         return state
+
+    def _bound(self, snap: Snapshot, param: str) -> tuple[bool, float | None, Candidate | None]:
+        """(known, bound, the next single-layer rate to evaluate) for ``param``. The rates are read
+        in the order the rule decides them (``highest``: top down, to the first pass;
+        ``contiguous``: bottom up, to the first failure); rates after a pending one, up to that
+        point, are offered to other workers speculatively, each at most once."""
+        contiguous = self._rule == "contiguous"
+        decider = REJECTED if contiguous else ACCEPTED
+        pending, candidate = False, None
+        for rate in self._grid if contiguous else reversed(self._grid):
+            status = snap.status(rates_key({param: rate}))
+            if status == decider:
+                break
+            if status in (FREE, HELD):
+                pending = True
+                if status == FREE and candidate is None:
+                    candidate = Candidate(rates_key({param: rate}), "robustness", param, rate, {param: rate})
+        if pending:
+            return False, None, candidate
+        # rates past the deciding one may be unmeasured: they cannot change either rule's bound
+        passed = [snap.status(rates_key({param: r})) == ACCEPTED for r in self._grid]
+        return True, robustness_bound(self._grid, passed, self._rule), None
