@@ -399,3 +399,28 @@ def test_docstring_examples_run(cls):
     assert blocks
     for block in blocks:
         exec(compile(textwrap.dedent(block), cls.__name__, "exec"), {})
+
+
+@pytest.mark.parametrize("policy", list(ORDERS))
+def test_lazy_and_full_sweep_commit_identical_rates_on_digits_tiny(policy):
+    """The real objective on the digits-tiny preset: the same commits for fewer evaluated images."""
+    import torch
+
+    from primesvt_optuna.data import make_spec
+    from primesvt_optuna.models import build_model
+    from primesvt_optuna.plugin import PruningObjective
+
+    torch.manual_seed(0)
+    model = build_model({"preset": "digits-tiny"})
+    studies = {}
+    for sweep in ("full", "lazy"):
+        objective = PruningObjective(model=model, data=make_spec("digits", img_size=16), eval_images=64, batch_size=32,
+                                     grid=[0.25, 0.5, 0.75], max_accuracy_drop=0.05, memory_target=0.4)
+        study = optuna.create_study(directions=objective.directions,
+                                    sampler=ORDERS[policy][0](grid=objective.grid, sweep=sweep))
+        study.optimize(objective)
+        studies[sweep] = study
+    commits = {k: [(c.layer, c.rate) for c in s.sampler.walk_state(s).commits] for k, s in studies.items()}
+    assert commits["lazy"] == commits["full"] and any(rate > 0 for _, rate in commits["full"])
+    images = {k: result(s).stats["images_evaluated"] for k, s in studies.items()}
+    assert images["lazy"] < images["full"]
