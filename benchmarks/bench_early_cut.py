@@ -13,16 +13,31 @@ Two measurements:
   the selection is the same as without the cut is checked on real data. The walk's trials are the
   same with and without the exact cut; TPE's differ (it learns from cut trials differently).
 
+* ``--schedule POLICY ...`` (the cut's own efficiency): each policy's study (``prioritized`` runs
+  its full robustness sweep, where most cuts happen; ``tpe`` gets ``--tpe-trials``) on each
+  ``--checkpoints``, with the exact cut, evaluated in the growing batch schedule
+  (``--first-batch``, doubling up to ``--batch-size``) and in plain batches. Per study: the
+  average cost of an accuracy-cut trial as a fraction of a full evaluation (goal <= 25%), how
+  many cuts fired at the first look, images, wall time, and whether the selection is the same.
+  Then the wall (and CPU) time of surviving trials with and without the schedule (goal <= 5%
+  loss), measured A/B: up to ``--survivors`` configurations that passed are evaluated whole both
+  ways, alternating which goes first, ``--survivor-repeats`` times, and their accuracies compared.
+
     python benchmarks/bench_early_cut.py --storage sqlite:///benchmarks/results/search-t15.db --prefix digits
     python benchmarks/bench_early_cut.py --rerun prioritized [--checkpoint digits-2-64]
+    python benchmarks/bench_early_cut.py --schedule tpe prioritized --memory-target 0.15 \
+        --checkpoints digits-2-64 digits-hard-2-64 --output benchmarks/results/early_cut-schedule.csv
 
 Writes benchmarks/results/early_cut.csv by default (machine recorded; ``--output``: the committed
-results are early_cut-<tag>-<benchmark>.csv and early_cut-rerun.csv).
+results are early_cut-<tag>-<benchmark>.csv, early_cut-rerun.csv and early_cut-schedule.csv).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +46,9 @@ from typing import Any
 import optuna
 
 from primesvt_optuna.checkpoint import resolve_checkpoint
-from primesvt_optuna.plugin import ConstraintPruner, PruningObjective
+from primesvt_optuna.plugin import ConstraintPruner, PrioritizedSampler, PruningObjective
+from primesvt_optuna.plugin.constraints import layer_of
+from primesvt_optuna.plugin.pruner import looks_of
 from primesvt_optuna.reporting.compare import machine, make_sampler
 from primesvt_optuna.reporting.frames import StudyRecord, load_studies, load_sweep, trials_frame
 from primesvt_optuna.plugin.result import result
@@ -116,6 +133,124 @@ def from_storage(storage: str, prefix: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _full_sweep_options() -> dict[str, Any]:
+    """The prioritized walk with its whole robustness sweep (where most cuts happen), whichever
+    version of the sampler is installed (``sweep="full"`` once the lazy walk is the default)."""
+    if "sweep" in inspect.signature(PrioritizedSampler.__init__).parameters:
+        return {"prioritized": {"sweep": "full"}}
+    return {}
+
+
+def _rates(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    return {layer_of(k): float(v) for k, v in trial.params.items() if k.startswith("rate:") and v}
+
+
+def run_schedule(args: argparse.Namespace, checkpoint: str, policy: str, first_batch: int | None,
+                 folder: Path) -> tuple[dict[str, Any], optuna.Study, PruningObjective]:
+    """One study with the exact cut, in the batch schedule from ``first_batch`` (None: plain)."""
+    objective = PruningObjective(checkpoint, max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target,
+                                 batch_size=args.batch_size, first_batch=first_batch, eval_images=args.eval_images,
+                                 pruner=ConstraintPruner())
+    storage = open_storage(f"sqlite:///{folder}/{checkpoint}-{policy}-{first_batch}.db")
+    study = optuna.create_study(storage=storage, directions=objective.directions,
+                                sampler=make_sampler(policy, 0, objective.grid, _full_sweep_options()))
+    if policy in ("tpe", "nsga2"):  # as `primesvt search` does: trial 0 is the reference for every policy
+        study.enqueue_trial({f"rate:{name}": 0.0 for name, _ in objective.layers}, user_attrs={"phase": "reference"})
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=args.tpe_trials if policy in ("tpe", "nsga2") else args.max_trials)
+    wall = time.perf_counter() - start
+    trials = study.get_trials(deepcopy=False)
+    total = objective.eval_images
+    cut = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED
+           and str(t.user_attrs.get("cut_reason", "")).startswith("accuracy")]
+    memory_cut = [t for t in trials if str(t.user_attrs.get("cut_reason", "")).startswith("memory")]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    fractions = [t.user_attrs["images_evaluated"] / total for t in cut]
+    first_look = objective.schedule[0]
+    chosen = result(study).selected
+    row = {
+        "mode": "schedule", "checkpoint": checkpoint, "policy": policy + ("-full-sweep" if policy == "prioritized" else ""),
+        "first_batch": first_batch, "batch_size": args.batch_size, "eval_images": total,
+        "looks": looks_of(objective.schedule), "trials": len(trials), "trials_complete": len(complete),
+        "cut_for_accuracy": len(cut), "cut_for_memory": len(memory_cut),
+        "cut_cost_mean": round(statistics.fmean(fractions), 4) if fractions else None,
+        "cut_cost_median": round(statistics.median(fractions), 4) if fractions else None,
+        "cut_at_first_look": sum(1 for t in cut if t.user_attrs["images_evaluated"] == first_look),
+        "images_evaluated": int(sum(t.user_attrs.get("images_evaluated") or 0 for t in trials)),
+        "images_cut_trials": int(sum(t.user_attrs["images_evaluated"] for t in cut)),
+        "images_decided_complete": int(sum(t.user_attrs.get("images_decided") or 0 for t in complete)),
+        "survivors_wall_s": round(sum(t.user_attrs.get("wall_time") or 0 for t in complete), 2),
+        "wall_s": round(wall, 1), "load_1min_before": round(load, 2), "load_1min_after": round(os.getloadavg()[0], 2),
+        "policy_selection_saving": None if chosen is None else round(float(chosen["memory_saving"]), 4),
+        "policy_selection_rates": None if chosen is None else {k: v for k, v in sorted(chosen["rates"].items()) if v},
+    }
+    return row, study, objective
+
+
+def time_survivors(args: argparse.Namespace, checkpoint: str, configs: list[dict[str, float]]) -> dict[str, Any]:
+    """Whole evaluations of passing configurations in plain batches and in the schedule, A/B."""
+    common = dict(max_accuracy_drop=args.max_accuracy_drop, batch_size=args.batch_size, eval_images=args.eval_images)
+    objectives = {"plain": PruningObjective(checkpoint, first_batch=None, **common),
+                  "schedule": PruningObjective(checkpoint, first_batch=args.first_batch, **common)}
+    wall = {k: 0.0 for k in objectives}
+    cpu = {k: 0.0 for k in objectives}
+    same = True
+    load = os.getloadavg()[0]
+    for rep in range(args.survivor_repeats):
+        for i, rates in enumerate(configs):
+            order = ["plain", "schedule"] if (i + rep) % 2 == 0 else ["schedule", "plain"]
+            correct = {}
+            for name in order:
+                w, c = time.perf_counter(), time.process_time()
+                correct[name] = sum(k for k, _ in objectives[name].iter_batches(rates))
+                wall[name] += time.perf_counter() - w
+                cpu[name] += time.process_time() - c
+            same = same and correct["plain"] == correct["schedule"]
+    return {
+        "mode": "survivors", "checkpoint": checkpoint, "first_batch": args.first_batch, "batch_size": args.batch_size,
+        "eval_images": objectives["plain"].eval_images, "configurations": len(configs),
+        "repeats": args.survivor_repeats, "plain_wall_s": round(wall["plain"], 2),
+        "schedule_wall_s": round(wall["schedule"], 2),
+        "wall_loss": round(wall["schedule"] / wall["plain"] - 1, 4), "plain_cpu_s": round(cpu["plain"], 2),
+        "schedule_cpu_s": round(cpu["schedule"], 2), "cpu_loss": round(cpu["schedule"] / cpu["plain"] - 1, 4),
+        "same_accuracies": same, "load_1min_before": round(load, 2), "load_1min_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def schedule_rows(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    rows = []
+    for checkpoint in args.checkpoints:
+        survivors: list[dict[str, float]] = []
+        for policy in args.schedule:
+            runs = {}
+            for first_batch in (args.first_batch, None):
+                row, study, objective = run_schedule(args, checkpoint, policy, first_batch, folder)
+                runs[first_batch] = (row, study)
+                rows.append(row)
+                print(row, flush=True)
+            (new, new_study), (old, old_study) = runs[args.first_batch], runs[None]
+            new["images_saved_vs_plain"] = round(1 - new["images_evaluated"] / old["images_evaluated"], 4)
+            new["same_selection_as_plain"] = new["policy_selection_rates"] == old["policy_selection_rates"]
+            # surviving trials present in both runs (the walk's are the same trials; TPE's may differ)
+            done = {tuple(sorted(t.params.items())): t for t in old_study.get_trials(deepcopy=False)
+                    if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("phase") != "reference"}
+            pairs = [(t, done[key]) for t in new_study.get_trials(deepcopy=False)
+                     if t.state == optuna.trial.TrialState.COMPLETE and (key := tuple(sorted(t.params.items()))) in done]
+            new["survivors_matched"] = len(pairs)
+            if pairs:
+                a = sum(t.user_attrs["wall_time"] for t, _ in pairs)
+                b = sum(u.user_attrs["wall_time"] for _, u in pairs)
+                new["survivors_wall_loss_in_study"] = round(a / b - 1, 4)
+            if policy == "prioritized":
+                survivors = [_rates(t) for t, _ in pairs if _rates(t)]
+        if survivors and args.survivors:
+            step = max(1, len(survivors) // args.survivors)
+            rows.append(time_survivors(args, checkpoint, survivors[::step][: args.survivors]))
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", help="a finished comparison's storage")
@@ -124,8 +259,16 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="digits-2-64")
     parser.add_argument("--max-accuracy-drop", type=float, default=0.03)
     parser.add_argument("--memory-target", type=float, default=0.4)
-    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch: the exact cut looks after each")
+    parser.add_argument("--batch-size", type=int, default=256, help="largest evaluation batch (the schedule doubles up to it); the cut looks after each batch")
     parser.add_argument("--max-trials", type=int, default=150, help="trials per study (the walk may stop sooner)")
+    parser.add_argument("--schedule", nargs="*", default=[], metavar="POLICY",
+                        help="policies whose cut efficiency to measure with/without the batch schedule")
+    parser.add_argument("--checkpoints", nargs="+", default=["digits-2-64", "digits-hard-2-64"])
+    parser.add_argument("--first-batch", type=int, default=32, help="the schedule's first batch (doubling up)")
+    parser.add_argument("--eval-images", type=int, default=None, help="seeded validation subset (default: all)")
+    parser.add_argument("--tpe-trials", type=int, default=150, help="trials per TPE/NSGA-II study (--schedule)")
+    parser.add_argument("--survivors", type=int, default=16, help="passing configurations timed A/B (--schedule)")
+    parser.add_argument("--survivor-repeats", type=int, default=2)
     parser.add_argument("--output", type=Path, default=OUT)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -143,6 +286,9 @@ def main() -> None:
         r["same_best_trial_as_no_cut"] = r["selected_rates"] == base["selected_rates"]
         r["same_selection_as_no_cut"] = r["policy_selection_rates"] == base["policy_selection_rates"]
     rows += [{"mode": "rerun", **r} for r in reruns]
+    if args.schedule:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += schedule_rows(args, Path(tmp))
     write_rows(rows, args.output, machine())
     for r in rows:
         print(r)

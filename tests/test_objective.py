@@ -23,7 +23,7 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 SIZES = {"a": 3000, "b": 2000, "c": 1000}
 TRIAL_ATTRS = {
     "phase", "layer", "rate", "accuracy", "accuracy_drop", "memory_saving", "model_bytes", "images_evaluated",
-    "constraint_accuracy", "constraint_memory", "feasible", "wall_time",
+    "constraint_accuracy", "constraint_memory", "feasible", "wall_time", "images_decided",
 }
 STUDY_ATTRS = {"layers", "base_bytes", "base_accuracy", "checkpoint_sha256", "grid", "constraints", "policy", "seed"}
 

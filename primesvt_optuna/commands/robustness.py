@@ -10,6 +10,10 @@ Prints the table (accuracy drop in points, layers largest first), the target lay
 robustness bound (the highest rate within the tolerance), and writes a heatmap. Results are
 cached on disk ($PRIMESVT_CACHE or ~/.cache/primesvt), keyed by the checkpoint's content hash,
 the data split, the evaluation subset, the batch size, the grid and the engine version.
+
+The rates of one layer share the network before that layer: it runs once per batch, and only the
+rest of the network runs per rate (bit-identical to evaluating each pruned model on its own;
+--no-prefix-sharing does that, for comparison).
 """
 
 
@@ -31,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--figure", default="robustness.png", help="heatmap path (PNG/SVG by suffix)")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
     p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists")
+    p.add_argument("--no-prefix-sharing", action="store_true",
+                   help="evaluate every pruned model from the input (same table, slower; for comparison)")
     p.set_defaults(run=run)
 
 
@@ -50,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_splits, subset
     from ..errors import PrimeSVTError
     from ..pruning import Engine
-    from ..pruning.robustness import cache_key, cached_sweep, check_grid, plot_robustness, robustness_bounds, robustness_sweep
-    from ..training import evaluate
+    from ..pruning.robustness import (
+        SharedPrefixEvaluator, cache_key, cached_sweep, check_grid, plot_robustness, robustness_bounds, robustness_sweep,
+    )
 
     if args.max_accuracy_drop < 0:
         raise PrimeSVTError(f"--max-accuracy-drop must be >= 0, got {args.max_accuracy_drop}")
@@ -64,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     val = subset(load_splits(spec).val, args.subset, args.subset_seed)
     engine = Engine(model)
 
-    def score(m) -> float:
-        return evaluate(m, val, batch_size=args.batch_size, device=args.device)
+    score = SharedPrefixEvaluator(val, batch_size=args.batch_size, device=args.device,
+                                  share=not args.no_prefix_sharing)
 
     base = score(model)
     if args.no_cache:

@@ -93,9 +93,22 @@ class RateObjective:
     def eval_images(self) -> int:
         raise NotImplementedError
 
+    # the batch schedule: subclasses set ``batch_size`` and ``first_batch`` (None: plain batches)
+    batch_size: int
+    first_batch: int | None = None
+
+    @property
+    def schedule(self) -> list[int]:
+        """Sizes of the evaluation batches, in order: the early cut looks after each one."""
+        return batch_schedule(self.eval_images, self.batch_size, self.first_batch)
+
     @property
     def eval_batches(self) -> int:
-        raise NotImplementedError
+        return len(self.schedule)
+
+    def schedule_attrs(self) -> dict[str, Any]:
+        """How trials are evaluated (an informative study attribute, ``primesvt:eval_schedule``)."""
+        return {"first_batch": self.first_batch, "batch_size": self.batch_size, "looks": looks_of(self.schedule)}
 
     def recalibration_images(self, rates: Mapping[str, float]) -> int:
         """Images passed forward to recalibrate BatchNorm before evaluating ``rates`` (search cost
@@ -124,7 +137,7 @@ class RateObjective:
 
     def informative_attrs(self) -> dict[str, Any]:
         """Study attributes written once and not compared (e.g. where a file was found)."""
-        return {}
+        return {"eval_schedule": self.schedule_attrs()}
 
     def attach(self, study: Study) -> None:
         """Record this objective's settings on ``study``; refuse a study made with other ones."""
@@ -187,7 +200,7 @@ class RateObjective:
                 cut = pruner.memory_cut(saving, self.constraints.target_saving(self.base_bytes))
                 if cut is not None:
                     self._cut(trial, cut, attrs, None, 0, started)
-            accuracy, seen = self._evaluate(trial, rates, reference, pruner, attrs, started)
+            accuracy, seen, history = self._evaluate(trial, rates, reference, pruner, attrs, started)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -220,6 +233,7 @@ class RateObjective:
             constraint_accuracy=violation,
             feasible=violation <= 0 and (memory is None or memory <= 0),
             images_evaluated=seen,
+            images_decided=self._images_decided(history, base, reference),
             wall_time=round(time.perf_counter() - started, 4),
         )
         self._record(trial, attrs)
@@ -234,25 +248,31 @@ class RateObjective:
     def _evaluate(
         self, trial: Trial, rates: dict[str, float], reference: bool, pruner: ConstraintPruner | None,
         attrs: dict[str, Any], started: float,
-    ) -> tuple[float, int]:
-        """Accuracy of the pruned model, cut batch by batch once the floor is out of reach."""
+    ) -> tuple[float, int, list[tuple[int, int]]]:
+        """Accuracy of the pruned model, cut at a look once the floor is out of reach; returns
+        (accuracy, images, (correct, seen) at each look)."""
         if len(rates) == 1:
             ((layer, rate),) = rates.items()
             cached = self._cache.get((layer, rate))
             if cached is not None:
                 trial.set_user_attr("cached", True)
-                return float(cached), 0
+                return float(cached), 0, []
         attrs["images_recalibrated"] = self.recalibration_images(rates)
-        total, batches = self.eval_images, self.eval_batches
+        schedule = self.schedule
+        total, batches = self.eval_images, len(schedule)
+        looks = pruner.statistical_looks(schedule) if pruner is not None else batches
         single_pruner = len(trial.study.directions) == 1 and isinstance(trial.study.pruner, ConstraintPruner)
         floor = None if reference else self._floor(trial.study)
         if single_pruner:
             trial.set_user_attr("eval_images", total)
             trial.set_user_attr("eval_batches", batches)
+            trial.set_user_attr("eval_looks", looks)
             trial.set_user_attr("accuracy_floor", self.constraints.required_accuracy(floor, total))
         correct = seen = 0
+        history: list[tuple[int, int]] = []
         for c, n in self.iter_batches(rates):
             correct, seen = correct + c, seen + n
+            history.append((correct, seen))
             if reference or pruner is None or math.isnan(correct):
                 continue
             if floor is None and (floor := self._floor(trial.study)) is not None and single_pruner:
@@ -261,7 +281,7 @@ class RateObjective:
                 trial.report(correct / seen, seen)
                 if not trial.should_prune():
                     continue
-            cut = pruner.accuracy_cut(int(correct), seen, total, self.constraints.required_accuracy(floor, total), batches)
+            cut = pruner.accuracy_cut(int(correct), seen, total, self.constraints.required_accuracy(floor, total), looks)
             if cut is not None:
                 self._cut(trial, cut, attrs, floor, seen, started)
         if seen == 0:
@@ -269,7 +289,23 @@ class RateObjective:
         accuracy = correct / seen
         if math.isnan(accuracy):
             raise ValueError("the evaluation yielded NaN accuracy")
-        return accuracy, seen
+        return accuracy, seen, history
+
+    def _images_decided(self, history: Sequence[tuple[int, int]], base: float | None, reference: bool) -> int:
+        """Images seen at the first look after which the accuracy verdict could no longer change
+        (every remaining image wrong still passes, or every one right still fails); the whole
+        evaluation for the reference, 0 for a trial filled from the robustness cache."""
+        if not history:
+            return 0
+        total = history[-1][1]
+        floor = None if reference else self.constraints.accuracy_floor(base)
+        required = self.constraints.required_accuracy(floor, total)
+        if required is None or any(isinstance(c, float) and math.isnan(c) for c, _ in history):
+            return total
+        for correct, seen in history:
+            if correct / total >= required - 1e-12 or (correct + total - seen) / total < required - 1e-12:
+                return seen
+        return total
 
     def _floor(self, study: Study) -> float | None:
         base = study._storage.get_study_user_attrs(study._study_id).get(BASE_ACCURACY)
@@ -316,6 +352,7 @@ class RateObjective:
             trial.set_constraint("memory", memory)
         attrs.update(
             constraint_accuracy=accuracy, feasible=False, cut_reason=cut.reason, images_evaluated=seen,
+            images_decided=seen,
             accuracy_upper_bound=cut.accuracy_bound, wall_time=round(time.perf_counter() - started, 4),
         )
         self._record(trial, attrs)
@@ -381,6 +418,12 @@ class PruningObjective(RateObjective):
         memory_target, memory_budget: the memory constraint (fraction to save, or bytes / "2MB").
         grid: rates each layer may take, besides 0.
         eval_images: size of the seeded validation subset that drives the search (None: all).
+        batch_size, first_batch: the evaluation's batch schedule. Images are evaluated in a seeded
+            random order (the same for every trial of the study, from ``seed``) in batches of
+            ``first_batch``, then twice that, and so on up to ``batch_size``, so the early cut can
+            end a hopeless trial after a few tens of images; ``first_batch=None`` evaluates the
+            subset in its own order in plain ``batch_size`` batches. The accuracy is the same
+            either way (per-image predictions do not depend on the batch; checked on CPU).
         pruner: the early cut (default: memory pre-check and exact accuracy cut); None: no cut.
         robustness_cache: ``{(layer, rate): accuracy}`` from a cached robustness table measured on
             the same evaluation subset; single-layer trials it covers are filled without evaluation.
@@ -407,6 +450,7 @@ class PruningObjective(RateObjective):
         grid: Sequence[float] = DEFAULT_GRID,
         eval_images: int | None = None,
         batch_size: int = 256,
+        first_batch: int | None = DEFAULT_FIRST_BATCH,
         device: str = "cpu",
         seed: int = 0,
         pruner: ConstraintPruner | None = ConstraintPruner(),
@@ -443,6 +487,12 @@ class PruningObjective(RateObjective):
         self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
         self.eval_set = subset(self.splits.val, eval_images, seed)
         self.batch_size = batch_size
+        self.first_batch = None if first_batch is None or first_batch >= batch_size else int(first_batch)
+        batch_schedule(1, self.batch_size, self.first_batch)  # validates both sizes
+        self.eval_order_seed = int(seed)
+        # the seeded evaluation order, identical for every trial (and process) of a study
+        self.eval_order: list[int] | None = None if self.first_batch is None else torch_randperm(
+            len(self.eval_set), self.eval_order_seed)
         self.device = device
         if recalibrate_bn is None or isinstance(recalibrate_bn, bool) or int(recalibrate_bn) < 0:
             raise PrimeSVTError(f"recalibrate_bn is a number of training images (0: off), got {recalibrate_bn!r}")
@@ -489,7 +539,11 @@ class PruningObjective(RateObjective):
                               device=self.device)
 
     def informative_attrs(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint_path}  # where export finds the baseline (hash checked)
+        # checkpoint: where export finds the baseline (hash checked)
+        return {**super().informative_attrs(), "checkpoint": self.checkpoint_path}
+
+    def schedule_attrs(self) -> dict[str, Any]:
+        return {**super().schedule_attrs(), "order_seed": None if self.eval_order is None else self.eval_order_seed}
 
     def predict_bytes(self, rates: Mapping[str, float]) -> int:
         return self.engine.predict_bytes(rates)
@@ -498,14 +552,51 @@ class PruningObjective(RateObjective):
     def eval_images(self) -> int:
         return len(self.eval_set)
 
-    @property
-    def eval_batches(self) -> int:
-        return math.ceil(len(self.eval_set) / self.batch_size)
-
     def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[int, int]]:
         from ..training import iter_eval
 
         # a copy even unpruned: concurrent trials (n_jobs) must not share neuron state
         model = self.engine.prune(rates) if rates else copy.deepcopy(self.engine.model)
         self.recalibrate(model.to(self.device), rates)
-        yield from iter_eval(model.to(self.device), self.eval_set, batch_size=self.batch_size, device=self.device)
+        if self.eval_order is None:
+            yield from iter_eval(model.to(self.device), self.eval_set, batch_size=self.batch_size, device=self.device)
+        else:
+            yield from iter_schedule(model.to(self.device), self.eval_set, self.eval_order, self.schedule, self.device)
+
+
+def torch_randperm(n: int, seed: int) -> list[int]:
+    """A seeded permutation of ``range(n)`` (torch's generator: the same on every platform)."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def iter_schedule(model: Any, dataset: Any, order: Sequence[int], sizes: Sequence[int],
+                  device: str = "cpu") -> Iterator[tuple[int, int]]:
+    """``(correct_in_batch, batch_size)`` over ``dataset`` taken in ``order``, in batches of
+    ``sizes``: ``training.iter_eval`` with a batch schedule (eval mode, no autograd, neuron state
+    reset after every batch)."""
+    import torch
+    from spikingjelly.activation_based import functional
+    from torch.utils.data import DataLoader
+
+    from ..training import _device
+
+    dev = _device(device)
+    batches, start = [], 0
+    for n in sizes:
+        batches.append(list(order[start:start + n]))
+        start += n
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for x, y in DataLoader(dataset, batch_sampler=batches, num_workers=0):
+                try:
+                    logits = model(x.to(dev))
+                finally:
+                    functional.reset_net(model)
+                yield int((logits.argmax(1).cpu() == y).sum()), len(y)
+    finally:
+        functional.reset_net(model)
+        model.train(was_training)

@@ -5,24 +5,31 @@ Two cuts, both recorded on the trial (constraint values, ``cut_reason``, images 
 * **memory**, before any evaluation: a complete configuration (TPE, NSGA-II, uniform, a
   hand-enqueued trial) whose exactly predicted bytes miss the memory target. The walk's
   intermediate steps are not complete configurations and are never cut for memory.
-* **accuracy**, batch by batch: the *exact* cut fires once the floor is out of reach even if every
-  remaining image were right, so the trial's verdict (infeasible) is the one a full evaluation
-  would give and the walk's selection never changes. The optional *statistical* cut
-  (``confidence=0.99``) fires once a one-sided Wilson upper bound on the accuracy of the remaining
-  images, Bonferroni-split over the trial's batches, cannot lift the final accuracy to the floor:
-  with probability at least ``confidence`` (images drawn at random, as the seeded evaluation
-  subset is) it only cuts trials a full evaluation would reject; it may change the selection.
+* **accuracy**, at each *look* (the end of an evaluation batch): the *exact* cut fires once the
+  floor is out of reach even if every remaining image were right, so the trial's verdict
+  (infeasible) is the one a full evaluation would give and the walk's selection never changes.
+  The optional *statistical* cut (``confidence=0.99``) fires once a one-sided Wilson upper bound
+  on the accuracy of the remaining images cannot lift the final accuracy to the floor; its level
+  is Bonferroni-split over the looks at which it may fire (``statistical_looks``: the scheduled
+  looks with ``min_images <= seen < total``), so with probability at least ``confidence`` per
+  trial (images in a seeded random order, a random sample of the evaluation subset) it only cuts
+  trials a full evaluation would reject; it may change the selection.
+
+The looks come from the objective's batch schedule (``batch_schedule``): by default a first small
+batch (32 images), each next one twice the last, up to ``batch_size``, so a hopeless trial is cut
+after a few tens of images while a trial that survives is still evaluated mostly in large batches.
 
 ``trial.report``/``trial.should_prune`` raise NotImplementedError in multi-objective studies, so
 the objectives consult the pruner directly (``accuracy_cut``) and raise ``optuna.TrialPruned``.
 In single-objective studies it is also a normal pruner for ``create_study(pruner=...)``: the
 objective reports the running accuracy at step = images seen, and records ``eval_images``,
-``eval_batches`` and ``accuracy_floor`` as user attributes for ``prune`` to read.
+``eval_batches``, ``eval_looks`` and ``accuracy_floor`` as user attributes for ``prune`` to read.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -40,6 +47,41 @@ class Cut:
     kind: str  # "memory" | "accuracy" | "statistical"
     reason: str
     accuracy_bound: float | None = None
+
+
+DEFAULT_FIRST_BATCH = 32
+
+
+def batch_schedule(total: int, batch_size: int, first_batch: int | None = DEFAULT_FIRST_BATCH) -> list[int]:
+    """Sizes of the evaluation batches over ``total`` images: ``first_batch``, then each batch twice
+    the previous one, capped at ``batch_size``; the last batch takes what is left. ``first_batch``
+    None (or >= ``batch_size``): plain batches of ``batch_size`` (the schedule before growth).
+
+    >>> batch_schedule(359, 256, 32)
+    [32, 64, 128, 135]
+    >>> batch_schedule(359, 256, None)
+    [256, 103]
+    """
+    if batch_size < 1:
+        raise PrimeSVTError(f"batch_size must be >= 1, got {batch_size}")
+    if first_batch is not None and first_batch < 1:
+        raise PrimeSVTError(f"first_batch must be >= 1 (or None: plain batches), got {first_batch}")
+    size = batch_size if first_batch is None else min(first_batch, batch_size)
+    sizes, left = [], int(total)
+    while left > 0:
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+        size = min(2 * size, batch_size)
+    return sizes
+
+
+def looks_of(schedule: Sequence[int]) -> list[int]:
+    """Images seen at each look (cumulative batch sizes)."""
+    out, seen = [], 0
+    for n in schedule:
+        seen += int(n)
+        out.append(seen)
+    return out
 
 
 def wilson_upper(correct: int, n: int, confidence: float) -> float:
@@ -91,8 +133,16 @@ class ConstraintPruner(BasePruner):
             return None
         return Cut("memory", f"memory: predicted saving {saving:.2%} < target {target:.2%} (not evaluated)")
 
-    def accuracy_cut(self, correct: int, seen: int, total: int, floor: float | None, batches: int = 1) -> Cut | None:
-        """A cut when ``correct`` of ``seen`` (of ``total``) images rule the accuracy floor out."""
+    def statistical_looks(self, schedule: Sequence[int]) -> int:
+        """How many looks of ``schedule`` (batch sizes) the statistical cut may fire at: those with
+        ``min_images <= seen < total``; its Bonferroni split divides ``1 - confidence`` by this."""
+        seen = looks_of(schedule)
+        total = seen[-1] if seen else 0
+        return max(1, sum(1 for s in seen if self.min_images <= s < total))
+
+    def accuracy_cut(self, correct: int, seen: int, total: int, floor: float | None, looks: int = 1) -> Cut | None:
+        """A cut when ``correct`` of ``seen`` (of ``total``) images rule the accuracy floor out;
+        ``looks``: the number of looks the statistical cut's confidence is split over."""
         if not self.accuracy or floor is None or seen >= total:
             return None
         best = (correct + total - seen) / total
@@ -103,7 +153,7 @@ class ConstraintPruner(BasePruner):
                 best,
             )
         if self.confidence is not None and seen >= self.min_images:
-            per_look = 1.0 - (1.0 - self.confidence) / max(1, batches)
+            per_look = 1.0 - (1.0 - self.confidence) / max(1, looks)
             upper = wilson_upper(correct, seen, per_look)
             bound = (correct + upper * (total - seen)) / total
             if bound < floor:
@@ -125,7 +175,6 @@ class ConstraintPruner(BasePruner):
         if math.isnan(value):
             return False
         correct = round(value * step)
-        cut = self.accuracy_cut(
-            correct, step, int(attrs["eval_images"]), attrs.get("accuracy_floor"), int(attrs.get("eval_batches", 1))
-        )
+        looks = attrs.get("eval_looks", attrs.get("eval_batches", 1))
+        cut = self.accuracy_cut(correct, step, int(attrs["eval_images"]), attrs.get("accuracy_floor"), int(looks))
         return cut is not None

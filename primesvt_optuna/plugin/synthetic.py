@@ -8,8 +8,10 @@ Accuracy of a rate vector ``r``::
 
     base_accuracy - sum_l sensitivity[l] * r_l**2 - interaction * sum_{l<m} r_l * r_m
 
-rounded to whole images out of ``n_images``. The images are evaluated in batches; which ones are
-right is a fixed pseudo-random pattern, so the exact early cut behaves as on real data. Bytes are
+rounded to whole images out of ``n_images``. The images are evaluated in the same batch schedule
+as a real objective's (``first_batch``, doubling up to ``batch_size``; ``first_batch=None``: plain
+batches); which ones are right is a fixed pseudo-random pattern (a seeded order, the same for
+every trial), so the exact early cut behaves as on real data. Bytes are
 4 per parameter: ``other_params`` stay, each layer keeps ``round(size * (1 - r))``.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from .constraints import DEFAULT_GRID, Constraints
 from .objective import RateObjective
-from .pruner import ConstraintPruner
+from .pruner import DEFAULT_FIRST_BATCH, ConstraintPruner, batch_schedule
 
 
 class SyntheticObjective(RateObjective):
@@ -53,6 +55,7 @@ class SyntheticObjective(RateObjective):
         sensitivity: accuracy lost per squared rate, per layer (default 0.1).
         interaction: accuracy lost per product of two layers' rates.
         fail, nan: ``(layer, rate)`` pairs whose configurations raise / yield NaN.
+        batch_size, first_batch: the batch schedule (see ``PruningObjective``).
         delay: seconds slept per batch (to simulate slow evaluations in multi-worker tests).
     """
 
@@ -66,6 +69,7 @@ class SyntheticObjective(RateObjective):
         other_params: int = 0,
         n_images: int = 1000,
         batch_size: int = 100,
+        first_batch: int | None = DEFAULT_FIRST_BATCH,
         max_accuracy_drop: float | None = 0.03,
         min_accuracy: float | None = None,
         memory_target: float | None = None,
@@ -86,6 +90,8 @@ class SyntheticObjective(RateObjective):
         self.other_params = other_params
         self.n_images = n_images
         self.batch_size = batch_size
+        self.first_batch = None if first_batch is None or first_batch >= batch_size else int(first_batch)
+        batch_schedule(1, self.batch_size, self.first_batch)  # validates both sizes
         self.fail = {(layer, round(rate, 6)) for layer, rate in fail}
         self.nan = {(layer, round(rate, 6)) for layer, rate in nan}
         self.delay = delay
@@ -123,18 +129,16 @@ class SyntheticObjective(RateObjective):
     def eval_images(self) -> int:
         return self.n_images
 
-    @property
-    def eval_batches(self) -> int:
-        return math.ceil(self.n_images / self.batch_size)
-
     def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[Any, int]]:
         items = {(name, round(rate, 6)) for name, rate in rates.items()}
         if items & self.fail:
             raise RuntimeError(f"synthetic failure at {sorted(items & self.fail)}")
         right = round(self.accuracy(rates) * self.n_images)
         correct = self._order < right
-        for start in range(0, self.n_images, self.batch_size):
+        start = 0
+        for size in self.schedule:
             if self.delay:
                 time.sleep(self.delay)
-            batch = correct[start:start + self.batch_size]
+            batch = correct[start:start + size]
+            start += size
             yield (math.nan if items & self.nan else int(batch.sum())), len(batch)
