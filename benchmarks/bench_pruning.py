@@ -1,34 +1,56 @@
-"""Pruning cost and the speed that memory savings buy, on this CPU.
+"""Pruning cost, FLOPs, and the speed that memory savings buy.
 
-For the embedded preset (digits-2-64) and Spikformer-8-512 (random weights):
-* time to prune (rate vector -> new dense model) against one validation pass of the embedded
-  preset (the goal: under 5% of it; a few seconds for 8-512);
-* inference throughput of models pruned to 25%, 50% and 75% memory saving (a uniform rate over
-  all layers, found exactly from the engine's byte prediction) against the unpruned model, all
-  measured in the same run.
+For the embedded preset (digits-2-64) and Spikformer-8-512 (random weights), at 25%, 50% and
+75% memory saving (a uniform rate over all layers, found exactly from the engine's byte
+prediction), against the unpruned model:
 
-Usage: python benchmarks/bench_pruning.py [--big-size 224] [--big-batch 2] [--repeats 3]
-Writes benchmarks/results/pruning.csv.
+* time to prune (rate vector -> new dense model); for digits-2-64 also against one validation
+  pass of the embedded data (the goal: under 5% of it);
+* FLOPs per image (one image, all T time steps) counted with ``FlopCounterMode`` on the pruned
+  model, beside the engine-free prediction (``pruning.flops.FlopsPredictor``, must be equal) and
+  the FLOP ratio (unpruned / pruned). Not counted: spiking neurons, BatchNorm, pooling, residual
+  adds, index scatter; see ``primesvt_optuna/pruning/flops.py``;
+* inference throughput of every model, timed in interleaved rounds (unpruned, 25%, 50%, 75%,
+  unpruned, ...) so that a change of machine load hits them alike. ``speedup`` is the ratio of
+  the fastest batch of each (the least disturbed; wall clock), ``speedup_cpu`` the same with the
+  process CPU time (CPU only: it is blind to time spent waiting for a core on a shared
+  machine), ``speedup_median`` the ratio of the medians; ``speedup_vs_flops`` is
+  ``speedup / flop_ratio`` (the goal: at least 0.8).
+
+The load average is recorded before and after (``load_start``, ``load_end``) with the machine.
+
+Usage: python benchmarks/bench_pruning.py [--models digits-2-64,spikformer-8-512] [--big-size 224]
+       [--big-batch 4] [--repeats 5] [--device cpu|cuda] [--out benchmarks/results/pruning.csv]
+Writes benchmarks/results/pruning.csv (or --out).
 """
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: busy-waiting OpenMP on a shared CPU
+
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from spikingjelly.activation_based import functional
 
-from primesvt_optuna.data import load_splits, make_spec
-from primesvt_optuna.models import build_model
-from primesvt_optuna.pruning import Engine, model_bytes
-from primesvt_optuna.reporting.compare import machine
-from primesvt_optuna.training import evaluate
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_rows  # noqa: E402
+
+from primesvt_optuna.data import load_splits, make_spec  # noqa: E402
+from primesvt_optuna.models import build_model, resolve_config  # noqa: E402
+from primesvt_optuna.pruning import Engine, model_bytes  # noqa: E402
+from primesvt_optuna.pruning.flops import FlopsPredictor, count_flops  # noqa: E402
+from primesvt_optuna.reporting.compare import machine  # noqa: E402
+from primesvt_optuna.training import evaluate  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "pruning.csv"
+TARGETS = (0.25, 0.5, 0.75)
 
 
 def uniform_rate_for(engine: Engine, target: float) -> float:
@@ -43,18 +65,37 @@ def uniform_rate_for(engine: Engine, target: float) -> float:
     return round(hi, 4)
 
 
+def keep_heap() -> str:
+    """Make glibc's malloc serve every size from its reusable heap (``mallopt``), as jemalloc or
+    tcmalloc would: by default each allocation above 32 MiB is a fresh ``mmap`` whose pages
+    fault in (and are zeroed) on first touch, a cost per batch that grows with the tensors and
+    has nothing to do with the arithmetic. Returns what was done (recorded in the CSV)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        ok = libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 1 << 30) == 1  # M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB
+    except (OSError, AttributeError):
+        ok = False
+    return "glibc mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=1GiB)" if ok else "default (mallopt unavailable)"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 @torch.inference_mode()
-def throughput(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    model.eval()
+def one_batch(model: torch.nn.Module, x: torch.Tensor, device: str) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one forward pass and neuron reset."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
     model(x)
     functional.reset_net(model)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(x)
-        functional.reset_net(model)
-        times.append(time.perf_counter() - t)
-    return x.shape[0] / statistics.median(times)
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def timed(fn, repeats: int) -> float:
@@ -66,44 +107,110 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--big-size", type=int, default=224)
-    parser.add_argument("--big-batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def bench_model(preset: str, size: int, batch: int, args: argparse.Namespace, val) -> list[dict]:
+    device = args.device
+    channels = resolve_config({"preset": preset})["in_channels"]
+    image = (channels, size, size)
+    model = build_model({"preset": preset}).eval()
+    engine = Engine(model)
+    started = time.perf_counter()
+    predictor = FlopsPredictor(engine, image)
+    predictor_setup_s = time.perf_counter() - started
+    variants: dict[float, torch.nn.Module] = {0.0: model}
+    rows: dict[float, dict] = {}
+    base_flops = count_flops(model, image)
+    if base_flops != predictor.base_flops:
+        raise AssertionError(f"{preset}: counted {base_flops} FLOPs, the meta copy {predictor.base_flops}")
+    val_pass = timed(lambda: evaluate(model, val), args.repeats) if preset == "digits-2-64" and val is not None else None
+    rows[0.0] = {"model": preset, "target_saving": 0.0, "rate": 0.0, "memory_saving": 0.0,
+                 "model_bytes": model_bytes(model), "prune_s": 0.0,
+                 "prune_vs_val_pass": 0.0 if val_pass else None,
+                 "flops": base_flops, "flops_predicted": predictor.base_flops, "predict_ms": None,
+                 "flop_ratio": 1.0}
+    for target in args.targets:
+        rate = uniform_rate_for(engine, target)
+        rates = {l: rate for l in engine.layers}
+        prune_s = timed(lambda: engine.prune(rates), args.repeats)
+        pruned = engine.prune(rates)
+        started = time.perf_counter()
+        predicted = predictor.predict(rates)
+        predict_ms = 1e3 * (time.perf_counter() - started)
+        counted = count_flops(pruned, image)
+        if predicted != counted:
+            raise AssertionError(f"{preset} at {target:.0%}: predicted {predicted} FLOPs, counted {counted}")
+        variants[target] = pruned
+        rows[target] = {"model": preset, "target_saving": target, "rate": rate,
+                        "memory_saving": 1 - model_bytes(pruned) / model_bytes(model),
+                        "model_bytes": model_bytes(pruned), "prune_s": prune_s,
+                        "prune_vs_val_pass": prune_s / val_pass if val_pass else None,
+                        "flops": counted, "flops_predicted": predicted, "predict_ms": round(predict_ms, 2),
+                        "flop_ratio": base_flops / counted}
+    x = torch.rand(batch, *image, device=device)
+    for m in variants.values():
+        m.to(device)
+        one_batch(m, x, device)  # warm-up (allocator, kernels)
+    walls: dict[float, list[float]] = {t: [] for t in variants}
+    cpus: dict[float, list[float]] = {t: [] for t in variants}
+    for _ in range(args.repeats):
+        for target, m in variants.items():
+            wall, cpu = one_batch(m, x, device)
+            walls[target].append(wall)
+            cpus[target].append(cpu)
+    base_wall, base_cpu, base_med = min(walls[0.0]), min(cpus[0.0]), statistics.median(walls[0.0])
+    out = []
+    for target, row in rows.items():
+        speedup = base_wall / min(walls[target])
+        row.update({
+            "images_per_s": batch / min(walls[target]), "speedup": speedup,
+            "speedup_cpu": base_cpu / min(cpus[target]) if device == "cpu" else None,
+            "speedup_median": base_med / statistics.median(walls[target]),
+            "speedup_vs_flops": speedup / row["flop_ratio"],
+            "batch_s_min": min(walls[target]), "batch_s_median": statistics.median(walls[target]),
+            "input": f"{batch}x{channels}x{size}x{size}", "device": device, "repeats": args.repeats,
+            "predictor_setup_s": round(predictor_setup_s, 3),
+        })
+        out.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    if val_pass:
+        print(f"{preset}: one validation pass ({len(val)} images) takes {val_pass:.3f} s")
+    return out
 
-    val = load_splits(make_spec("digits", img_size=16)).val
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="digits-2-64,spikformer-8-512",
+                        help="comma-separated presets; digits-* run at 16x16, the others at --big-size")
+    parser.add_argument("--targets", default=",".join(map(str, TARGETS)), help="memory savings, comma-separated")
+    parser.add_argument("--big-size", type=int, default=224)
+    parser.add_argument("--big-batch", type=int, default=4)
+    parser.add_argument("--small-batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator as it is (large tensors mmap'd and page-faulted per batch)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    allocator = "default" if args.default_malloc else keep_heap()
+    args.targets = [float(t) for t in args.targets.split(",") if t]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
+    load_start = round(os.getloadavg()[0], 2)
+    val = None
     rows = []
-    for preset, size, batch, channels in [("digits-2-64", 16, 256, 1), ("spikformer-8-512", args.big_size, args.big_batch, 3)]:
-        model = build_model({"preset": preset}).eval()
-        engine = Engine(model)
-        x = torch.rand(batch, channels, size, size)
-        base_tp = throughput(model, x, args.repeats)
-        val_pass = timed(lambda: evaluate(model, val), args.repeats) if preset == "digits-2-64" else None
-        rows.append({"model": preset, "target_saving": 0.0, "rate": 0.0, "memory_saving": 0.0,
-                     "model_bytes": model_bytes(model), "prune_s": 0.0, "images_per_s": base_tp, "speedup": 1.0,
-                     "prune_vs_val_pass": 0.0 if val_pass else None, "input": f"{batch}x{channels}x{size}x{size}"})
-        for target in (0.25, 0.5, 0.75):
-            rate = uniform_rate_for(engine, target)
-            rates = {l: rate for l in engine.layers}
-            prune_s = timed(lambda: engine.prune(rates), args.repeats)
-            pruned = engine.prune(rates)
-            tp = throughput(pruned, x, args.repeats)
-            rows.append({"model": preset, "target_saving": target, "rate": rate,
-                         "memory_saving": 1 - model_bytes(pruned) / model_bytes(model), "model_bytes": model_bytes(pruned),
-                         "prune_s": prune_s, "images_per_s": tp, "speedup": tp / base_tp,
-                         "prune_vs_val_pass": prune_s / val_pass if val_pass else None,
-                         "input": f"{batch}x{channels}x{size}x{size}"})
-            print(rows[-1], flush=True)
-        if val_pass:
-            print(f"{preset}: one validation pass ({len(val)} images) takes {val_pass:.3f} s")
-    table = pd.DataFrame(rows)
-    for key, value in machine().items():
-        table[key] = value
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(OUT, index=False)
-    print(table.drop(columns=list(machine())).to_string(index=False))
+    for preset in [m for m in args.models.split(",") if m]:
+        small = preset.startswith("digits")
+        if small and val is None:
+            val = load_splits(make_spec("digits", img_size=16)).val
+        size = resolve_config({"preset": preset})["img_size"] if small else args.big_size
+        rows += bench_model(preset, size, args.small_batch if small else args.big_batch, args, val)
+    info = {**machine(), "load_start": load_start, "load_end": round(os.getloadavg()[0], 2), "allocator": allocator}
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    write_rows(rows, args.out, info)
+    print(f"wrote {args.out} (load average {load_start} -> {info['load_end']})")
 
 
 if __name__ == "__main__":

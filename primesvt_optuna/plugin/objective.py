@@ -6,6 +6,8 @@ by one piece of code:
 
 * parameters ``rate:<layer>``, suggested largest layer first;
 * constraints ``accuracy`` (drop - budget) and ``memory`` (target - saving), fractions, set once;
+  with a ``flops_target`` also ``flops`` (target - FLOPs saving; user attributes ``flops``,
+  ``flops_saving``, ``constraint_flops``);
 * user attributes ``phase``, ``layer``, ``rate``, ``accuracy``, ``accuracy_drop``,
   ``memory_saving``, ``model_bytes``, ``images_evaluated``, ``images_decided`` (images evaluated
   when the accuracy verdict was certain, at the batch schedule's looks), ``images_recalibrated`` (forward passes
@@ -84,6 +86,24 @@ class RateObjective:
     # ----- what subclasses define -------------------------------------------------------------
     def predict_bytes(self, rates: Mapping[str, float]) -> int:
         raise NotImplementedError
+
+    # the optional FLOPs constraint (fraction of FLOPs per image to save); a subclass that sets
+    # ``flops_target`` defines ``base_flops`` and ``predict_flops``
+    flops_target: float | None = None
+    base_flops: int = 0
+
+    def predict_flops(self, rates: Mapping[str, float]) -> int:
+        raise NotImplementedError
+
+    def _flops_violation(self, rates: Mapping[str, float], attrs: dict[str, Any]) -> float | None:
+        """``flops_target - flops saving`` (recorded with ``flops``, ``flops_saving``); None without a target."""
+        if self.flops_target is None:
+            return None
+        flops = int(self.predict_flops(rates))
+        saving = 1.0 - flops / self.base_flops
+        violation = round(self.flops_target - saving, 12)
+        attrs.update(flops=flops, flops_saving=saving, constraint_flops=violation)
+        return violation
 
     def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[int, int]]:
         """``(correct, n)`` per evaluation batch of the model pruned at ``rates``."""
@@ -195,6 +215,7 @@ class RateObjective:
             saving = 1.0 - model_bytes / self.base_bytes
             memory = self.constraints.memory_violation(saving, self.base_bytes)
             attrs.update(model_bytes=model_bytes, memory_saving=saving, constraint_memory=memory)
+            flops = self._flops_violation(rates, attrs)
             pruner = self._pruner(study)
             if complete and pruner is not None:
                 cut = pruner.memory_cut(saving, self.constraints.target_saving(self.base_bytes))
@@ -227,11 +248,13 @@ class RateObjective:
         trial.set_constraint("accuracy", violation)
         if memory is not None:
             trial.set_constraint("memory", memory)
+        if flops is not None:
+            trial.set_constraint("flops", flops)
         attrs.update(
             accuracy=accuracy,
             accuracy_drop=None if base is None else round(base - accuracy, 12),
             constraint_accuracy=violation,
-            feasible=violation <= 0 and (memory is None or memory <= 0),
+            feasible=violation <= 0 and (memory is None or memory <= 0) and (flops is None or flops <= 0),
             images_evaluated=seen,
             images_decided=self._images_decided(history, base, reference),
             wall_time=round(time.perf_counter() - started, 4),
@@ -350,6 +373,8 @@ class RateObjective:
             trial.set_constraint("accuracy", accuracy)
         if memory is not None:
             trial.set_constraint("memory", memory)
+        if attrs.get("constraint_flops") is not None:
+            trial.set_constraint("flops", attrs["constraint_flops"])
         attrs.update(
             constraint_accuracy=accuracy, feasible=False, cut_reason=cut.reason, images_evaluated=seen,
             images_decided=seen,
@@ -435,6 +460,13 @@ class PruningObjective(RateObjective):
             batches of 64, see :mod:`primesvt_optuna.pruning.recalibrate`); 0 (default): off. The
             unpruned reference is evaluated as it is. Recorded on the study; ``primesvt export``
             applies it identically.
+        flops_target: an optional second resource constraint: the fraction of the FLOPs per image
+            (``torch.utils.flop_counter``'s count; neurons and elementwise operators are not
+            counted, see :mod:`primesvt_optuna.pruning.flops`) to save, like ``memory_target``.
+            Predicted exactly without building the model, set as the ``flops`` constraint and
+            recorded as ``flops``, ``flops_saving``, ``constraint_flops``; ``feasible`` needs it.
+            The PrimeSVT walk still steers by memory; the FLOPs constraint decides feasibility
+            (``study.best_trials``, constraint-aware samplers such as NSGA-II and TPE).
     """
 
     def __init__(
@@ -462,6 +494,7 @@ class PruningObjective(RateObjective):
         confidence: float = 0.95,
         interval: str = "clopper-pearson",
         recalibrate_bn: int = 0,
+        flops_target: float | None = None,
     ) -> None:
         from ..data import Splits, load_splits, subset
         from ..pruning import Engine
@@ -498,6 +531,15 @@ class PruningObjective(RateObjective):
             raise PrimeSVTError(f"recalibrate_bn is a number of training images (0: off), got {recalibrate_bn!r}")
         self.recalibrate_bn = int(recalibrate_bn)
         self.recalibrate_seed = int(seed)
+        if flops_target is not None:
+            from ..pruning.flops import FlopsPredictor
+
+            if isinstance(flops_target, bool) or not 0.0 <= float(flops_target) < 1.0:
+                raise PrimeSVTError(f"flops_target is the fraction of FLOPs to save and must lie in [0, 1), "
+                                    f"got {flops_target!r}")
+            self.flops_target = float(flops_target)
+            self.flops = FlopsPredictor(self.engine, tuple(self.eval_set[0][0].shape))
+            self.base_flops = self.flops.base_flops
         constraints = Constraints.from_dict({
             "max_accuracy_drop": max_accuracy_drop if min_accuracy is None else None,
             "min_accuracy": min_accuracy, "memory_target": memory_target, "memory_budget": memory_budget,
@@ -513,7 +555,11 @@ class PruningObjective(RateObjective):
     def study_attrs(self) -> dict[str, Any]:
         # prune_embed first: it changes the layer table, and the refusal should name the cause
         return {"prune_embed": self.engine.prune_embed, **super().study_attrs(), "eval_images": self.eval_images,
-                "data": self.data_spec, "recalibrate_bn": self.recalibration_settings}
+                "data": self.data_spec, "recalibrate_bn": self.recalibration_settings,
+                "flops_target": self.flops_target}
+
+    def predict_flops(self, rates: Mapping[str, float]) -> int:
+        return self.flops.predict(rates)
 
     @property
     def recalibration_settings(self) -> dict[str, int] | None:

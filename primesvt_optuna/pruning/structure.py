@@ -7,9 +7,16 @@ original config gets the saved structure, then ``load_state_dict``). A structure
     {"prune_embed": false, "layers": {"block.0.mlp.fc1_linear": [[0, 2, 3, ...]], ...}}
 
 Residual writers compute only their kept channels; a forward hook writes them into the
-full-width stream by index (``index_copy`` into zeros, then the model's own ``x + branch``), and
+full-width stream by index (``index_copy_`` into zeros, then the model's own ``x + branch``), and
 a forward pre-hook gathers them back where a pruned consumer reads the stream. The index tensors
 are persistent buffers, so they are saved, loaded and counted in the model's bytes.
+
+A model whose forward pass adds the kept channels into the stream itself can skip that detour:
+this package's Spikformer marks its residual branches with ``models.spikformer.index_writes_here``
+and adds each one with ``stream.index_add(dim, index, branch)`` (no zero tensor, no full-width
+scatter and add); inside such a branch the hooks pass the kept channels through unchanged. Code
+that calls a branch on its own (the robustness sweep's stages, spikingjelly's Spikformer) still
+gets the full-width output from the hooks; both give bit-identical results (``tests/test_flops.py``).
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import PrimeSVTError
+from ..models.spikformer import SCATTER_INDEX, index_writes_here
 from .adapters import layer_specs
 from .spec import Cut, LayerSpec
 
-SCATTER_BUFFER = "primesvt_scatter_index"
+SCATTER_BUFFER = SCATTER_INDEX  # "primesvt_scatter_index"
 GATHER_BUFFER = "primesvt_gather_index"
 INDEX_DTYPE = torch.int64
 
@@ -44,9 +52,11 @@ class ScatterHook:
         self.dim, self.width = dim, width
 
     def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        if index_writes_here():  # the model's forward adds the kept channels into the stream itself
+            return output
         shape = list(output.shape)
         shape[self.dim] = self.width
-        return output.new_zeros(shape).index_copy(self.dim, getattr(module, SCATTER_BUFFER), output)
+        return output.new_zeros(shape).index_copy_(self.dim, getattr(module, SCATTER_BUFFER), output)
 
 
 class GatherHook:
@@ -56,6 +66,8 @@ class GatherHook:
         self.dim = dim
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        if index_writes_here():  # the model passes the kept channels already
+            return args
         return (args[0].index_select(self.dim, getattr(module, GATHER_BUFFER)), *args[1:])
 
 
