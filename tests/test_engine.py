@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import random
 
 import pytest
@@ -18,6 +19,8 @@ from primesvt_optuna.pruning import (
 )
 from primesvt_optuna.pruning.spec import ChannelGroup, Cut
 
+# The exactness checks run on this device (scripts/gpu_check.sh sets cuda); the rest run on CPU.
+DEVICE = os.environ.get("PRIMESVT_TEST_DEVICE", "cpu")
 SMALL = ["digits-tiny", "digits-2-64", "sj-spikformer-tiny"]
 # Large presets are checked at a small input size: 32x32 (ImageNet variant, 2x2 tokens), 16x16 (CIFAR).
 LARGE = [p for p in PRESETS if p not in SMALL and p != "digits-2-96"]
@@ -57,9 +60,9 @@ def random_rates(engine: Engine, seed: int) -> dict[str, float]:
 
 
 def check_exact(preset: str, seeds: list[int], prune_embed: bool = False, large: bool = False) -> None:
-    model = lively(build_model({"preset": preset}))
+    model = lively(build_model({"preset": preset})).to(DEVICE)
     engine = Engine(model, prune_embed=prune_embed)
-    x = inputs(preset, batch=1 if large else 3)
+    x = inputs(preset, batch=1 if large else 3).to(DEVICE)
     base = run(model, x)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     if not large:  # rate 0 everywhere is the identity (checked bit for bit on the small presets)
