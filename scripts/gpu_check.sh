@@ -350,7 +350,8 @@ if [ "$MODE" = prepare ]; then
   if [ -s "$WORK/download.txt" ]; then
     "$PY" -m pip download -q --no-deps --dest "$WHEELS" "${target[@]}" -r "$WORK/download.txt" || exit 2
   fi
-  "$PY" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$WHEELS" "$REPO" || exit 2
+  mkdir -p "$WORK/src" && cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/primesvt_optuna" "$WORK/src/"
+  "$PY" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$WHEELS" "$WORK/src" || exit 2
   size=$(du -sb "$WHEELS" | cut -f1)
   ls -1 "$WHEELS"
   echo "gpu_check: $WHEELS holds $(ls "$WHEELS"/*.whl | wc -l) wheels, $((size / 1048576)) MiB (no torch, torchvision, torchaudio, nvidia-*)"
@@ -392,7 +393,11 @@ if [ -s "$WORK/install.txt" ]; then
   xargs "$PY" -m pip install -q --no-deps --no-index --target "$SITE" < "$WORK/install.txt" || { say "pip install failed"; exit 2; }
 fi
 project=$(ls "$WHEELS"/primesvt_optuna-*.whl 2>/dev/null | head -1)
-"$PY" -m pip install -q --no-deps --no-index --no-build-isolation --target "$SITE" "${project:-$REPO}" \
+if [ -z "$project" ]; then  # build from a copy: setuptools would write build/ into the checkout
+  mkdir -p "$WORK/src" && cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/primesvt_optuna" "$WORK/src/"
+  project=$WORK/src
+fi
+"$PY" -m pip install -q --no-deps --no-index --no-build-isolation --target "$SITE" "$project" \
   > "$WORK/pip-project.log" 2>&1 || { cat "$WORK/pip-project.log"; say "installing the project failed"; exit 2; }
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 cd "$WORK" || exit 2   # not the checkout: primesvt_optuna is imported from the install target
