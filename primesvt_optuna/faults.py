@@ -14,7 +14,7 @@ The points, in the order a trial passes them:
 ``claimed``    the configuration is claimed; evaluation has not started
 ``evaluating`` the first batch of images has been evaluated
 ``returned``   the objective returned; Optuna has not written the trial's state yet
-``after_trial`` inside the sampler's ``after_trial``: outcome recorded, state not yet written
+``after_trial`` inside the sampler's ``after_trial``: the trial's state not yet written
 =============  ==============================================================================
 """
 

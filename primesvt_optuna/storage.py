@@ -38,6 +38,7 @@ the study (the samplers while deciding, the start of ``optimize``, ``primesvt se
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import socket
@@ -51,6 +52,8 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.sqlite
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
@@ -374,6 +377,30 @@ class WorkerRDBStorage(RDBStorage):
         # heartbeat ages on the database server's clock, which wrote them
         ages = {trial_id: (now - beat).total_seconds() for trial_id, beat in rows}
         return _mark_stale(self, study_id, float(self.grace_period or 2 * self.heartbeat_interval), ages)
+
+
+def set_trial_attrs(storage: BaseStorage, trial_id: int, system: Mapping[str, Any] = {},
+                    user: Mapping[str, Any] = {}) -> None:
+    """Write several attributes of a running trial; on SQLite and PostgreSQL in one transaction of
+    one upsert per table (a sampler's per-trial writes cost one commit, not one per attribute)."""
+    backend = getattr(storage, "_backend", storage)
+    dialect = backend.engine.name if isinstance(backend, RDBStorage) else None
+    if dialect not in ("sqlite", "postgresql"):
+        for key, value in system.items():
+            storage.set_trial_system_attr(trial_id, key, value)
+        for key, value in user.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        return
+    insert = sqlalchemy.dialects.sqlite.insert if dialect == "sqlite" else sqlalchemy.dialects.postgresql.insert
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        trial = rdb_models.TrialModel.find_or_raise_by_id(trial_id, session)
+        backend.check_trial_is_updatable(trial_id, trial.state)
+        for model, attrs in ((rdb_models.TrialSystemAttributeModel, system), (rdb_models.TrialUserAttributeModel, user)):
+            if attrs:
+                rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+                statement = insert(model).values(rows)
+                session.execute(statement.on_conflict_do_update(
+                    index_elements=[model.trial_id, model.key], set_={"value_json": statement.excluded.value_json}))
 
 
 def _mark_stale(storage: BaseStorage, study_id: int, grace: float, heartbeat_ages: Mapping[int, float]) -> list[int]:

@@ -86,11 +86,9 @@ def summary(study: optuna.Study) -> dict[str, Any]:
     res = result(study)
     state = make_sampler().walk_state(study)
     trials = study.get_trials(deepcopy=False)
-    evaluated = [
-        t.system_attrs["primesvt:claim"]["key"] for t in trials
-        if (t.system_attrs.get("primesvt:claim") or {}).get("key")
-        and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    ]
+    done = [t for t in trials if (t.system_attrs.get("primesvt:claim") or {}).get("key")
+            and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    evaluated = [t.system_attrs["primesvt:claim"]["key"] for t in done]
     return {
         "selected": res.selected["rates"] if res.selected else None,
         "commits": [[c.layer, c.rate] for c in state.commits],
@@ -100,6 +98,7 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         "workers": sorted({(t.system_attrs.get("primesvt:worker") or {}).get("pid") for t in trials} - {None}),
         "trials": len(trials),
         "walk_trials": [t.number for t in trials if t.user_attrs.get("phase") == "walk"],
+        "evaluated": {key: t.user_attrs.get("phase") for key, t in zip(evaluated, done)},
     }
 
 

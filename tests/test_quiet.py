@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 MESSAGE = "Triton not available"
 
 # The neuron every PrimeSVT model uses, run once: what makes spikingjelly register its kernels.
-FORWARD = "import torch; from primesvt_optuna.models.spikformer import lif; lif()(torch.ones(2, 3))"
+FORWARD = "import torch; from primesvt_optuna.models.spikformer import lif; lif()(torch.ones(2, 3, requires_grad=True))"
 
 
 def _python(code: str) -> str:

@@ -38,7 +38,11 @@ def test_k_workers_reach_the_one_worker_selection(storage_url: str, k: int, refe
     assert got["commits"] == reference["commits"]
     assert got["duplicates"] == [], "a configuration was evaluated twice"
     assert set(got["states"]) <= {"COMPLETE", "PRUNED", "FAIL"}, f"trial(s) left unfinished: {got['states']}"
-    assert got["states"].get("COMPLETE") == reference["states"]["COMPLETE"]
+    # everything one worker evaluates, plus at most speculative single-layer rates (the lazy sweep
+    # offers the next rates of the current layer to idle workers)
+    extra = set(got["evaluated"]) - set(reference["evaluated"])
+    assert set(reference["evaluated"]) <= set(got["evaluated"])
+    assert all(got["evaluated"][key] == "robustness" for key in extra), extra
     assert sum(r.finished for r in reports) == got["trials"]
     if k > 1:
         assert len(got["workers"]) > 1, "the work was not shared between processes"

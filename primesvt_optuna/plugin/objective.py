@@ -296,6 +296,7 @@ class RateObjective:
         for c, n in self.iter_batches(rates):
             correct, seen = correct + c, seen + n
             history.append((correct, seen))
+            faults.hit("evaluating", trial.number)
             if reference or pruner is None or math.isnan(correct):
                 continue
             if floor is None and (floor := self._floor(trial.study)) is not None and single_pruner:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ... import faults
 from ...errors import PrimeSVTError
-from ...storage import STALE, fail_heartbeat_stale, fail_if_stale, keep_alive, worker_info
+from ...storage import STALE, fail_heartbeat_stale, fail_if_stale, keep_alive, set_trial_attrs, worker_info
 from ..constraints import CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, layer_of, normalize_grid
 
 _logger = optuna.logging.get_logger(__name__)
@@ -123,46 +122,70 @@ def trial_key(trial: FrozenTrial, is_rate: Callable[[str], bool]) -> str | None:
     return rates_key(rates) if rates else None
 
 
+class FinishedIndex:
+    """What the finished trials of one study say, indexed once per trial: a finished trial never
+    changes, so each decision reads storage (the state) but reprocesses only the trials that
+    finished since the last one. A cache of storage, never state of its own."""
+
+    def __init__(self, key_of: Callable[[FrozenTrial], str | None]) -> None:
+        self._key_of = key_of
+        self.seen: set[int] = set()
+        self.outcomes: dict[str, tuple[FrozenTrial, bool]] = {}  # key -> (lowest-numbered trial, accepted)
+
+    def add(self, trial: FrozenTrial, outcomes: dict[str, tuple[FrozenTrial, bool]] | None = None) -> None:
+        """Index a finished trial (into ``outcomes`` instead, for a trial not yet in storage)."""
+        target = self.outcomes if outcomes is None else outcomes
+        if outcomes is None:
+            self.seen.add(trial._trial_id)
+        outcome = accuracy_outcome(trial)
+        key = self._key_of(trial)
+        if key is None or outcome is None:
+            return
+        known = target.get(key)
+        if known is None or trial.number < known[0].number:
+            target[key] = (trial, outcome)
+
+
 class Snapshot:
-    """The study as one read of storage sees it, from the point of view of trial ``me``.
+    """The study as one read of storage sees it, from the point of view of trial ``me``
+    (``extra``: a finished trial whose state is not written yet, seen as finished)."""
 
-    ``key_of(trial)`` gives a finished trial's configuration key (the samplers cache it: a finished
-    trial never changes, and recomputing keys from parameters dominated large studies)."""
-
-    def __init__(self, trials: Sequence[FrozenTrial], me: int | None, key_of: Callable[[FrozenTrial], str | None]) -> None:
-        self.trials = [t for t in trials if t.state != TrialState.WAITING]
+    def __init__(self, trials: Sequence[FrozenTrial], me: int | None, index: FinishedIndex,
+                 extra: FrozenTrial | None = None) -> None:
         self.me = me
-        self.outcomes: dict[str, FrozenTrial] = {}
         self.held: dict[str, int] = {}
         self.undecided: list[int] = []
-        for t in sorted(self.trials, key=lambda t: t.number):
-            if t.number == me:
+        running = []
+        for t in trials:
+            if t._trial_id in index.seen or (extra is not None and t.number == extra.number):
                 continue
+            if t.state.is_finished():
+                index.add(t)
+            elif t.state == TrialState.RUNNING and t.number != me:
+                running.append(t)
+        self._outcomes = index.outcomes
+        if extra is not None:
+            self._outcomes = dict(index.outcomes)
+            index.add(extra, self._outcomes)
+        for t in sorted(running, key=lambda t: t.number):
             claim = t.system_attrs.get(CLAIM)
-            if t.state == TrialState.RUNNING:
-                if claim is None:
-                    # it may be about to choose: wait for it (until it decides, or a stale check
-                    # fails it), else both could take one configuration
-                    if me is None or t.number < me:
-                        self.undecided.append(t.number)
-                elif claim.get("key"):
-                    self.held.setdefault(claim["key"], t.number)
-                continue
-            key = key_of(t)
-            if key is not None and key not in self.outcomes and accuracy_outcome(t) is not None:
-                self.outcomes[key] = t
+            if claim is None:
+                # it may be about to choose: wait for it (until it decides, or a stale check
+                # fails it), else both could take one configuration
+                if me is None or t.number < me:
+                    self.undecided.append(t.number)
+            elif claim.get("key"):
+                self.held.setdefault(claim["key"], t.number)
 
     def status(self, key: str) -> str:
-        trial = self.outcomes.get(key)
-        if trial is not None:
-            return ACCEPTED if accuracy_outcome(trial) else REJECTED
+        found = self._outcomes.get(key)
+        if found is not None:
+            return ACCEPTED if found[1] else REJECTED
         return HELD if key in self.held else FREE
 
     def trial_for(self, key: str) -> FrozenTrial | None:
-        return self.outcomes.get(key)
-
-
-@dataclass
+        found = self._outcomes.get(key)
+        return None if found is None else found[0]
 
 
 class ClaimSampler(BaseSampler):
@@ -191,10 +214,13 @@ class ClaimSampler(BaseSampler):
         self._poll = poll_interval
         self._stale_after = stale_after
         self._checked: set[tuple[int, int]] = set()
-        # read caches, never state: claims this process wrote (immutable once written) and the
-        # configuration keys of finished trials (immutable once finished)
+        # read caches, never state: claims this process wrote (immutable once written), what the
+        # finished trials of each study say (immutable once finished), the last read of each study
+        # and its layer table (immutable once written)
         self._claims: dict[int, dict[str, Any]] = {}
-        self._keys: dict[tuple[int, datetime.datetime | None], str | None] = {}
+        self._index: dict[tuple[int, int], FinishedIndex] = {}
+        self._last_read: dict[tuple[int, int], list[FrozenTrial]] = {}
+        self._layer_tables: dict[tuple[int, int], list[tuple[str, int]]] = {}
 
     # ----- what subclasses define -------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -238,7 +264,10 @@ class ClaimSampler(BaseSampler):
             self._claims[trial._trial_id] = trial.system_attrs[CLAIM]
             return
         self.attach(study)
-        storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
+        recorded = trial.system_attrs.get(WORKER) or {}
+        me = worker_info()
+        if (recorded.get("host"), recorded.get("pid"), recorded.get("start")) != (me["host"], me["pid"], me["start"]):
+            storage.set_trial_system_attr(trial._trial_id, WORKER, me)  # a storage that did not record it at creation
         faults.hit("worker", trial.number)
         fixed = trial.system_attrs.get("fixed_params")
         if fixed is not None:  # enqueued by hand: record what it evaluates, so nobody repeats it
@@ -275,18 +304,25 @@ class ClaimSampler(BaseSampler):
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
-        study._storage.set_trial_system_attr(trial._trial_id, OUTCOME, state.name)
+        if state == TrialState.FAIL:  # the objective returned or raised: a rejected rate, not a crash
+            study._storage.set_trial_system_attr(trial._trial_id, OUTCOME, state.name)
         faults.hit("after_trial", trial.number)
         self._fallback.after_trial(study, trial, state, values)
         claim = self._claims.pop(trial._trial_id, None)
         if claim is None:
-            claim = study._storage.get_trial_system_attrs(trial._trial_id).get(CLAIM) or {}
+            claim = trial.system_attrs.get(CLAIM) or {}
         if not claim.get("key"):
             return
-        finished = copy.copy(study._storage.get_trial(trial._trial_id))
+        # Done on this process's last read plus this outcome means Done on any later read (a walk
+        # path depends only on outcomes, which never change), so no storage read is needed here;
+        # a walk that other workers finished is noticed by the next trial instead.
+        finished = copy.copy(trial)
         finished.state = state
-        trials = [finished if t.number == trial.number else t for t in self._read(study)]
-        decision = self._next(study, self._snapshot(trials, None))
+        finished.system_attrs = {**trial.system_attrs, **({OUTCOME: state.name} if state == TrialState.FAIL else {})}
+        trials = self._last_read.get(_study_key(study))
+        if trials is None:
+            trials = self._read(study)
+        decision = self._next(study, self._snapshot(study, trials, None, extra=finished))
         if isinstance(decision, Done):
             _logger.info(f"PrimeSVT {self.policy} finished: {decision.reason}.")
             self._stop(study)
@@ -294,25 +330,22 @@ class ClaimSampler(BaseSampler):
     # ----- public helpers -----------------------------------------------------------------------
     def is_exhausted(self, study: Study) -> bool:
         """True when the policy has nothing left to evaluate in ``study``."""
-        return isinstance(self._next(study, self._snapshot(self._read(study), None)), Done)
+        return isinstance(self._next(study, self._snapshot(study, self._read(study), None)), Done)
 
     # ----- internals ----------------------------------------------------------------------------
     def _is_rate(self, param: str) -> bool:
         return param.startswith(RATE_PREFIX) or (self._layer_sizes is not None and param in self._layer_sizes)
 
-    def _snapshot(self, trials: Sequence[FrozenTrial], me: int | None) -> Snapshot:
-        return Snapshot(trials, me, self._key_of)
+    def _snapshot(self, study: Study, trials: Sequence[FrozenTrial], me: int | None,
+                  extra: FrozenTrial | None = None) -> Snapshot:
+        index = self._index.get(_study_key(study))
+        if index is None:
+            index = self._index[_study_key(study)] = FinishedIndex(lambda t: trial_key(t, self._is_rate))
+        return Snapshot(trials, me, index, extra)
 
-    def _key_of(self, trial: FrozenTrial) -> str | None:
-        """``trial_key``, cached: Snapshot asks only for finished trials, which never change."""
-        ident = (trial._trial_id, trial.datetime_start)
-        if ident not in self._keys:
-            self._keys[ident] = trial_key(trial, self._is_rate)
-        return self._keys[ident]
-
-    @staticmethod
-    def _read(study: Study) -> list[FrozenTrial]:
-        return study._storage.get_all_trials(study._study_id, deepcopy=False)
+    def _read(self, study: Study) -> list[FrozenTrial]:
+        trials = self._last_read[_study_key(study)] = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        return trials
 
     @staticmethod
     def _stop(study: Study) -> None:
@@ -336,11 +369,11 @@ class ClaimSampler(BaseSampler):
         self._claims[trial._trial_id] = claim
 
     def _write_claim(self, study: Study, trial: FrozenTrial, candidate: Candidate) -> None:
-        storage = study._storage
-        self._set_claim(study, trial, candidate.claim())
-        storage.set_trial_user_attr(trial._trial_id, "phase", candidate.phase)
-        storage.set_trial_user_attr(trial._trial_id, "layer", layer_of(candidate.layer) if candidate.layer else None)
-        storage.set_trial_user_attr(trial._trial_id, "rate", candidate.rate)
+        claim = candidate.claim()
+        layer = layer_of(candidate.layer) if candidate.layer else None
+        set_trial_attrs(study._storage, trial._trial_id, {CLAIM: claim},
+                        {"phase": candidate.phase, "layer": layer, "rate": candidate.rate})
+        self._claims[trial._trial_id] = claim
 
     def _decide(self, study: Study, trial: FrozenTrial) -> Decision:
         """Wait until every lower-numbered running trial has decided, then take the first free
@@ -354,7 +387,7 @@ class ClaimSampler(BaseSampler):
             trials = self._read(study)
             if fail_if_stale(study, trials, self._stale_after):
                 continue
-            snap = self._snapshot(trials, trial.number)
+            snap = self._snapshot(study, trials, trial.number)
             if snap.undecided:
                 reason = f"trial {snap.undecided[0]} to choose its configuration"
             else:
@@ -380,10 +413,13 @@ class ClaimSampler(BaseSampler):
         unknown (the reference trial has not finished and the objective wrote no layer table)."""
         if self._layer_sizes is not None:
             items = list(self._layer_sizes.items())
+        elif _study_key(study) in self._layer_tables:
+            items = self._layer_tables[_study_key(study)]
         else:
             table = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}layers")
             if table:
                 items = [(f"{RATE_PREFIX}{row['layer']}", int(row["params"])) for row in table]
+                self._layer_tables[_study_key(study)] = items
             else:
                 reference = snap.trial_for(rates_key({}))
                 if reference is None:
@@ -397,6 +433,10 @@ class ClaimSampler(BaseSampler):
                 items = [(p, 0) for p in names]
         order = sorted(range(len(items)), key=lambda i: (-items[i][1], i))
         return [items[i] for i in order]
+
+
+def _study_key(study: Study) -> tuple[int, int]:
+    return id(study._storage), study._study_id
 
 
 def write_study_attrs(study: Study, attrs: Mapping[str, Any]) -> None:

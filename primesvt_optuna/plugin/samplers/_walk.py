@@ -110,7 +110,7 @@ class WalkSampler(ClaimSampler):
 
     def walk_state(self, study: Study) -> WalkState:
         """The walk as the study's trials define it (committed rates, bounds, what is pending)."""
-        snap = self._snapshot(self._read(study), None)
+        snap = self._snapshot(study, self._read(study), None)
         layers = self._layers(study, snap)
         return self._walk(snap, layers or [])
 
