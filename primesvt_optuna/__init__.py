@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "PruningObjective": "plugin", "SyntheticObjective": "plugin", "ConstraintPruner": "plugin",
     "PrioritizedSampler": "plugin", "UniformSampler": "plugin", "RandomOrderSampler": "plugin",
-    "SmallestFirstSampler": "plugin", "Constraints": "plugin", "RATE_PREFIX": "plugin",
+    "SmallestFirstSampler": "plugin", "BudgetAwareSampler": "plugin", "Constraints": "plugin", "RATE_PREFIX": "plugin",
     "Engine": "pruning", "prune": "pruning", "model_bytes": "pruning", "deployment_memory": "pruning",
     "build_model": "models", "PRESETS": "models",
     "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "shipped": "checkpoint",

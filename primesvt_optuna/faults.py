@@ -9,7 +9,8 @@ dictionary lookup.
 The points, in the order a trial passes them:
 
 =============  ==============================================================================
-``created``    the trial exists; its sampler has not written the worker record yet
+``created``    the trial exists; its sampler has not written its worker record yet (the storages of
+               ``primesvt_optuna.storage`` already wrote one with the trial)
 ``worker``     the sampler recorded the worker; no configuration is claimed yet
 ``claimed``    the configuration is claimed; evaluation has not started
 ``evaluating`` the first batch of images has been evaluated

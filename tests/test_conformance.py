@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from optuna.testing.pytest_samplers import BasicSamplerTestCase, MultiObjectiveSamplerTestCase
 
-from primesvt_optuna.plugin import PrioritizedSampler, RandomOrderSampler, UniformSampler
+from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, RandomOrderSampler, UniformSampler
 
 
 class TestPrioritizedSampler(BasicSamplerTestCase, MultiObjectiveSamplerTestCase):
@@ -28,3 +28,9 @@ class TestRandomOrderSampler(BasicSamplerTestCase, MultiObjectiveSamplerTestCase
     @pytest.fixture
     def sampler(self):
         return lambda: RandomOrderSampler(seed=0)
+
+
+class TestBudgetAwareSampler(BasicSamplerTestCase, MultiObjectiveSamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return lambda: BudgetAwareSampler(seed=0)

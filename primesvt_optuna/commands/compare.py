@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     spec = ComparisonSpec(
         name=name, storage=storage, policies=tuple(args.policies), seeds=tuple(range(args.seeds)),
         budget_images=args.budget_images, max_trials=args.max_trials or cfg.trials or 150, n_jobs=args.jobs,
-        sampler_options={p: walk for p in WALK_POLICIES} | {"uniform": {"wait_timeout": cfg.wait_timeout}},
+        sampler_options={p: walk for p in WALK_POLICIES} | {p: {"wait_timeout": cfg.wait_timeout}
+                                                             for p in ("uniform", "budget-aware")},
     )
     print(f"[compare] {name}: {cfg.constraints.describe()}", flush=True)
     run_comparison(spec, factory)

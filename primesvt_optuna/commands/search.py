@@ -41,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="robustness of a layer measured when the walk reaches it, only as far as its bound "
                         "needs ('lazy', the default: same selection, fewer images) or every layer at every "
                         "rate first ('full', the paper's sweep; config: [search] sweep)")
+    p.add_argument("--budget-images", type=int, metavar="N",
+                   help="maximize mode: once the memory target is met, go on increasing the saving until N "
+                        "evaluated images (BatchNorm recalibration included) are spent (config: [search] budget_images)")
     p.add_argument("--prune-embed", action="store_true", default=None,
                    help="also prune the embedding dimension, as one global layer (config: [search] prune_embed)")
     p.add_argument("--recalibrate-bn", type=int, metavar="N",
@@ -63,10 +66,12 @@ def make_sampler(cfg: Any, worker: int = 0) -> Any:
     """The sampler for the config's policy (TPE/NSGA-II get a per-worker seed)."""
     import optuna
 
-    from ..plugin import PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
+    from ..plugin import BudgetAwareSampler, PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
 
-    common = {"grid": cfg.grid, "wait_timeout": cfg.wait_timeout}
-    walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all, "sweep": cfg.sweep}
+    common = {"grid": cfg.grid, "wait_timeout": cfg.wait_timeout, "budget_images": cfg.budget_images}
+    # an image budget is the maximize mode: a walk goes on past the memory target until it is spent
+    walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all or cfg.budget_images is not None,
+            "sweep": cfg.sweep}
     if cfg.policy == "prioritized":
         return PrioritizedSampler(seed=cfg.seed, **common, **walk)
     if cfg.policy == "smallest-first":
@@ -75,6 +80,8 @@ def make_sampler(cfg: Any, worker: int = 0) -> Any:
         return RandomOrderSampler(seed=cfg.seed, **common, **walk)
     if cfg.policy == "uniform":
         return UniformSampler(seed=cfg.seed, **common)
+    if cfg.policy == "budget-aware":
+        return BudgetAwareSampler(seed=cfg.seed, **common)
     if cfg.policy == "tpe":
         return optuna.samplers.TPESampler(seed=cfg.seed + worker)
     return optuna.samplers.NSGAIISampler(seed=cfg.seed + worker)
@@ -185,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
         policy=args.policy, trials=args.trials, storage=args.storage, study_name=args.study_name,
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target, workers=args.workers,
         seed=args.seed, device=args.device, batch_size=args.batch_size, eval_images=args.eval_images,
-        sweep=args.sweep, prune_embed=args.prune_embed, recalibrate_bn=args.recalibrate_bn, accept=args.accept,
+        sweep=args.sweep, budget_images=args.budget_images, prune_embed=args.prune_embed,
+        recalibrate_bn=args.recalibrate_bn, accept=args.accept,
         accept_confidence=args.confidence, accept_interval=args.interval,
     )
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:

@@ -5,6 +5,7 @@ from .constraints import DEFAULT_GRID, RATE_PREFIX, Constraints, parse_bytes, ra
 from .objective import PruningObjective, RateObjective
 from .pruner import ConstraintPruner
 from .samplers import (
+    BudgetAwareSampler,
     PrioritizedSampler,
     RandomOrderSampler,
     SmallestFirstSampler,
@@ -15,6 +16,7 @@ from .synthetic import SyntheticObjective
 __all__ = [
     "DEFAULT_GRID",
     "RATE_PREFIX",
+    "BudgetAwareSampler",
     "ConstraintPruner",
     "Constraints",
     "PrioritizedSampler",

@@ -20,10 +20,11 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     # interval = "clopper-pearson"          #   the bound ("wilson" also works)
 
     [search]
-    policy = "prioritized"                  # uniform | random-order | smallest-first | tpe | nsga2
+    policy = "prioritized"                  # budget-aware | uniform | random-order | smallest-first | tpe | nsga2
     grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     robustness_rule = "highest"             # or "contiguous"
     sweep = "lazy"                          # "full": every layer at every rate before the walk
+    # budget_images = 50000                 # maximize: go on past the memory target, within N images
     walk_all = false
     trials = 200                            # a cap for the walks; the budget for tpe/nsga2
     seed = 0
@@ -49,7 +50,7 @@ from typing import Any
 from ..errors import PrimeSVTError
 from .constraints import DEFAULT_GRID, Constraints, normalize_grid
 
-POLICIES = ("prioritized", "uniform", "random-order", "smallest-first", "tpe", "nsga2")
+POLICIES = ("prioritized", "budget-aware", "uniform", "random-order", "smallest-first", "tpe", "nsga2")
 WALK_POLICIES = ("prioritized", "random-order", "smallest-first")
 EARLY_CUTS = ("exact", "statistical", "off")
 
@@ -58,7 +59,7 @@ _DATA = {"eval_images": int, "batch_size": int, "name": str, "path": str, "img_s
 _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str),
                 "accept": str, "confidence": float, "interval": str}
 _SEARCH = {
-    "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "trials": int, "seed": int,
+    "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "budget_images": int, "trials": int, "seed": int,
     "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float, "prune_embed": bool,
     "recalibrate_bn": int,
 }
@@ -82,6 +83,7 @@ class StudyConfig:
     robustness_rule: str = "highest"
     sweep: str = "lazy"
     walk_all: bool = False
+    budget_images: int | None = None
     trials: int | None = None
     seed: int = 0
     workers: int = 1
@@ -238,6 +240,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         grid=tuple(search.get("grid", DEFAULT_GRID)),
         robustness_rule=search.get("robustness_rule", "highest"),
         sweep=search.get("sweep", "lazy"),
+        budget_images=search.get("budget_images"),
         walk_all=search.get("walk_all", False),
         trials=search.get("trials"),
         seed=search.get("seed", 0),

@@ -93,7 +93,7 @@ def machine() -> dict[str, Any]:
 
 def make_sampler(policy: str, seed: int, grid: Sequence[float], options: dict[str, Any] | None = None):
     """The sampler of one policy; every one is seeded."""
-    from ..plugin import PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
+    from ..plugin import BudgetAwareSampler, PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
 
     options = dict(options or {})
     if policy == "tpe":
@@ -101,7 +101,7 @@ def make_sampler(policy: str, seed: int, grid: Sequence[float], options: dict[st
     if policy == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, **options.get("nsga2", {}))
     cls = {"prioritized": PrioritizedSampler, "smallest-first": SmallestFirstSampler,
-           "random-order": RandomOrderSampler, "uniform": UniformSampler}[policy]
+           "random-order": RandomOrderSampler, "uniform": UniformSampler, "budget-aware": BudgetAwareSampler}[policy]
     return cls(grid=grid, seed=seed, **options.get(policy, {}))
 
 

@@ -27,7 +27,7 @@ REPORT_ATTR = "primesvt:report"
 configuration (and of the unpruned model), the costs charged to the study from outside it (a shared
 robustness sweep), and the machine it ran on."""
 
-POLICIES = ("prioritized", "smallest-first", "random-order", "uniform", "tpe", "nsga2")
+POLICIES = ("prioritized", "budget-aware", "smallest-first", "random-order", "uniform", "tpe", "nsga2")
 _NAME = re.compile(r"^(?P<name>.+)/(?P<policy>[^/]+)/seed(?P<seed>-?\d+)$")
 
 

@@ -1,5 +1,6 @@
 """PrimeSVT's samplers, one class per module; the claim/wait/stale machinery lives in ``_claims.py``, the layer walk in ``_walk.py``."""
 
+from ._budget_aware import BudgetAwareSampler
 from ._prioritized import PrioritizedSampler
 from ._random_order import RandomOrderSampler
 from ._smallest_first import SmallestFirstSampler
@@ -8,6 +9,7 @@ from ._claims import ClaimSampler, rates_key
 from ._walk import WalkSampler
 
 __all__ = [
+    "BudgetAwareSampler",
     "ClaimSampler",
     "PrioritizedSampler",
     "RandomOrderSampler",
@@ -19,7 +21,8 @@ __all__ = [
 ]
 
 _POLICIES = {
-    cls.policy: cls for cls in (PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler)
+    cls.policy: cls
+    for cls in (PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, BudgetAwareSampler)
 }
 
 
@@ -30,7 +33,8 @@ def from_settings(settings: dict) -> ClaimSampler | None:
     cls = _POLICIES.get(settings.get("policy"))
     if cls is None:
         return None
-    kwargs = {"grid": settings["grid"], "layer_sizes": settings.get("layer_sizes"), "seed": settings.get("seed")}
+    kwargs = {"grid": settings["grid"], "layer_sizes": settings.get("layer_sizes"), "seed": settings.get("seed"),
+              "budget_images": settings.get("budget_images"), "budget_trials": settings.get("budget_trials")}
     if issubclass(cls, WalkSampler):
         # studies from before the lazy sweep ran the full one
         kwargs.update(robustness_rule=settings["robustness_rule"], walk_all=settings["walk_all"],

@@ -203,8 +203,14 @@ class ClaimSampler(BaseSampler):
         wait_timeout: float = 3600.0,
         poll_interval: float = 0.2,
         stale_after: float | None = None,
+        budget_images: int | None = None,
+        budget_trials: int | None = None,
     ) -> None:
         self._grid = normalize_grid(grid)
+        for name, value in (("budget_images", budget_images), ("budget_trials", budget_trials)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise PrimeSVTError(f"{name} must be a whole number >= 1, got {value!r}")
+        self._budget = {"budget_images": budget_images, "budget_trials": budget_trials}
         if layer_sizes is not None and not layer_sizes:
             raise PrimeSVTError("layer_sizes is empty: give {parameter name: size} for each prunable layer")
         self._layer_sizes = dict(layer_sizes) if layer_sizes is not None else None
@@ -225,8 +231,9 @@ class ClaimSampler(BaseSampler):
     # ----- what subclasses define -------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """Everything that changes which trials run; stored on the study, compared on resume."""
+        budget = {k: v for k, v in self._budget.items() if v is not None}  # absent: as before budgets
         return {"policy": self.policy, "grid": list(self._grid), "seed": self._seed,
-                "layer_sizes": self._layer_sizes}
+                "layer_sizes": self._layer_sizes, **budget}
 
     def _next(self, study: Study, snap: Snapshot) -> Decision:
         raise NotImplementedError
@@ -392,6 +399,8 @@ class ClaimSampler(BaseSampler):
                 reason = f"trial {snap.undecided[0]} to choose its configuration"
             else:
                 decision = self._next(study, snap)
+                if isinstance(decision, Candidate) and (spent := self._over_budget(trials, trial.number)):
+                    return Done(spent)
                 if not isinstance(decision, Wait):
                     return decision
                 reason = decision.reason
@@ -407,6 +416,24 @@ class ClaimSampler(BaseSampler):
                     continue
             time.sleep(delay)
             delay = min(delay * 1.5, self._poll)
+
+    def _over_budget(self, trials: Sequence[FrozenTrial], me: int) -> str | None:
+        """Why one more evaluation would break the user's budget, else None. Images: what finished
+        trials spent (evaluation and BatchNorm recalibration) plus, for every running trial and
+        this one, a full evaluation's worth, so the total never exceeds the budget."""
+        images, trials_cap = self._budget["budget_images"], self._budget["budget_trials"]
+        planned = [t for t in trials if (t.system_attrs.get(CLAIM) or {}).get("key") or t.number == me]
+        if trials_cap is not None and len(planned) > trials_cap:
+            return f"trial budget spent ({trials_cap} trials)"
+        if images is None:
+            return None
+        cost = [int(t.user_attrs.get("images_evaluated") or 0) + int(t.user_attrs.get("images_recalibrated") or 0)
+                for t in trials if t.state.is_finished()]
+        full = max(cost, default=0)
+        reserved = sum(1 for t in planned if not t.state.is_finished())
+        if full and sum(cost) + reserved * full > images:
+            return f"image budget spent ({sum(cost):,} of {images:,} images; one more full evaluation would exceed it)"
+        return None
 
     def _layers(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> list[tuple[str, int]] | None:
         """Rate parameters with sizes, largest first; [] when the study has none; None while

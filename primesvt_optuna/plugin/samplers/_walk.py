@@ -88,10 +88,13 @@ class WalkSampler(ClaimSampler):
         wait_timeout: float = 3600.0,
         poll_interval: float = 0.2,
         stale_after: float | None = None,
+        budget_images: int | None = None,
+        budget_trials: int | None = None,
     ) -> None:
         super().__init__(
             grid=grid, layer_sizes=layer_sizes, fallback=fallback, seed=seed,
             wait_timeout=wait_timeout, poll_interval=poll_interval, stale_after=stale_after,
+            budget_images=budget_images, budget_trials=budget_trials,
         )
         if robustness_rule not in ("highest", "contiguous"):
             raise PrimeSVTError(f"robustness_rule must be 'highest' or 'contiguous', got {robustness_rule!r}")
@@ -148,7 +151,7 @@ class WalkSampler(ClaimSampler):
             state.done = state.memory_met = True
             return state
         for param in self._order(layers):
-            known, bound, candidate = self._bound(snap, param)
+            known, bound, candidate = lazy_bound(snap, param, self._grid, self._rule)
             if not known:
                 state.candidate = candidate
                 state.blocked_on = f"the robustness of {param}"
@@ -190,24 +193,25 @@ class WalkSampler(ClaimSampler):
         state.done = True
         return state
 
-    def _bound(self, snap: Snapshot, param: str) -> tuple[bool, float | None, Candidate | None]:
-        """(known, bound, the next single-layer rate to evaluate) for ``param``. The rates are read
-        in the order the rule decides them (``highest``: top down, to the first pass;
-        ``contiguous``: bottom up, to the first failure); rates after a pending one, up to that
-        point, are offered to other workers speculatively, each at most once."""
-        contiguous = self._rule == "contiguous"
-        decider = REJECTED if contiguous else ACCEPTED
-        pending, candidate = False, None
-        for rate in self._grid if contiguous else reversed(self._grid):
-            status = snap.status(rates_key({param: rate}))
-            if status == decider:
-                break
-            if status in (FREE, HELD):
-                pending = True
-                if status == FREE and candidate is None:
-                    candidate = Candidate(rates_key({param: rate}), "robustness", param, rate, {param: rate})
-        if pending:
-            return False, None, candidate
-        # rates past the deciding one may be unmeasured: they cannot change either rule's bound
-        passed = [snap.status(rates_key({param: r})) == ACCEPTED for r in self._grid]
-        return True, robustness_bound(self._grid, passed, self._rule), None
+
+def lazy_bound(snap: Snapshot, param: str, grid: Sequence[float], rule: str) -> tuple[bool, float | None, Candidate | None]:
+    """(known, bound, the next single-layer rate to evaluate) for ``param``. The rates are read in
+    the order the rule decides them (``highest``: top down, to the first pass; ``contiguous``:
+    bottom up, to the first failure); rates after a pending one, up to that point, are offered to
+    other workers speculatively, each at most once."""
+    contiguous = rule == "contiguous"
+    decider = REJECTED if contiguous else ACCEPTED
+    pending, candidate = False, None
+    for rate in grid if contiguous else reversed(grid):
+        status = snap.status(rates_key({param: rate}))
+        if status == decider:
+            break
+        if status in (FREE, HELD):
+            pending = True
+            if status == FREE and candidate is None:
+                candidate = Candidate(rates_key({param: rate}), "robustness", param, rate, {param: rate})
+    if pending:
+        return False, None, candidate
+    # rates past the deciding one may be unmeasured: they cannot change either rule's bound
+    passed = [snap.status(rates_key({param: r})) == ACCEPTED for r in grid]
+    return True, robustness_bound(grid, passed, rule), None

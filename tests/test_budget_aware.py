@@ -1,0 +1,115 @@
+"""The budget-aware sampler (beyond the paper) and the maximize mode every PrimeSVT sampler has."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from primesvt_optuna.errors import PrimeSVTError
+from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, SyntheticObjective, UniformSampler
+from primesvt_optuna.plugin.result import result
+from primesvt_optuna.plugin.samplers._budget_aware import _knapsack
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+GRID = [round(0.1 * i, 1) for i in range(1, 10)]
+# the largest layer is fragile: alone it passes only at 0.2, using two thirds of the 3-point budget
+SIZES = {"big": 4000, "mid": 3000, "small": 1000}
+SENS = {"big": 0.5, "mid": 0.01, "small": 0.01}
+
+
+def make(**kwargs) -> SyntheticObjective:
+    return SyntheticObjective(SIZES, **{"sensitivity": SENS, "max_accuracy_drop": 0.03, "memory_target": 0.3,
+                                        "grid": GRID, "n_images": 10000, "batch_size": 1000, **kwargs})
+
+
+def run(sampler, obj=None, **kwargs) -> optuna.Study:
+    obj = obj or make()
+    study = optuna.create_study(directions=obj.directions, sampler=sampler)
+    study.optimize(obj, **kwargs)
+    return study
+
+
+def test_finds_the_allocation_greedy_largest_first_cannot_see():
+    """Largest-first commits big at 0.2 (2 of the 3 points), then mid at 0.9, and stops at the
+    target (43.75%). Planning over all measurements puts mid and small at 0.9 first (1.6 points)
+    and then fits big at 0.1: 50%. Both meet both constraints."""
+    greedy, planned = result(run(PrioritizedSampler(grid=GRID))), result(run(BudgetAwareSampler(grid=GRID)))
+    assert greedy.both_met and planned.both_met
+    assert greedy.selected["rates"] == {"big": 0.2, "mid": 0.9}
+    assert planned.selected["rates"] == {"big": 0.1, "mid": 0.9, "small": 0.9}
+    assert planned.selected["memory_saving"] == pytest.approx(0.5)
+    assert planned.selected["memory_saving"] > greedy.selected["memory_saving"] + 0.05
+    assert planned.selected["accuracy_drop"] <= 0.03
+
+
+def test_a_plan_that_fails_is_repaired_by_dropping_the_worst_bytes_per_point():
+    """With interaction between layers the additive plan (all three) fails on the model; the layer
+    buying the fewest bytes per point goes, and the rest is verified."""
+    obj = make(sensitivity={"big": 0.01, "mid": 0.01, "small": 0.01}, interaction=0.02)
+    study = run(BudgetAwareSampler(grid=GRID), obj)
+    phases = [t.user_attrs["phase"] for t in study.trials]
+    plans = [t for t in study.trials if t.user_attrs["phase"] == "plan"]
+    rates = [{k: v for k, v in t.params.items() if v} for t in plans]
+    assert rates == [{"rate:big": 0.9, "rate:mid": 0.9, "rate:small": 0.9}, {"rate:big": 0.9, "rate:mid": 0.9}]
+    assert all(t.state == TrialState.PRUNED or t.constraints["accuracy"] > 0 for t in plans), "both fail"
+    # small (fewest bytes per point) went first, then mid; big alone was already verified
+    assert [t.user_attrs["phase"] for t in study.trials if t.number > plans[-1].number][:1] == ["extend"]
+    assert phases[0] == "reference" and phases.count("reference") == 1
+    res = result(study)
+    assert res.both_met and res.selected["accuracy_drop"] <= 0.03
+
+
+def test_knapsack_is_exact_on_a_small_case():
+    # (cost, saving) per rate; slack 1.0: a+c (0.5+0.5) beats b alone (1.0, less saving)
+    options = (("a", ((0.5, (0.5, 10.0)),)), ("b", ((0.9, (1.0, 15.0)),)), ("c", ((0.5, (0.5, 10.0)),)))
+    assert dict(_knapsack(options, 1.0)) == {"a": 0.5, "c": 0.5}
+    assert dict(_knapsack(options, 0.99)) == {"a": 0.5}  # rounding up never exceeds the slack
+    assert _knapsack(options, 0.0) == ()
+
+
+def test_two_threads_claim_distinct_configurations_and_select_the_same():
+    single = run(BudgetAwareSampler(grid=GRID))
+    shared = run(BudgetAwareSampler(grid=GRID, poll_interval=0.02), make(delay=0.002), n_jobs=2)
+    keys = [t.system_attrs["primesvt:claim"]["key"] for t in shared.trials if t.user_attrs["phase"] != "idle"]
+    assert len(keys) == len(set(keys))
+    assert result(shared).selected["rates"] == result(single).selected["rates"]
+
+
+def test_resume_continues_the_plan():
+    storage = optuna.storages.InMemoryStorage()
+    obj = make()
+    study = optuna.create_study(directions=obj.directions, sampler=BudgetAwareSampler(grid=GRID), storage=storage,
+                                study_name="s")
+    study.optimize(obj, n_trials=6)
+    resumed = optuna.load_study(study_name="s", storage=storage, sampler=BudgetAwareSampler(grid=GRID))
+    resumed.optimize(obj)
+    assert result(resumed).selected["rates"] == result(run(BudgetAwareSampler(grid=GRID))).selected["rates"]
+
+
+@pytest.mark.parametrize("cls", [PrioritizedSampler, BudgetAwareSampler, UniformSampler])
+def test_image_budget_is_never_exceeded(cls):
+    obj = make()
+    budget = 3 * obj.eval_images + 500
+    kwargs = {"walk_all": True} if cls is PrioritizedSampler else {}
+    study = run(cls(grid=GRID, budget_images=budget, **kwargs), obj)
+    spent = sum(t.user_attrs.get("images_evaluated") or 0 for t in study.trials)
+    assert spent <= budget
+    assert study.trials[-1].user_attrs["phase"] == "idle" and "budget" in study.trials[-1].user_attrs["cut_reason"]
+
+
+def test_maximize_mode_goes_past_the_memory_target_within_its_budget():
+    """Single shot stops at the target; with an image budget (and walk_all) the walk goes on and
+    saves more, spending no more than the budget."""
+    single = run(PrioritizedSampler(grid=GRID))
+    budget = 60 * make().eval_images
+    more = run(PrioritizedSampler(grid=GRID, walk_all=True, budget_images=budget))
+    assert result(more).selected["memory_saving"] > result(single).selected["memory_saving"]
+    assert sum(t.user_attrs.get("images_evaluated") or 0 for t in more.trials) <= budget
+
+
+def test_budget_must_be_positive():
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(PrimeSVTError, match="budget_images"):
+            BudgetAwareSampler(budget_images=bad)
