@@ -6,8 +6,8 @@
 ``--hog K`` starts K busy-loop processes (one per core: a `stress`-like load) for the whole run
 and stops them at the end. Every run is one ``pytest -q -p no:cacheprovider`` in a subprocess;
 its exit code, pass/fail/skip counts, wall time and the 1-minute load average at its end are
-written to ``benchmarks/results/reliability-<tag>.csv`` with the machine, and the run stops at
-the first failure unless ``--keep-going``.
+written to ``benchmarks/results/reliability-<tag>.csv`` with the machine after every run, and the
+run stops at the first failure unless ``--keep-going``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main() -> int:
     for hog in hogs:
         hog.start()
     rows = []
+    info = machine()
     try:
         for run in range(1, args.repeat + 1):
             started = time.perf_counter()
@@ -63,6 +64,7 @@ def main() -> int:
                    "hog_processes": args.hog, "tests": " ".join(args.tests)}
             rows.append(row)
             print(row, flush=True)
+            write_rows(rows, out, info)  # after every run: a run cut short keeps what it measured
             if done.returncode != 0:
                 print(done.stdout[-5000:], flush=True)
                 if not args.keep_going:
@@ -70,7 +72,6 @@ def main() -> int:
     finally:
         for hog in hogs:
             hog.terminate()
-    write_rows(rows, out, machine())
     passed = sum(r["exit_code"] == 0 for r in rows)
     print(f"{passed}/{len(rows)} runs passed; wrote {out}")
     return 0 if passed == len(rows) == args.repeat else 1
