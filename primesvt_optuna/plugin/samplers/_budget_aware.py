@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
 
-from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from ..constraints import DEFAULT_GRID
 from ._claims import ACCEPTED, FREE, HELD, REJECTED, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
 from ._walk import lazy_bound
 
@@ -62,23 +59,6 @@ class BudgetAwareSampler(ClaimSampler):
     """
 
     policy = "budget-aware"
-
-    def __init__(
-        self,
-        *,
-        grid: Sequence[float] = DEFAULT_GRID,
-        layer_sizes: Mapping[str, int] | None = None,
-        fallback: BaseSampler | None = None,
-        seed: int | None = None,
-        wait_timeout: float = 3600.0,
-        poll_interval: float = 0.2,
-        stale_after: float | None = None,
-        budget_images: int | None = None,
-        budget_trials: int | None = None,
-    ) -> None:
-        super().__init__(grid=grid, layer_sizes=layer_sizes, fallback=fallback, seed=seed, wait_timeout=wait_timeout,
-                         poll_interval=poll_interval, stale_after=stale_after, budget_images=budget_images,
-                         budget_trials=budget_trials)
 
     def _next(self, study: Study, snap: Snapshot) -> Decision:
         reference = snap.trial_for(rates_key({}))

@@ -14,16 +14,14 @@ The claim/wait/stale machinery is in ``_claims.py``; a walk order is one method,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from ...errors import PrimeSVTError
-from ..constraints import DEFAULT_GRID
 from ._claims import ACCEPTED, FREE, HELD, REJECTED, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
 
 
@@ -75,27 +73,10 @@ class WalkSampler(ClaimSampler):
 
     policy = "walk"
 
-    def __init__(
-        self,
-        *,
-        grid: Sequence[float] = DEFAULT_GRID,
-        layer_sizes: Mapping[str, int] | None = None,
-        robustness_rule: str = "highest",
-        walk_all: bool = False,
-        sweep: str = "lazy",
-        fallback: BaseSampler | None = None,
-        seed: int | None = None,
-        wait_timeout: float = 3600.0,
-        poll_interval: float = 0.2,
-        stale_after: float | None = None,
-        budget_images: int | None = None,
-        budget_trials: int | None = None,
-    ) -> None:
-        super().__init__(
-            grid=grid, layer_sizes=layer_sizes, fallback=fallback, seed=seed,
-            wait_timeout=wait_timeout, poll_interval=poll_interval, stale_after=stale_after,
-            budget_images=budget_images, budget_trials=budget_trials,
-        )
+    def __init__(self, *, robustness_rule: str = "highest", walk_all: bool = False, sweep: str = "lazy",
+                 **common: Any) -> None:
+        """``common``: the arguments of every PrimeSVT sampler (see :class:`ClaimSampler`)."""
+        super().__init__(**common)
         if robustness_rule not in ("highest", "contiguous"):
             raise PrimeSVTError(f"robustness_rule must be 'highest' or 'contiguous', got {robustness_rule!r}")
         if sweep not in ("lazy", "full"):
