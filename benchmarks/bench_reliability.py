@@ -60,7 +60,7 @@ def main() -> int:
             done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.tests],
                                   capture_output=True, text=True)
             row = {"run": run, "exit_code": done.returncode, **_counts(done.stdout),
-                   "wall_s": round(time.perf_counter() - started, 1), "load_1min": round(os.getloadavg()[0], 2),
+                   "wall_s": round(time.perf_counter() - started, 1), "load_at_end": round(os.getloadavg()[0], 2),
                    "hog_processes": args.hog, "tests": " ".join(args.tests)}
             rows.append(row)
             print(row, flush=True)
