@@ -196,3 +196,13 @@ def test_compare_from_a_study_config(workdir, capsys):
     assert all((out / f"{name}.png").exists() for name in ("pareto", "progress", "layer_rates", "robustness"))
     names = {s.study_name for s in optuna.get_all_study_summaries(open_storage(url))}
     assert "tiny/robustness-sweep" in names and "tiny/prioritized/seed0" in names
+
+
+def test_flops_target_is_a_second_resource_constraint(workdir, capsys):
+    url = f"sqlite:///{workdir / 'tiny.db'}"
+    assert search(workdir, "--study-name", "flops", "--flops-target", "0.2", "--json") == 0
+    capsys.readouterr()
+    study = optuna.load_study(study_name="flops", storage=open_storage(url))
+    pruned = [t for t in study.trials if t.user_attrs.get("phase") not in ("reference", "idle")]
+    assert pruned and all("flops" in t.constraints and "constraint_flops" in t.user_attrs for t in pruned)
+    assert study.user_attrs["primesvt:flops_target"] == 0.2

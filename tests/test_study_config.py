@@ -87,6 +87,9 @@ def test_acceptance_rule_and_recalibration():
         (GOOD + "accept = 'confident'\ninterval = 'normal'\n", "interval must be one of"),
         (GOOD + "[search]\nrecalibrate_bn = -1\n", "recalibrate_bn is a number of training images"),
         (GOOD + "[search]\nrecalibrate_bn = 'all'\n", "recalibrate_bn must be int"),
+        (GOOD + "[search]\nflops_target = 1.5\n", "flops_target is the fraction of FLOPs per image to save"),
+        (GOOD + "[search]\nsweep = 'half'\n", "sweep must be 'lazy' or 'full'"),
+        (GOOD + "[search]\nbudget_images = 'lots'\n", "budget_images must be int"),
     ],
 )
 def test_bad_configs_are_one_clear_line(text, message):
@@ -99,3 +102,11 @@ def test_bad_configs_are_one_clear_line(text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(PrimeSVTError, match="does not exist"):
         load_study_config(tmp_path / "nope.toml")
+
+
+def test_search_settings_of_this_release():
+    cfg = parse_study_config(GOOD + "[search]\nsweep = 'full'\nbudget_images = 5000\nflops_target = 0.25\n", "s.toml")
+    assert (cfg.sweep, cfg.budget_images, cfg.flops_target) == ("full", 5000, 0.25)
+    default = parse_study_config(GOOD, "s.toml")
+    assert (default.sweep, default.budget_images, default.flops_target) == ("lazy", None, None)
+    assert default.with_overrides(flops_target=0.3, budget_images=100).flops_target == 0.3

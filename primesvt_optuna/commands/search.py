@@ -44,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-images", type=int, metavar="N",
                    help="maximize mode: once the memory target is met, go on increasing the saving until N "
                         "evaluated images (BatchNorm recalibration included) are spent (config: [search] budget_images)")
+    p.add_argument("--flops-target", type=float, metavar="FRACTION",
+                   help="a second resource constraint: also save this fraction of the FLOPs per image "
+                        "(constraint 'flops'; config: [search] flops_target)")
     p.add_argument("--prune-embed", action="store_true", default=None,
                    help="also prune the embedding dimension, as one global layer (config: [search] prune_embed)")
     p.add_argument("--recalibrate-bn", type=int, metavar="N",
@@ -193,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target, workers=args.workers,
         seed=args.seed, device=args.device, batch_size=args.batch_size, eval_images=args.eval_images,
         sweep=args.sweep, budget_images=args.budget_images, prune_embed=args.prune_embed,
-        recalibrate_bn=args.recalibrate_bn, accept=args.accept,
+        recalibrate_bn=args.recalibrate_bn, flops_target=args.flops_target, accept=args.accept,
         accept_confidence=args.confidence, accept_interval=args.interval,
     )
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:

@@ -33,6 +33,7 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     confidence = 0.99
     prune_embed = false                     # true: also prune the embedding dimension (one global layer)
     recalibrate_bn = 0                      # N > 0: adaptive BatchNorm on N training images per pruned model
+    # flops_target = 0.3                    # also save this fraction of FLOPs per image (constraint "flops")
 
 Relative paths are relative to the current directory. Every mistake (malformed TOML, unknown
 key, wrong type, grid outside [0, 1), negative accuracy budget, memory target >= 1) is one
@@ -59,9 +60,9 @@ _DATA = {"eval_images": int, "batch_size": int, "name": str, "path": str, "img_s
 _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str),
                 "accept": str, "confidence": float, "interval": str}
 _SEARCH = {
-    "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "budget_images": int, "trials": int, "seed": int,
-    "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float, "prune_embed": bool,
-    "recalibrate_bn": int,
+    "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "budget_images": int,
+    "trials": int, "seed": int, "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float,
+    "prune_embed": bool, "recalibrate_bn": int, "flops_target": float,
 }
 _SECTIONS = {"data": _DATA, "constraints": _CONSTRAINTS, "search": _SEARCH}
 
@@ -92,6 +93,7 @@ class StudyConfig:
     wait_timeout: float = 3600.0
     prune_embed: bool = False
     recalibrate_bn: int = 0
+    flops_target: float | None = None
     source: str = "<config>"
 
     def __post_init__(self) -> None:
@@ -116,6 +118,8 @@ class StudyConfig:
         for key in ("eval_images", "trials"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise bad(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.flops_target is not None and not 0 < self.flops_target < 1:
+            raise bad(f"flops_target is the fraction of FLOPs per image to save, in (0, 1), got {self.flops_target}")
         if self.recalibrate_bn < 0:
             raise bad(f"recalibrate_bn is a number of training images (0: off), got {self.recalibrate_bn}")
         if self.wait_timeout <= 0:
@@ -177,6 +181,7 @@ class StudyConfig:
             pruner=ConstraintPruner(**self.pruner_settings), prune_embed=self.prune_embed,
             robustness_cache=robustness_cache, wait_timeout=self.wait_timeout,
             accept=c.accept, confidence=c.confidence, interval=c.interval, recalibrate_bn=self.recalibrate_bn,
+            flops_target=self.flops_target,
         )
 
 
@@ -250,6 +255,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         wait_timeout=search.get("wait_timeout", 3600.0),
         prune_embed=search.get("prune_embed", False),
         recalibrate_bn=search.get("recalibrate_bn", 0),
+        flops_target=search.get("flops_target"),
         source=source,
     )
 
