@@ -1,6 +1,6 @@
 """How many evaluation images (and how much time) the ConstraintPruner saves over whole studies.
 
-Two measurements:
+Four measurements:
 
 * ``--storage`` (cheap): every study of a finished comparison, per policy. A cut trial records
   how many images it evaluated, so the images it saved are the full evaluation minus those; the
@@ -12,24 +12,34 @@ Two measurements:
   verdict) and with the statistical cut at 99% confidence; wall times are measured, and whether
   the selection is the same as without the cut is checked on real data. The walk's trials are the
   same with and without the exact cut; TPE's differ (it learns from cut trials differently).
-
 * ``--schedule POLICY ...`` (the cut's own efficiency): each policy's study (``prioritized`` runs
   its full robustness sweep, where most cuts happen; ``tpe`` gets ``--tpe-trials``) on each
   ``--checkpoints``, with the exact cut, evaluated in the growing batch schedule
-  (``--first-batch``, doubling up to ``--batch-size``) and in plain batches. Per study: the
-  average cost of an accuracy-cut trial as a fraction of a full evaluation (goal <= 25%), how
-  many cuts fired at the first look, images, wall time, and whether the selection is the same.
+  (``--first-batch``, then doubling the images seen, up to ``--batch-size``) and in plain
+  batches. Per study: the average cost of an accuracy-cut trial as a fraction of a full
+  evaluation (goal <= 25%), how many cuts fired at the first look, images, wall time, and whether
+  the selection is the same.
   Then the wall (and CPU) time of surviving trials with and without the schedule (goal <= 5%
   loss), measured A/B: up to ``--survivors`` configurations that passed are evaluated whole both
   ways, alternating which goes first, ``--survivor-repeats`` times, and their accuracies compared.
+* ``--oracle`` (what any exact cut could do): the images of every single-layer sweep configuration
+  and of ``--oracle-random`` random complete configurations are classified one by one in the
+  seeded order; for those that miss the floor, the images an exact cut needs when it looks after
+  every image (the lower bound of any schedule), after the default schedule's batches and after
+  plain batches. An exact cut cannot fire before ``total * (1 - floor)`` images are wrong.
 
     python benchmarks/bench_early_cut.py --storage sqlite:///benchmarks/results/search-t15.db --prefix digits
     python benchmarks/bench_early_cut.py --rerun prioritized [--checkpoint digits-2-64]
-    python benchmarks/bench_early_cut.py --schedule tpe prioritized --memory-target 0.15 \
-        --checkpoints digits-2-64 digits-hard-2-64 --output benchmarks/results/early_cut-schedule.csv
+    python benchmarks/bench_early_cut.py --schedule tpe prioritized --memory-target 0.15 --tpe-trials 100 \
+        --checkpoints digits-2-64 --output benchmarks/results/early_cut-schedule-digits.csv
+    python benchmarks/bench_early_cut.py --schedule tpe prioritized --memory-target 0.15 --tpe-trials 60 \
+        --max-trials 60 --survivors 8 --checkpoints digits-hard-2-64 \
+        --output benchmarks/results/early_cut-schedule-digits-hard.csv
+    python benchmarks/bench_early_cut.py --oracle --oracle-random 40 --output benchmarks/results/early_cut-oracle.csv
 
 Writes benchmarks/results/early_cut.csv by default (machine recorded; ``--output``: the committed
-results are early_cut-<tag>-<benchmark>.csv, early_cut-rerun.csv and early_cut-schedule.csv).
+results are early_cut-<tag>-<benchmark>.csv, early_cut-rerun.csv, early_cut-schedule-<benchmark>.csv
+and early_cut-oracle.csv).
 """
 
 from __future__ import annotations
@@ -251,6 +261,73 @@ def schedule_rows(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]
     return rows
 
 
+def oracle_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Cost of an exact cut per look schedule, from per-image correctness (see module docs)."""
+    import random
+
+    import torch
+    from spikingjelly.activation_based import functional
+    from torch.utils.data import DataLoader
+
+    from primesvt_optuna.plugin.pruner import batch_schedule
+
+    rows = []
+    for checkpoint in args.checkpoints:
+        objective = PruningObjective(checkpoint, max_accuracy_drop=args.max_accuracy_drop, batch_size=args.batch_size,
+                                     first_batch=args.first_batch, eval_images=args.eval_images)
+        n, order = objective.eval_images, objective.eval_order
+
+        def right(rates: dict[str, float]) -> list[bool]:
+            model = objective.engine.prune(rates) if rates else objective.engine.model
+            model.eval()
+            out: list[bool] = []
+            with torch.inference_mode():
+                for x, y in DataLoader(objective.eval_set, batch_sampler=[order[i:i + 256] for i in range(0, n, 256)]):
+                    out += (model(x).argmax(1) == y).tolist()
+                    functional.reset_net(model)
+            return out
+
+        floor = sum(right({})) / n - args.max_accuracy_drop
+        rng = random.Random(0)
+        grid = list(objective.grid)
+        populations = {
+            "sweep (each layer alone at each rate)": [{name: r} for name, _ in objective.layers for r in grid],
+            "random complete configurations": [{name: rng.choice([0.0, *grid]) for name, _ in objective.layers}
+                                               for _ in range(args.oracle_random)],
+        }
+        schedules = {"plain batches": batch_schedule(n, args.batch_size, None),
+                     f"schedule from {args.first_batch}": batch_schedule(n, args.batch_size, args.first_batch),
+                     "every image (bound)": [1] * n}
+        for population, configs in populations.items():
+            fails = []
+            for config in configs:
+                ok = right({k: r for k, r in config.items() if r})
+                if sum(ok) / n < floor - 1e-12:
+                    cum = [0]
+                    for v in ok:
+                        cum.append(cum[-1] + v)
+                    fails.append(cum)
+            for name, sizes in schedules.items():
+                costs = []
+                for cum in fails:
+                    cost = n
+                    for seen in looks_of(sizes):
+                        if seen < n and (cum[seen] + n - seen) / n < floor - 1e-12:
+                            cost = seen
+                            break
+                    costs.append(cost / n)
+                cut = [c for c in costs if c < 1]
+                rows.append({
+                    "mode": "oracle", "checkpoint": checkpoint, "eval_images": n, "floor": round(floor, 4),
+                    "first_possible_cut": round(n * (1 - floor), 1), "population": population,
+                    "configurations": len(configs), "infeasible": len(fails), "looks": name, "batches": len(sizes),
+                    "cut": len(cut), "cut_cost_mean": round(statistics.fmean(cut), 4) if cut else None,
+                    "infeasible_cost_mean": round(statistics.fmean(costs), 4) if costs else None,
+                })
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", help="a finished comparison's storage")
@@ -259,16 +336,18 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="digits-2-64")
     parser.add_argument("--max-accuracy-drop", type=float, default=0.03)
     parser.add_argument("--memory-target", type=float, default=0.4)
-    parser.add_argument("--batch-size", type=int, default=256, help="largest evaluation batch (the schedule doubles up to it); the cut looks after each batch")
+    parser.add_argument("--batch-size", type=int, default=256, help="largest evaluation batch (the schedule grows up to it); the cut looks after each batch")
     parser.add_argument("--max-trials", type=int, default=150, help="trials per study (the walk may stop sooner)")
     parser.add_argument("--schedule", nargs="*", default=[], metavar="POLICY",
                         help="policies whose cut efficiency to measure with/without the batch schedule")
     parser.add_argument("--checkpoints", nargs="+", default=["digits-2-64", "digits-hard-2-64"])
-    parser.add_argument("--first-batch", type=int, default=32, help="the schedule's first batch (doubling up)")
+    parser.add_argument("--first-batch", type=int, default=32, help="the schedule's first batch")
     parser.add_argument("--eval-images", type=int, default=None, help="seeded validation subset (default: all)")
     parser.add_argument("--tpe-trials", type=int, default=150, help="trials per TPE/NSGA-II study (--schedule)")
     parser.add_argument("--survivors", type=int, default=16, help="passing configurations timed A/B (--schedule)")
     parser.add_argument("--survivor-repeats", type=int, default=2)
+    parser.add_argument("--oracle", action="store_true", help="the cost of any exact cut (see module docs)")
+    parser.add_argument("--oracle-random", type=int, default=60, help="random complete configurations (--oracle)")
     parser.add_argument("--output", type=Path, default=OUT)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -289,6 +368,8 @@ def main() -> None:
     if args.schedule:
         with tempfile.TemporaryDirectory() as tmp:
             rows += schedule_rows(args, Path(tmp))
+    if args.oracle:
+        rows += oracle_rows(args)
     write_rows(rows, args.output, machine())
     for r in rows:
         print(r)

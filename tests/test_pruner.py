@@ -96,18 +96,21 @@ def test_memory_cut_before_evaluation_for_complete_configurations():
 # --- the batch schedule --------------------------------------------------------------------------
 
 
-def test_batch_schedule_grows_from_the_first_batch_to_the_batch_size():
-    assert batch_schedule(359, 256, 32) == [32, 64, 128, 135]
-    assert batch_schedule(1000, 100, 16) == [16, 32, 64, 100, 100, 100, 100, 100, 100, 100, 100, 88]
+def test_batch_schedule_doubles_the_images_seen_up_to_the_batch_size():
+    assert batch_schedule(359, 256, 32) == [32, 32, 64, 128, 103]
+    assert batch_schedule(1000, 100, 16) == [16, 16, 32, 64] + [100] * 8 + [72]
     assert batch_schedule(359, 256, None) == batch_schedule(359, 256, 256) == [256, 103]  # plain batches
     assert batch_schedule(20, 256, 32) == [20] and batch_schedule(0, 256, 32) == []
-    assert looks_of([32, 64, 128, 135]) == [32, 96, 224, 359]
+    assert looks_of([32, 32, 64, 128, 103]) == [32, 64, 128, 256, 359]
+    # batch_size = first_batch * 2^k: every look of plain batches is a look of the schedule
+    for total in (359, 1078, 5000):
+        assert set(looks_of(batch_schedule(total, 256, None))) <= set(looks_of(batch_schedule(total, 256, 32)))
     for bad in ((0, None), (256, 0)):
         with pytest.raises(PrimeSVTError):
             batch_schedule(100, *bad)
     # the statistical cut's confidence is split over the looks where it may fire: min_images <= seen < total
     stat = ConstraintPruner(confidence=0.99, min_images=64)
-    assert stat.statistical_looks([32, 64, 128, 135]) == 2  # after 96 and 224 images
+    assert stat.statistical_looks([32, 32, 64, 128, 103]) == 3  # after 64, 128 and 256 images
     assert stat.statistical_looks([256, 103]) == 1 and stat.statistical_looks([16]) == 1
 
 
@@ -120,8 +123,8 @@ def test_synthetic_trials_record_when_their_verdict_was_decided():
     reference, passed = study.trials[0], study.trials[1]
     assert reference.user_attrs["images_decided"] == reference.user_attrs["images_evaluated"] == 1000
     assert passed.state == TrialState.COMPLETE and passed.user_attrs["images_evaluated"] == 1000
-    assert passed.user_attrs["images_decided"] == 480  # looks after 32, 96, 224, 480 images: 0.9 * 480 >= 300
-    assert study.user_attrs["primesvt:eval_schedule"]["looks"][:4] == [32, 96, 224, 480]
+    assert passed.user_attrs["images_decided"] == 512  # looks after 32, 64, 128, 256, 512: 0.9 * 512 >= 300
+    assert study.user_attrs["primesvt:eval_schedule"]["looks"] == [32, 64, 128, 256, 512, 768, 1000]
 
 
 def test_synthetic_hopeless_trial_is_cut_at_the_first_look():
@@ -155,7 +158,7 @@ def test_the_schedule_never_changes_an_exact_verdict_on_a_real_model():
     common = dict(max_accuracy_drop=0.05, eval_images=128, batch_size=64)
     full = PruningObjective("digits-hard-2-64", first_batch=None, pruner=None, **common)
     scheduled = PruningObjective("digits-hard-2-64", first_batch=16, **common)
-    assert scheduled.schedule == [16, 32, 64, 16] and full.schedule == [64, 64]
+    assert scheduled.schedule == [16, 16, 32, 64] and full.schedule == [64, 64]
     rng = random.Random(0)
     layers = [name for name, _ in full.layers]
     configs = [{name: rng.choice([0.1, 0.3, 0.5, 0.7, 0.9]) for name in rng.sample(layers, rng.randint(1, 3))}
@@ -180,7 +183,7 @@ def test_the_schedule_never_changes_an_exact_verdict_on_a_real_model():
 
 def test_a_hopeless_trial_is_cut_after_the_first_small_batch():
     objective = PruningObjective("digits-2-64", max_accuracy_drop=0.03, first_batch=32)  # 359 images
-    assert objective.schedule == [32, 64, 128, 135]
+    assert objective.schedule == [32, 32, 64, 128, 103]
     study = _enqueued(objective, [{name: 0.9 for name, _ in objective.layers}])
     cut = study.trials[1]
     assert cut.state == TrialState.PRUNED and cut.user_attrs["cut_reason"].startswith("accuracy: at most")

@@ -446,10 +446,12 @@ class PruningObjective(RateObjective):
         eval_images: size of the seeded validation subset that drives the search (None: all).
         batch_size, first_batch: the evaluation's batch schedule. Images are evaluated in a seeded
             random order (the same for every trial of the study, from ``seed``) in batches of
-            ``first_batch``, then twice that, and so on up to ``batch_size``, so the early cut can
-            end a hopeless trial after a few tens of images; ``first_batch=None`` evaluates the
-            subset in its own order in plain ``batch_size`` batches. The accuracy is the same
-            either way (per-image predictions do not depend on the batch; checked on CPU).
+            ``first_batch``, then batches that double the images seen, up to ``batch_size``
+            (32, 32, 64, 128, 256, 256, ...: looks after 32, 64, 128, 256, 512 images), so the
+            early cut can end a hopeless trial after a few tens of images; ``first_batch=None``
+            evaluates the subset in its own order in plain ``batch_size`` batches. The accuracy
+            is the same either way (per-image predictions do not depend on the batch; checked on
+            CPU).
         pruner: the early cut (default: memory pre-check and exact accuracy cut); None: no cut.
         robustness_cache: ``{(layer, rate): accuracy}`` from a cached robustness table measured on
             the same evaluation subset; single-layer trials it covers are filled without evaluation.

@@ -16,8 +16,11 @@ Two cuts, both recorded on the trial (constraint values, ``cut_reason``, images 
   trials a full evaluation would reject; it may change the selection.
 
 The looks come from the objective's batch schedule (``batch_schedule``): by default a first small
-batch (32 images), each next one twice the last, up to ``batch_size``, so a hopeless trial is cut
-after a few tens of images while a trial that survives is still evaluated mostly in large batches.
+batch of 32 images, then batches that double the images seen (32, 64, 128, ...) up to
+``batch_size``, so a hopeless trial is cut after a few tens of images while a trial that survives
+is still evaluated mostly in large batches. When ``batch_size`` is ``first_batch`` times a power
+of two, the looks include every look plain ``batch_size`` batches would have (256, 512, ...), so
+in the same image order the exact cut never needs more images than it did with plain batches.
 
 ``trial.report``/``trial.should_prune`` raise NotImplementedError in multi-objective studies, so
 the objectives consult the pruner directly (``accuracy_cut``) and raise ``optuna.TrialPruned``.
@@ -53,12 +56,13 @@ DEFAULT_FIRST_BATCH = 32
 
 
 def batch_schedule(total: int, batch_size: int, first_batch: int | None = DEFAULT_FIRST_BATCH) -> list[int]:
-    """Sizes of the evaluation batches over ``total`` images: ``first_batch``, then each batch twice
-    the previous one, capped at ``batch_size``; the last batch takes what is left. ``first_batch``
-    None (or >= ``batch_size``): plain batches of ``batch_size`` (the schedule before growth).
+    """Sizes of the evaluation batches over ``total`` images: ``first_batch``, then each batch as
+    large as all the batches before it (the images seen double at every look), capped at
+    ``batch_size``; the last batch takes what is left. ``first_batch`` None (or >= ``batch_size``):
+    plain batches of ``batch_size`` (the evaluation before the schedule).
 
-    >>> batch_schedule(359, 256, 32)
-    [32, 64, 128, 135]
+    >>> batch_schedule(359, 256, 32)  # looks after 32, 64, 128, 256 and 359 images
+    [32, 32, 64, 128, 103]
     >>> batch_schedule(359, 256, None)
     [256, 103]
     """
@@ -67,11 +71,12 @@ def batch_schedule(total: int, batch_size: int, first_batch: int | None = DEFAUL
     if first_batch is not None and first_batch < 1:
         raise PrimeSVTError(f"first_batch must be >= 1 (or None: plain batches), got {first_batch}")
     size = batch_size if first_batch is None else min(first_batch, batch_size)
-    sizes, left = [], int(total)
+    sizes, seen, left = [], 0, int(total)
     while left > 0:
         sizes.append(min(size, left))
+        seen += sizes[-1]
         left -= sizes[-1]
-        size = min(2 * size, batch_size)
+        size = min(seen, batch_size)
     return sizes
 
 

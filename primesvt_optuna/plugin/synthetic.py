@@ -9,10 +9,10 @@ Accuracy of a rate vector ``r``::
     base_accuracy - sum_l sensitivity[l] * r_l**2 - interaction * sum_{l<m} r_l * r_m
 
 rounded to whole images out of ``n_images``. The images are evaluated in the same batch schedule
-as a real objective's (``first_batch``, doubling up to ``batch_size``; ``first_batch=None``: plain
-batches); which ones are right is a fixed pseudo-random pattern (a seeded order, the same for
-every trial), so the exact early cut behaves as on real data. Bytes are
-4 per parameter: ``other_params`` stay, each layer keeps ``round(size * (1 - r))``.
+as a real objective's (``first_batch``, then doubling the images seen, up to ``batch_size``;
+``first_batch=None``: plain batches); which ones are right is a fixed pseudo-random pattern (a
+seeded order, the same for every trial), so the exact early cut behaves as on real data. Bytes
+are 4 per parameter: ``other_params`` stay, each layer keeps ``round(size * (1 - r))``.
 """
 
 from __future__ import annotations
