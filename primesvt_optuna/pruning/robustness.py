@@ -29,7 +29,6 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +145,8 @@ class ForwardTrace:
     def prefix(self, touched: set[str]) -> tuple[list[str], int]:
         """The modules to reuse when ``touched`` are pruned: the outermost modules the forward pass
         leaves before it first enters any touched module (each call of such a module gets the
-        unpruned model's output), and how many calls that is. Empty when none is entered first."""
+        unpruned model's output), and how many calls that is. Empty when a touched module is the
+        first one entered, or is never entered (then nothing is known to be unaffected)."""
         stop = next((i for i, (kind, name) in enumerate(self.events)
                      if kind == "enter" and any(_inside(name, t) for t in touched)), None)
         if stop is None:
