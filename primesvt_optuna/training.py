@@ -11,7 +11,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -49,15 +49,19 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def iter_eval(
-    model: nn.Module, dataset: Dataset, *, batch_size: int = EVAL_BATCH_SIZE, device: str | torch.device = "cpu"
+    model: nn.Module, dataset: Dataset, *, batch_size: int = EVAL_BATCH_SIZE, device: str | torch.device = "cpu",
+    batches: Sequence[Sequence[int]] | None = None,
 ) -> Iterator[tuple[int, int]]:
-    """``(correct_in_batch, batch_size)`` batch by batch, in a fixed order (lets callers stop early)."""
+    """``(correct_in_batch, batch_size)`` batch by batch, in a fixed order (lets callers stop early);
+    ``batches``: the dataset indices of each batch instead (a schedule of growing batches)."""
     dev = _device(device)
+    loader = (DataLoader(dataset, batch_sampler=batches, num_workers=0) if batches is not None
+              else DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+            for x, y in loader:
                 try:
                     logits = model(x.to(dev))
                 finally:

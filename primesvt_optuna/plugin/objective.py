@@ -625,27 +625,10 @@ def iter_schedule(model: Any, dataset: Any, order: Sequence[int], sizes: Sequenc
     """``(correct_in_batch, batch_size)`` over ``dataset`` taken in ``order``, in batches of
     ``sizes``: ``training.iter_eval`` with a batch schedule (eval mode, no autograd, neuron state
     reset after every batch)."""
-    import torch
-    from spikingjelly.activation_based import functional
-    from torch.utils.data import DataLoader
+    from ..training import iter_eval
 
-    from ..training import _device
-
-    dev = _device(device)
     batches, start = [], 0
     for n in sizes:
         batches.append(list(order[start:start + n]))
         start += n
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for x, y in DataLoader(dataset, batch_sampler=batches, num_workers=0):
-                try:
-                    logits = model(x.to(dev))
-                finally:
-                    functional.reset_net(model)
-                yield int((logits.argmax(1).cpu() == y).sum()), len(y)
-    finally:
-        functional.reset_net(model)
-        model.train(was_training)
+    return iter_eval(model, dataset, device=device, batches=batches)
