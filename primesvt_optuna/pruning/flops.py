@@ -74,13 +74,7 @@ def count_flops(model: nn.Module, image_shape: Sequence[int], *, batch_size: int
     ref = _param(model)
     x = torch.zeros((batch_size, *image_shape), dtype=ref.dtype if ref.is_floating_point() else torch.float32,
                     device=ref.device)
-    functional.reset_net(model)
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        functional.reset_net(model)
-    total = int(counter.get_total_flops())
+    total = int(_counted(model, x).get_total_flops())
     if total % batch_size:
         raise AssertionError(f"{total} FLOPs for a batch of {batch_size} is not a whole number per image")
     return total // batch_size
@@ -117,16 +111,21 @@ def _without_norms(model: nn.Module) -> nn.Module:
     return model
 
 
-def _module_flops(model: nn.Module, image_shape: Sequence[int]) -> dict[str, int]:
-    """FLOPs per image by module path ("" the root), totals including submodules (batch of one)."""
-    ref = _param(model)
-    x = torch.zeros((1, *image_shape), dtype=ref.dtype, device=ref.device)
+def _counted(model: nn.Module, x: torch.Tensor) -> FlopCounterMode:
+    """One forward pass of ``x`` under a FLOP counter, neuron state reset before and after."""
     functional.reset_net(model)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         functional.reset_net(model)
+    return counter
+
+
+def _module_flops(model: nn.Module, image_shape: Sequence[int]) -> dict[str, int]:
+    """FLOPs per image by module path ("" the root), totals including submodules (batch of one)."""
+    ref = _param(model)
+    counter = _counted(model, torch.zeros((1, *image_shape), dtype=ref.dtype, device=ref.device))
     root = type(model).__name__
     out = {}
     for key, ops in counter.get_flop_counts().items():
