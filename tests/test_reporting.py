@@ -54,7 +54,7 @@ def test_one_study_per_policy_and_seed(comparison):
 def test_table_rows_and_columns(comparison):
     _, records, _ = comparison
     runs = runs_table(records)
-    assert len(runs) == 18
+    assert len(runs) == 3 * len(POLICIES)
     table = comparison_table(runs)
     assert list(table.columns) == TABLE_COLUMNS
     assert list(table.policy) == list(POLICIES)

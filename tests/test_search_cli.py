@@ -192,7 +192,7 @@ def test_compare_from_a_study_config(workdir, capsys):
                  "--storage", url, "-o", str(out)]) == 0
     table = (out / "comparison.md").read_text().splitlines()
     assert [row.split("|")[1].strip() for row in table[2:]] == [
-        "prioritized", "smallest-first", "random-order", "uniform", "tpe", "nsga2"]
+        "prioritized", "budget-aware", "smallest-first", "random-order", "uniform", "tpe", "nsga2"]
     assert all((out / f"{name}.png").exists() for name in ("pareto", "progress", "layer_rates", "robustness"))
     names = {s.study_name for s in optuna.get_all_study_summaries(open_storage(url))}
     assert "tiny/robustness-sweep" in names and "tiny/prioritized/seed0" in names
