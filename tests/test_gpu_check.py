@@ -38,7 +38,8 @@ def test_dry_run_writes_one_csv_of_passed_checks(tmp_path: Path) -> None:
     by = {(r["step"], r["key"]): r for r in rows}
     assert by[("engine_tests", "summary")]["ok"] == "true" and "passed" in by[("engine_tests", "summary")]["value"]
     assert by[("search_device", "same_selection_as")]["ok"] == "true"
-    assert by[("search_device_2workers", "same_selection_as")]["ok"] == "true"
+    assert ("search_device_2workers", "selected_rates") in by  # finished and recorded; not compared (see script)
+    assert ("search_device_2workers", "same_selection_as") not in by
     assert json.loads(by[("search_device", "selected_rates")]["value"]) is not None
     for target in ("25%", "50%", "75%"):
         assert float(by[("bench", f"spikformer-8-512@{target}:images_per_s")]["value"]) > 0
