@@ -528,12 +528,6 @@ def _local_worker(trial: FrozenTrial) -> tuple[bool, str] | None:
     return True, described
 
 
-def worker_gone(trial: FrozenTrial) -> str | None:
-    """Why the trial's recorded worker (on this host) can no longer finish it, else None."""
-    local = _local_worker(trial)
-    return f"its worker ({local[1]}) is gone" if local is not None and not local[0] else None
-
-
 def stale_reason(trial: FrozenTrial, grace: float | None, heartbeat_age: float | None = None) -> str | None:
     """Why a RUNNING trial can no longer finish, or None while it still can (the module docstring
     gives the rule). ``grace``: seconds without a sign of life after which a trial of another host
