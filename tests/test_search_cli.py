@@ -168,6 +168,16 @@ def test_baseline_policies(workdir, capsys, policy, extra):
     assert study.trials[0].user_attrs["phase"] == "reference"
 
 
+def test_first_batch_flag_sets_the_looks(workdir, capsys):
+    """--first-batch reaches the objective: the study records the early cut's looks."""
+    url = f"sqlite:///{workdir / 'tiny.db'}"
+    for name, flag, looks in (("grow", "8", [8, 16, 32, 48]), ("plain", "0", [16, 32, 48])):
+        assert search(workdir, "--policy", "uniform", "--study-name", name, "--first-batch", flag, "--json") == 0
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        assert study.user_attrs["primesvt:eval_schedule"]["looks"] == looks
+    capsys.readouterr()
+
+
 def test_two_worker_processes(workdir, capsys):
     assert search(workdir, "--study-name", "two", "--workers", "2", "--json") == 0
     out = json.loads(capsys.readouterr().out)

@@ -90,6 +90,7 @@ def test_acceptance_rule_and_recalibration():
         (GOOD + "[search]\nflops_target = 1.5\n", "flops_target is the fraction of FLOPs per image to save"),
         (GOOD + "[search]\nsweep = 'half'\n", "sweep must be 'lazy' or 'full'"),
         (GOOD + "[search]\nbudget_images = 'lots'\n", "budget_images must be int"),
+        (GOOD + "[data]\nfirst_batch = -8\n", "first_batch must be at least 1 (0: plain batch_size batches)"),
     ],
 )
 def test_bad_configs_are_one_clear_line(text, message):
@@ -110,3 +111,13 @@ def test_search_settings_of_this_release():
     default = parse_study_config(GOOD, "s.toml")
     assert (default.sweep, default.budget_images, default.flops_target) == ("lazy", None, None)
     assert default.with_overrides(flops_target=0.3, budget_images=100).flops_target == 0.3
+
+
+def test_first_batch_sets_the_objectives_schedule():
+    """[data] first_batch and --first-batch reach the objective's batch schedule (the early cut's
+    looks); 0 is plain batch_size batches."""
+    growing = parse_study_config(GOOD + "[data]\neval_images = 200\nbatch_size = 64\nfirst_batch = 16\n")
+    assert growing.objective().schedule == [16, 16, 32, 64, 64, 8]
+    plain = growing.with_overrides(first_batch=0)
+    assert plain.first_batch == 0 and plain.objective().schedule == [64, 64, 64, 8]
+    assert parse_study_config(GOOD).first_batch == 32

@@ -36,6 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--first-batch", type=int, metavar="N",
+                   help="first evaluation batch; batches then double the images seen up to --batch-size, so "
+                        "the early cut can act after N images (default 32; 0: plain batches; config: "
+                        "[data] first_batch)")
     p.add_argument("--eval-images", type=int, help="size of the validation subset driving the search")
     p.add_argument("--sweep", choices=("lazy", "full"),
                    help="robustness of a layer measured when the walk reaches it, only as far as its bound "
@@ -195,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         policy=args.policy, trials=args.trials, storage=args.storage, study_name=args.study_name,
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target, workers=args.workers,
         seed=args.seed, device=args.device, batch_size=args.batch_size, eval_images=args.eval_images,
-        sweep=args.sweep, budget_images=args.budget_images, prune_embed=args.prune_embed,
+        first_batch=args.first_batch, sweep=args.sweep, budget_images=args.budget_images, prune_embed=args.prune_embed,
         recalibrate_bn=args.recalibrate_bn, flops_target=args.flops_target, accept=args.accept,
         accept_confidence=args.confidence, accept_interval=args.interval,
     )

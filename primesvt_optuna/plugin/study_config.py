@@ -9,6 +9,8 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     [data]                                  # all optional
     eval_images = 500                       # seeded validation subset that drives the search
     batch_size = 256
+    first_batch = 32                        # growing batches 32, 32, 64, ... up to batch_size, so the
+                                            #   early cut can act after 32 images; 0: plain batches
     # name / path / img_size / seed override the checkpoint's own data spec (e.g. where CIFAR is)
 
     [constraints]
@@ -50,13 +52,14 @@ from typing import Any
 
 from ..errors import PrimeSVTError
 from .constraints import DEFAULT_GRID, Constraints, normalize_grid
+from .pruner import DEFAULT_FIRST_BATCH
 
 POLICIES = ("prioritized", "budget-aware", "uniform", "random-order", "smallest-first", "tpe", "nsga2")
 WALK_POLICIES = ("prioritized", "random-order", "smallest-first")
 EARLY_CUTS = ("exact", "statistical", "off")
 
 _TOP = {"study_name": str, "storage": str, "checkpoint": str, "device": str}
-_DATA = {"eval_images": int, "batch_size": int, "name": str, "path": str, "img_size": int, "seed": int}
+_DATA = {"eval_images": int, "batch_size": int, "first_batch": int, "name": str, "path": str, "img_size": int, "seed": int}
 _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str),
                 "accept": str, "confidence": float, "interval": str}
 _SEARCH = {
@@ -79,6 +82,7 @@ class StudyConfig:
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     eval_images: int | None = None
     batch_size: int = 256
+    first_batch: int = DEFAULT_FIRST_BATCH
     policy: str = "prioritized"
     grid: tuple[float, ...] = DEFAULT_GRID
     robustness_rule: str = "highest"
@@ -115,6 +119,8 @@ class StudyConfig:
         for key in ("batch_size", "workers"):
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.first_batch < 0:
+            raise bad(f"first_batch must be at least 1 (0: plain batch_size batches), got {self.first_batch}")
         for key in ("eval_images", "trials"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise bad(f"{key} must be at least 1, got {getattr(self, key)}")
@@ -177,7 +183,8 @@ class StudyConfig:
         return PruningObjective(
             self.checkpoint, data=self.data or None, max_accuracy_drop=c.max_accuracy_drop,
             min_accuracy=c.min_accuracy, memory_target=c.memory_target, memory_budget=c.memory_budget,
-            grid=self.grid, eval_images=self.eval_images, batch_size=self.batch_size, device=self.device,
+            grid=self.grid, eval_images=self.eval_images, batch_size=self.batch_size,
+            first_batch=self.first_batch or None, device=self.device,
             pruner=ConstraintPruner(**self.pruner_settings), prune_embed=self.prune_embed,
             robustness_cache=robustness_cache, wait_timeout=self.wait_timeout,
             accept=c.accept, confidence=c.confidence, interval=c.interval, recalibrate_bn=self.recalibrate_bn,
@@ -240,6 +247,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         constraints=_constraints(sections["constraints"], source),
         eval_images=data.pop("eval_images", None),
         batch_size=data.pop("batch_size", 256),
+        first_batch=data.pop("first_batch", DEFAULT_FIRST_BATCH),
         data=data,
         policy=search.get("policy", "prioritized"),
         grid=tuple(search.get("grid", DEFAULT_GRID)),
