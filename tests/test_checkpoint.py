@@ -167,7 +167,9 @@ def test_original_layout_checkpoint(tmp_path: Path, trained, capsys) -> None:
     _cli_error(capsys, argv, "converted.pt", "--force")
 
 
-@pytest.mark.parametrize("name, data, floor", [("digits-2-64", "digits", 0.97), ("digits-hard-2-64", "digits-hard", 0.75)])
+@pytest.mark.parametrize("name, data, floor", [
+    ("digits-2-64", "digits", 0.97), ("digits-hard-2-64", "digits-hard", 0.75), ("digits-8-64", "digits", 0.95),
+])
 def test_shipped_baselines_reproduce_recorded_accuracy(name: str, data: str, floor: float) -> None:
     assert resolve_checkpoint(name) == shipped(name)
     model, ckpt = load_checkpoint(shipped(name))

@@ -138,3 +138,25 @@ def test_every_small_preset_builds_and_runs() -> None:
             out = model(torch.rand(2, preset["in_channels"], preset["img_size"], preset["img_size"]))
         functional.reset_net(model)
         assert out.shape == (2, preset["num_classes"]), name
+
+
+def _block_share(name: str) -> float:
+    with torch.device("meta"):
+        model = build_model({"preset": name})
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for n, p in model.named_parameters() if n.startswith("block.")) / total
+
+
+def test_paper_shaped_preset_puts_the_parameters_in_the_blocks() -> None:
+    """digits-8-64 is shaped like the paper's Spikformer-8-512 (8 blocks, MLP ratio 4, the blocks
+    hold most of the parameters), unlike the 2-block digits presets where the stem holds ~40%."""
+    paper = resolve_config({"preset": "digits-8-64"})
+    assert (paper["depth"], paper["mlp_ratio"]) == (8, 4.0)
+    share = _block_share("digits-8-64")
+    assert share >= 0.75 and abs(share - _block_share("spikformer-8-512")) < 0.03
+    assert _block_share("digits-2-64") < 0.65
+    model = build_model({"preset": "digits-8-64"}).eval()
+    with torch.inference_mode():  # the CIFAR-style stem halves the plane twice: 16x16 -> 4x4 tokens
+        tokens = model.patch_embed(torch.rand(4, 1, 1, 16, 16)).flatten(3).shape[-1]  # [T, B, C, H, W]
+    functional.reset_net(model)
+    assert tokens == 16
