@@ -13,7 +13,9 @@ their cost grows with the study; this measures by how much.
 The headline is the median time per trial over the timed trials after the first: a sampler
 joining a study indexes its finished trials once, on its first decision (``first_trial_ms``,
 reported beside it), and every later decision reprocesses only what changed. The mean over all
-timed trials, first included, is ``mean_ms_per_trial``.
+timed trials, first included, is ``mean_ms_per_trial``. The last row is the floor of any sampler
+that keeps its state in the study: one incremental read and one committed claim write per
+decision, timed alone in the same run.
 
     python benchmarks/bench_sampler_overhead.py [--prefill 1000] [--trials 30]
 
@@ -42,7 +44,7 @@ from primesvt_optuna.plugin import (
     UniformSampler,
 )
 from primesvt_optuna.reporting.compare import machine
-from primesvt_optuna.storage import open_storage
+from primesvt_optuna.storage import open_storage, set_trial_attrs
 
 OUT = Path(__file__).resolve().parent / "results" / "sampler_overhead.csv"
 LAYERS = {f"layer{i:02d}": 1000 + 500 * (i % 7) + 37 * i for i in range(30)}
@@ -130,6 +132,31 @@ def bench(name: str, trials: list[optuna.trial.FrozenTrial], n_trials: int, fold
             **{f"ms_{k}": round(1000 * v / max(ran, 1), 2) for k, v in sorted(timed.seconds.items())}}
 
 
+def storage_floor(trials: list[optuna.trial.FrozenTrial], n_trials: int, folder: Path) -> dict[str, Any]:
+    """What any sampler that keeps its state in the study pays per decision on this storage: one
+    incremental read of the study (Optuna's cached refresh, one trial running) and one committed
+    write of a claim (system + user attributes), medians over ``n_trials`` trials."""
+    obj = objective()
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{folder}/floor.db"), directions=obj.directions)
+    study.add_trials(trials)
+    storage, reads, writes = study._storage, [], []
+    storage.get_all_trials(study._study_id, deepcopy=False)
+    for _ in range(n_trials):
+        trial_id = storage.create_new_trial(study._study_id)
+        start = time.perf_counter()
+        storage.get_all_trials(study._study_id, deepcopy=False)
+        read = time.perf_counter()
+        set_trial_attrs(storage, trial_id, {"primesvt:claim": {"key": "x" * 40, "phase": "walk"}},
+                        {"phase": "walk", "layer": "layer00", "rate": 0.5})
+        reads.append(read - start)
+        writes.append(time.perf_counter() - read)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.COMPLETE, [0.5, 1000.0])
+    read_ms, write_ms = 1000 * statistics.median(reads), 1000 * statistics.median(writes)
+    return {"sampler": "floor: one study read + one claim write", "prefilled_trials": len(trials),
+            "trials_timed": n_trials, "sampler_ms_per_trial": round(read_ms + write_ms, 2),
+            "ms_read": round(read_ms, 2), "ms_claim_write": round(write_ms, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prefill", type=int, default=1000)
@@ -146,6 +173,8 @@ def main() -> None:
         for name in dict.fromkeys(["random (Optuna)", *args.samplers]):
             rows.append(bench(name, trials, args.trials, Path(tmp)))
             print(rows[-1], flush=True)
+        rows.append(storage_floor(trials, args.trials, Path(tmp)))
+        print(rows[-1], flush=True)
     base = rows[0]["sampler_ms_per_trial"]
     info = machine()
     keys = list(dict.fromkeys(k for r in rows for k in r))  # sampler first, then its timings
