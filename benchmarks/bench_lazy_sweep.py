@@ -6,7 +6,8 @@ images to target measured in the same run (issue 11).
 * after: each walk with ``sweep="lazy"`` (the default), charged only the (layer, rate) lookups it
   made: what ``primesvt search`` evaluates;
 * TPE, 3 seeds, capped at ``--tpe-images`` evaluated images (its images to target count until its
-  first trial that meets both constraints).
+  first trial that meets both constraints); ``--tpe-trials`` is only a safety net, and the CSV
+  says when it ended a study (``trials`` at the cap).
 
 Per benchmark the full sweep runs once (it does not depend on the memory target), in its own
 study, and is copied into every cell's storage, where ``primesvt compare``'s machinery replays it
@@ -82,7 +83,8 @@ def run_cell(args, bench: str, checkpoint: str, target: float, sweep_url: str, p
             seeds = (0,) if policy in DETERMINISTIC else tuple(range(args.seeds))
             # the walks stop by themselves (default budget: sweep + 60 evaluations, never reached)
             spec = ComparisonSpec(name=name, storage=url, policies=(policy,), seeds=seeds, n_jobs=args.jobs,
-                                  budget_images=args.tpe_images if policy == "tpe" else None, max_trials=args.max_trials,
+                                  budget_images=args.tpe_images if policy == "tpe" else None,
+                                  max_trials=args.tpe_trials if policy == "tpe" else args.max_trials,
                                   sampler_options={p: walk for p in WALK_POLICIES})
             started = time.perf_counter()
             records = run_comparison(spec, cfg.objective, progress=False)
@@ -138,7 +140,10 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", type=float, default=[0.15, 0.4])
     parser.add_argument("--seeds", type=int, default=3, help="seeds of random-order and TPE (the other walks: 1)")
     parser.add_argument("--tpe-images", type=int, default=20_000, help="TPE's image budget per study")
-    parser.add_argument("--max-trials", type=int, default=150)
+    parser.add_argument("--max-trials", type=int, default=150, help="trial cap of the walks (a safety net)")
+    parser.add_argument("--tpe-trials", type=int, default=400,
+                        help="TPE's trial cap, a safety net: with the early cut most TPE trials cost a few tens of "
+                             "images, so a cap of 150 ends TPE long before its image budget")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the CSV names (e.g. for a smoke run)")
     args = parser.parse_args()
