@@ -114,10 +114,9 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
             after = cell[(cell.policy == policy) & (cell.phase == "after")].set_index("seed")
             same_commits = bool((before.commit == after.commit).all())
             same_selections = bool((before.selection == after.selection).all())
-            med = {k: float(v) for k, v in (("before_images_to_target", before.images_to_target.median()),
-                                              ("after_images_to_target", after.images_to_target.median()),
-                                              ("before_images_total", before.images_total.median()),
-                                              ("after_images_total", after.images_total.median()))}
+            med = {f"{phase}_{metric}": float(frame[metric].median())
+                   for phase, frame in (("before", before), ("after", after))
+                   for metric in ("images_to_target", "images_total")}
             out.append({
                 "benchmark": bench, "target": target, "policy": policy, "seeds": len(after),
                 "same_commits": same_commits, "same_selections": same_selections, **med,
