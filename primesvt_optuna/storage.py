@@ -82,6 +82,8 @@ DEFAULT_MAX_RETRY = 3
 SQLITE_BUSY_TIMEOUT = 120
 """Seconds a SQLite writer waits for the file lock: K workers poll one file."""
 CONNECT_TIMEOUT = 10
+SCHEMA_RACE_RETRIES = 3
+"""Retries when workers create a fresh database at once and one loses the race to stamp it."""
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
@@ -257,16 +259,25 @@ def _open_rdb(
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
         engine_kwargs["pool_pre_ping"] = True
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = WorkerRDBStorage(
-                spec.url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=interval,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=callback,
-                skip_table_creation=read_only or spec.read_only,
-            )
+        for attempt in range(SCHEMA_RACE_RETRIES + 1):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    storage = WorkerRDBStorage(
+                        spec.url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=interval,
+                        grace_period=grace,
+                        heartbeat_stale_trial_callback=callback,
+                        skip_table_creation=read_only or spec.read_only,
+                    )
+                break
+            except sqlalchemy.exc.IntegrityError:
+                # K workers opening a fresh database at once: another one created the schema and
+                # stamped its version between our check and our insert; the second try finds it.
+                if attempt == SCHEMA_RACE_RETRIES:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         if spec.kind == "sqlite" and not (read_only or spec.read_only):
             _sqlite_wal(storage)
         return storage

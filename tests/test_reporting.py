@@ -103,6 +103,20 @@ def test_budget_is_respected(comparison):
             assert cost_curve(record).images.iloc[-1] < 3000 + 200
 
 
+def test_a_lazy_walk_pays_for_its_lookups_not_the_whole_sweep(tmp_path):
+    """A budget smaller than the shared sweep still lets a lazy walk reach the target: it is
+    charged the (layer, rate) lookups it replays, as it replays them."""
+    spec = ComparisonSpec(name="lazy", storage=f"sqlite:///{tmp_path}/lazy.db", policies=("prioritized",),
+                          seeds=(0,), budget_images=700, max_trials=8, n_jobs=1)
+    (record,) = run_comparison(spec, FACTORY, progress=False)
+    sweep_images = len(SIZES) * 2 * 200
+    charged = record.report["charged"]["images"]
+    assert record.trials.cached.any() and 0 < charged < sweep_images
+    curve = cost_curve(record)
+    assert curve.feasible.any()  # the target is met within a budget below the sweep's cost
+    assert curve.images.iloc[-1] <= 700 + 200
+
+
 def test_report_from_storage_reproduces_the_table(comparison, tmp_path):
     spec, records, folder = comparison
     expected = comparison_table(runs_table(records))

@@ -95,6 +95,44 @@ def test_sqlite_opens_with_heartbeat_and_creates_folder(tmp_path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
+def _lose_schema_race(monkeypatch, times: int) -> list[int]:
+    """Make the first ``times`` storage constructions fail as the loser of two workers creating a
+    fresh database at once does (the winner stamped the schema version between check and insert)."""
+    import sqlalchemy
+
+    import primesvt_optuna.storage as module
+
+    calls: list[int] = []
+    real = module.WorkerRDBStorage.__init__
+
+    def init(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            real(self, *args, **kwargs)  # the winner's tables now exist, as after a lost race
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(module.WorkerRDBStorage, "__init__", init)
+    return calls
+
+
+def test_workers_creating_a_fresh_sqlite_file_at_once_all_open_it(tmp_path, monkeypatch) -> None:
+    calls = _lose_schema_race(monkeypatch, times=1)
+    storage = open_storage(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert len(calls) == 2
+    optuna.create_study(storage=storage, study_name="s").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+
+
+def test_a_schema_error_that_persists_is_one_line(tmp_path, monkeypatch) -> None:
+    from primesvt_optuna.storage import SCHEMA_RACE_RETRIES
+
+    calls = _lose_schema_race(monkeypatch, times=SCHEMA_RACE_RETRIES + 1)
+    with pytest.raises(PrimeSVTError) as exc:
+        open_storage(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert len(calls) == SCHEMA_RACE_RETRIES + 1
+    assert "UNIQUE constraint failed" in _one_line(exc)
+
+
 @pytest.mark.parametrize("text", ["journal:///{d}/j/s.log", "{d}/k/s.jsonl"])
 def test_journal_opens_with_heartbeat(tmp_path, text: str) -> None:
     storage = open_storage(text.format(d=tmp_path))

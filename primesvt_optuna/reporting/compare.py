@@ -24,7 +24,7 @@ import datetime
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,19 +109,23 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class ImageBudget:
-    """Stop a study once its trials have evaluated ``budget`` images (the charged sweep included)."""
+    """Stop a study once its trials have evaluated ``budget`` images. A trial filled from the shared
+    sweep (``cached``) costs what the sweep spent on its (layer, rate), from ``lookups``: a lazy
+    walk pays for the bounds it looks up, when it looks them up, never for the whole sweep."""
 
-    def __init__(self, budget: int | None, charged: int = 0) -> None:
+    def __init__(self, budget: int | None, lookups: Mapping[tuple[str, float], float] | None = None) -> None:
         self.budget = budget
-        self.charged = charged
+        self.lookups = lookups or {}
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.budget is None:
             return
-        used = self.charged + sum(
-            float(t.user_attrs.get("images_evaluated") or 0) + float(t.user_attrs.get("images_recalibrated") or 0)
-            for t in study.get_trials(deepcopy=False, states=_FINISHED)
-        )
+        used = 0.0
+        for t in study.get_trials(deepcopy=False, states=_FINISHED):
+            ua = t.user_attrs
+            used += float(ua.get("images_evaluated") or 0) + float(ua.get("images_recalibrated") or 0)
+            if ua.get("cached"):
+                used += self.lookups.get((ua.get("layer"), round(float(ua.get("rate") or 0), 6)), 0.0)
         if used >= self.budget:
             study.stop()
 
@@ -161,12 +165,14 @@ def _sweep_worker(spec: ComparisonSpec, factory: ObjectiveFactory) -> None:
         study.optimize(objective, callbacks=[_SweepDone(n_sweep)], gc_after_trial=False)
 
 
-def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tuple[str, float], float], dict[str, Any]]:
+def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tuple[str, float], float], dict[str, Any],
+                                                                      dict[tuple[str, float], float]]:
     """Run (or resume) the shared robustness sweep on ``n_jobs`` processes; return the cache for
-    the walks and the cost to charge them (the sum of the sweep trials' own durations, i.e. what
-    one walk would have spent sweeping alone)."""
+    the walks, the whole sweep's cost (the sum of its trials' own durations, i.e. what one walk
+    would have spent sweeping alone) and the images each (layer, rate) lookup cost."""
     from joblib import Parallel, delayed
 
+    open_storage(spec.storage)  # create the schema once, before the workers race to
     workers = max(1, spec.n_jobs)
     Parallel(n_jobs=workers, backend="loky")(delayed(_sweep_worker)(spec, factory) for _ in range(workers))
     storage = open_storage(spec.storage)
@@ -174,16 +180,20 @@ def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tup
     trials = study.get_trials(deepcopy=False)
     sweep = load_sweep(storage, spec.name)
     cache: dict[tuple[str, float], float] = {}
+    lookups: dict[tuple[str, float], float] = {}
     for row in sweep.trials[sweep.trials.phase == "robustness"].itertuples():
+        key = (row.layer, round(float(row.rate), 6))
         value = row.accuracy if row.complete else trials[row.number].user_attrs.get("accuracy_upper_bound")
         if value is not None and value == value:  # a cut trial caches the best it could have reached
-            cache[(row.layer, round(float(row.rate), 6))] = float(value)
-    cost = sweep_cost(sweep)
-    return cache, cost
+            cache[key] = float(value)
+        if row.state in ("COMPLETE", "PRUNED"):
+            lookups[key] = float(row.images_evaluated or 0) + float(row.images_recalibrated or 0)
+    return cache, sweep_cost(sweep), lookups
 
 
 def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: int,
-            cache: dict[tuple[str, float], float] | None, charged: dict[str, float] | None) -> str:
+            cache: dict[tuple[str, float], float] | None, charged: dict[str, float] | None,
+            lookups: dict[tuple[str, float], float] | None = None) -> str:
     """One independent study (in its own process); returns its name."""
     from ..plugin.constraints import rate_param
     from ..plugin.result import save_result_note
@@ -208,8 +218,7 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
     done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     cap = spec.max_trials + len(cache or {})  # cached sweep trials evaluate nothing: not counted in the cap
     if done < cap:
-        charged_images = int((charged or {}).get("images", 0))
-        budget = ImageBudget(spec.budget_images, charged_images)
+        budget = ImageBudget(spec.budget_images, lookups)
         study.optimize(objective, n_trials=cap - done, callbacks=[budget], gc_after_trial=False)
     report: dict[str, Any] = {"machine": machine()}
     if charged:
@@ -252,14 +261,14 @@ def run_comparison(spec: ComparisonSpec, factory: ObjectiveFactory, *, progress:
     started = time.perf_counter()
     open_storage(spec.storage)  # one clear line now rather than an error in every worker
     walks = [p for p in spec.policies if p in WALK_POLICIES]
-    cache = charged = None
+    cache = charged = lookups = None
     if spec.shared_sweep and walks:
         if progress:
             print(f"[compare] robustness sweep (shared by {', '.join(walks)}) ...", flush=True)
-        cache, charged = run_sweep(spec, factory)
+        cache, charged, lookups = run_sweep(spec, factory)
         if progress:
             print(f"[compare] sweep: {charged['trials']} trials, {charged['images']:,.0f} images, "
-                  f"{charged['seconds']:.1f} s (charged to each walk study)", flush=True)
+                  f"{charged['seconds']:.1f} s (each walk study is charged the lookups it replays)", flush=True)
     if spec.budget_images is None:
         full = charged["full_evaluation"] if charged else int(factory().eval_images)
         base = charged["images"] if charged else 0
@@ -272,7 +281,7 @@ def run_comparison(spec: ComparisonSpec, factory: ObjectiveFactory, *, progress:
         print(f"[compare] {len(tasks)} studies ({len(spec.policies)} policies x {len(spec.seeds)} seeds) "
               f"on {spec.n_jobs} processes -> {spec.storage}", flush=True)
     names = Parallel(n_jobs=spec.n_jobs, backend="loky", verbose=5 if progress else 0)(
-        delayed(run_one)(spec, factory, p, s, cache if p in walks else None, charged if p in walks else None)
+        delayed(run_one)(spec, factory, p, s, *((cache, charged, lookups) if p in walks else (None, None, None)))
         for p, s in tasks
     )
     if progress:

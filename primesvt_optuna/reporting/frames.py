@@ -215,9 +215,9 @@ def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[
     if prefix is None and len(names) > 1:
         raise PrimeSVTError(f"this storage holds several comparisons ({', '.join(sorted(names))}): pick one with --prefix")
     sweeps = {name: load_sweep(storage, name) for name in names}
-    for record in records:  # the sweep's cost is charged to every study that replayed it
+    for record in records:  # a study that replayed the sweep is charged what it replayed (maybe nothing)
         sweep = sweeps[record.name]
-        if sweep is not None and record.trials.cached.any():
+        if sweep is not None and (record.trials.cached.any() or "charged" in record.report):
             replayed = record.trials[record.trials.cached.astype(bool)]
             used = {(layer, round(float(rate), 6)) for layer, rate in zip(replayed.layer, replayed.rate)}
             record.report = {**record.report, "charged": sweep_cost(sweep, used)}

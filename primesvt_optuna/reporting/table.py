@@ -62,6 +62,8 @@ def study_summary(record: StudyRecord) -> dict[str, Any]:
     full = record.val_images
     cut = t[t.cut]
     test = record.report.get("test") or {}
+    if best is None or test.get("trial") != int(best.number):
+        test = {}  # measured on another configuration (or not at all): not this selection's
     return {
         "policy": record.policy,
         "seed": record.seed,
@@ -72,8 +74,9 @@ def study_summary(record: StudyRecord) -> dict[str, Any]:
         "policy_selection_met": bool((record.selection or {}).get("both_met", False)),
         "val_accuracy": float(best.accuracy) if best is not None else math.nan,
         "val_images": full,
-        "test_accuracy": _float(test.get("accuracy")) if best is not None and test.get("trial") == int(best.number) else math.nan,
+        "test_accuracy": _float(test.get("accuracy")),
         "test_images": int(test.get("images", 0)),
+        "test_within_budget": _within_budget(record, test),
         "target_met": first is not None,
         "images_to_target": float(first.images) if first is not None else math.inf,
         "trials_to_target": float(first.trials) if first is not None else math.inf,
@@ -86,6 +89,15 @@ def study_summary(record: StudyRecord) -> dict[str, Any]:
         "charged_images": float((record.report.get("charged") or {}).get("images", 0)),
         "rates": best.rates if best is not None else {},
     }
+
+
+def _within_budget(record: StudyRecord, test: dict[str, Any]) -> float:
+    """1.0 when the selection's test accuracy is within the accuracy budget of the unpruned
+    model's test accuracy (the claim made on validation, checked on held-out data), else 0.0."""
+    drop = record.constraints.get("max_accuracy_drop")
+    if drop is None or test.get("base_accuracy") is None or test.get("accuracy") is None:
+        return math.nan
+    return float(float(test["accuracy"]) >= float(test["base_accuracy"]) - float(drop) - 1e-12)
 
 
 def _float(value: Any) -> float:
@@ -129,7 +141,7 @@ TABLE_COLUMNS = [
     "policy", "seeds", "target_met",
     "best_saving_median", "best_saving_min", "best_saving_max",
     "policy_selection_saving_median", "policy_selection_saving_min", "policy_selection_saving_max",
-    "policy_selection_met",
+    "policy_selection_met", "test_within_budget", "test_checked",
     "val_accuracy_median", "val_accuracy_min", "val_accuracy_max", "val_accuracy_ci_low", "val_accuracy_ci_high",
     "test_accuracy_median", "test_accuracy_min", "test_accuracy_max", "test_accuracy_ci_low", "test_accuracy_ci_high",
     "images_to_target_median", "images_to_target_min", "images_to_target_max",
@@ -146,7 +158,9 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for policy, group in runs.groupby("policy", sort=False):
         row: dict[str, Any] = {"policy": policy, "seeds": len(group), "target_met": int(group.target_met.sum()),
-                               "policy_selection_met": int(group.policy_selection_met.sum())}
+                               "policy_selection_met": int(group.policy_selection_met.sum()),
+                               "test_within_budget": int(group.test_within_budget.sum()),
+                               "test_checked": int(group.test_within_budget.notna().sum())}
         for metric in ("best_saving", "policy_selection_saving", "val_accuracy", "test_accuracy", "images_to_target", "trials_to_target",
                        "seconds_to_target", "seconds_total"):
             row[f"{metric}_median"], row[f"{metric}_min"], row[f"{metric}_max"] = _stats(group[metric])
@@ -203,6 +217,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             + f" ({r.policy_selection_met}/{r.seeds})",
             "val accuracy": acc("val"),
             "test accuracy": acc("test"),
+            "within budget on test": f"{r.test_within_budget}/{r.test_checked}" if r.test_checked else "–",
             "images to target": _span(_count, r.images_to_target_median, r.images_to_target_min, r.images_to_target_max),
             "trials to target": _span(_count, r.trials_to_target_median, r.trials_to_target_min, r.trials_to_target_max),
             "time to target": _span(_secs, r.seconds_to_target_median, r.seconds_to_target_min, r.seconds_to_target_max),

@@ -1,0 +1,122 @@
+"""The full comparison (issue 13): every policy, 3 seeds, equal image budgets, on the three
+embedded benchmarks, with the confident-acceptance and BatchNorm-recalibration variants.
+
+A *cell* is one benchmark at one memory target; a *variant* is how its objective accepts:
+
+* ``main``: every policy (prioritized, budget-aware, smallest-first, random-order, uniform, TPE,
+  NSGA-II) on the study config as shipped (point acceptance, no recalibration). The benchmark's
+  full robustness sweep runs once, in its own storage, and is copied into each cell (it does not
+  depend on the memory target); the walks replay it and are charged the lookups they used.
+* ``confident``: ``accept = "confident"`` (95% one-sided Clopper-Pearson bound on the validation
+  accuracy must meet the floor), for ``--variant-policies`` (default: prioritized, budget-aware).
+* ``recal``: BatchNorm recalibration on 512 training images per pruned model, same policies;
+  the recalibration passes count against the image budget like evaluated images.
+
+Variants run without a shared sweep (its accuracies belong to another objective): each walk
+measures and pays its own lazy lookups, as ``primesvt search`` would. Every study of a cell has
+the same image budget (``--budget``; trial caps are only a safety net, and the report says when
+one was hit); every selection is evaluated on the test split once its study ends.
+
+    python benchmarks/bench_comparison.py digits:0.15 digits-hard:0.4 [--variants main confident recal]
+
+Writes benchmarks/results/comparison/<cell>[-<variant>]/ (table, runs, figures, from storage via
+``primesvt report``'s code) and one row per policy and variant in
+benchmarks/results/comparison.csv (machine recorded); the studies stay in
+benchmarks/results/comparison-<benchmark>.db for ``primesvt dashboard`` and ``primesvt report``.
+Rerunning resumes: finished studies are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from primesvt_optuna.plugin.study_config import load_study_config
+from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
+from primesvt_optuna.reporting.compare import WALK_POLICIES, machine, run_sweep
+from primesvt_optuna.reporting.frames import POLICIES, sweep_name
+from primesvt_optuna.storage import open_storage
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BENCHMARKS = {  # name: (study config, checkpoint, image budget per study)
+    "digits": ("studies/digits.toml", "digits-2-64", 40_000),
+    "digits-hard": ("studies/digits.toml", "digits-hard-2-64", 80_000),
+    "digits-8-64": ("studies/digits-8-64.toml", "digits-8-64", 50_000),
+}
+VARIANTS = {"main": {}, "confident": {"accept": "confident"}, "recal": {"recalibrate_bn": 512}}
+
+
+def _storage(bench: str) -> str:
+    return f"sqlite:///{RESULTS}/comparison-{bench}.db"
+
+
+def _shared_sweep(bench: str, cfg, jobs: int, cell: str) -> None:
+    """Run the benchmark's sweep once (under the benchmark's name) and copy it to the cell's."""
+    url = _storage(bench)
+    run_sweep(ComparisonSpec(name=bench, storage=url, n_jobs=jobs), cfg.objective)
+    names = {s.study_name for s in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)}
+    if sweep_name(cell) not in names:
+        optuna.copy_study(from_study_name=sweep_name(bench), from_storage=open_storage(url),
+                          to_storage=open_storage(url), to_study_name=sweep_name(cell))
+
+
+def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
+    config, checkpoint, budget = BENCHMARKS[bench]
+    budget = args.budget or budget
+    cell = f"{bench}-t{round(target * 100)}"
+    name = cell if variant == "main" else f"{cell}-{variant}"
+    cfg = load_study_config(config).with_overrides(checkpoint=checkpoint, study_name=name, memory_target=target,
+                                                   **VARIANTS[variant])
+    main = variant == "main"
+    if main:
+        _shared_sweep(bench, cfg, args.jobs, name)
+    walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all}
+    spec = ComparisonSpec(name=name, storage=_storage(bench), policies=POLICIES if main else args.variant_policies,
+                          seeds=tuple(range(args.seeds)), budget_images=budget, max_trials=args.max_trials,
+                          n_jobs=args.jobs, shared_sweep=main, sampler_options={p: walk for p in WALK_POLICIES})
+    print(f"== {name}: budget {budget:,} images per study, {cfg.constraints.describe()}", flush=True)
+    started = time.perf_counter()
+    run_comparison(spec, cfg.objective)
+    wall = time.perf_counter() - started
+    report = build_report(spec.storage, RESULTS / "comparison" / name, name)
+    print(report.display.to_string(index=False), flush=True)
+    capped = report.runs.groupby("policy", sort=False).trials.max() >= args.max_trials
+    return report.table.assign(
+        benchmark=bench, target=target, variant=variant, budget_images=budget, max_trials=args.max_trials,
+        trial_cap_hit=report.table.policy.map(capped).fillna(False), run_wall_s=round(wall, 1),
+        **{k: str(v) for k, v in machine().items()},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cells", nargs="+", metavar="BENCHMARK:TARGET", help=f"benchmarks: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--variants", nargs="+", default=["main"], choices=list(VARIANTS))
+    parser.add_argument("--variant-policies", nargs="+", default=["prioritized", "budget-aware"], choices=POLICIES)
+    parser.add_argument("--budget", type=int, default=None, help="images per study (default: per benchmark)")
+    parser.add_argument("--max-trials", type=int, default=1500, help="safety net; reported when hit")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    path = RESULTS / "comparison.csv"
+    for item in args.cells:
+        bench, _, target = item.partition(":")
+        if bench not in BENCHMARKS or not target:
+            raise SystemExit(f"bad cell {item!r}: write BENCHMARK:TARGET with BENCHMARK one of {', '.join(BENCHMARKS)}")
+        for variant in args.variants:
+            rows = run(bench, float(target), variant, args)
+            if path.exists():  # keep every other cell and variant of earlier runs
+                old = pd.read_csv(path)
+                keep = ~((old.benchmark == bench) & (old.target == float(target)) & (old.variant == variant))
+                rows = pd.concat([old[keep], rows], ignore_index=True)
+            first = ["benchmark", "target", "variant", "policy"]
+            rows[first + [c for c in rows.columns if c not in first]].to_csv(path, index=False)
+            print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
