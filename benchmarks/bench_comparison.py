@@ -11,6 +11,9 @@ A *cell* is one benchmark at one memory target; a *variant* is how its objective
   accuracy must meet the floor), for ``--variant-policies`` (default: prioritized, budget-aware).
 * ``recal``: BatchNorm recalibration on 512 training images per pruned model, same policies;
   the recalibration passes count against the image budget like evaluated images.
+* ``nocut``: TPE and NSGA-II without the accuracy early cut (``early_cut = "off"``): a cut trial
+  reaches Optuna as PRUNED, which its samplers learn little from, so this row shows what they do
+  when every trial they sample is evaluated in full (on the same image budget, fewer trials).
 
 Variants run without a shared sweep (its accuracies belong to another objective): each walk
 measures and pays its own lazy lookups, as ``primesvt search`` would. Every study of a cell has
@@ -29,6 +32,7 @@ Rerunning resumes: finished studies are kept.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -47,7 +51,13 @@ BENCHMARKS = {  # name: (study config, checkpoint, image budget per study)
     "digits-hard": ("studies/digits.toml", "digits-hard-2-64", 80_000),
     "digits-8-64": ("studies/digits-8-64.toml", "digits-8-64", 50_000),
 }
-VARIANTS = {"main": {}, "confident": {"accept": "confident"}, "recal": {"recalibrate_bn": 512}}
+DEFAULT_AND_NEW = ("prioritized", "budget-aware")
+VARIANTS = {  # name: (study config overrides, policies run by default)
+    "main": ({}, POLICIES),
+    "confident": ({"accept": "confident"}, DEFAULT_AND_NEW),
+    "recal": ({"recalibrate_bn": 512}, DEFAULT_AND_NEW),
+    "nocut": ({"early_cut": "off"}, ("tpe", "nsga2")),
+}
 
 
 def _storage(bench: str) -> str:
@@ -70,12 +80,13 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
     cell = f"{bench}-t{round(target * 100)}"
     name = cell if variant == "main" else f"{cell}-{variant}"
     cfg = load_study_config(config).with_overrides(checkpoint=checkpoint, study_name=name, memory_target=target,
-                                                   **VARIANTS[variant])
+                                                   **VARIANTS[variant][0])
     main = variant == "main"
+    policies = VARIANTS[variant][1] if main or not args.variant_policies else args.variant_policies
     if main:
         _shared_sweep(bench, cfg, args.jobs, name)
     walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all}
-    spec = ComparisonSpec(name=name, storage=_storage(bench), policies=POLICIES if main else args.variant_policies,
+    spec = ComparisonSpec(name=name, storage=_storage(bench), policies=policies,
                           seeds=tuple(range(args.seeds)), budget_images=budget, max_trials=args.max_trials,
                           n_jobs=args.jobs, shared_sweep=main, sampler_options={p: walk for p in WALK_POLICIES})
     print(f"== {name}: budget {budget:,} images per study, {cfg.constraints.describe()}", flush=True)
@@ -92,17 +103,47 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
     )
 
 
+def _cell_text(r: pd.Series) -> str:
+    """One policy in one cell: its own selection's median saving (seeds meeting both constraints),
+    median images to the target, seeds whose selection holds the accuracy budget on test."""
+    saving = r.policy_selection_saving_median
+    saving = "–" if math.isnan(saving) else f"{100 * saving:.1f}%"
+    images = r.images_to_target_median
+    cost = "not met" if not math.isfinite(images) else f"{images / 1000:.1f}k img"
+    return f"{saving} ({r.policy_selection_met}/{r.seeds}), {cost}, test {r.test_within_budget}/{r.test_checked}"
+
+
+def headline(table: pd.DataFrame) -> str:
+    """The markdown table the README and docs/results.md quote: a row per policy (and variant),
+    a column per cell."""
+    table = table.assign(cell=[f"{b}, {round(t * 100)}%" for b, t in zip(table.benchmark, table.target)],
+                         row=[p if v == "main" else f"{p} + {v}" for p, v in zip(table.policy, table.variant)])
+    order = [f"{b}, {round(t * 100)}%" for b in BENCHMARKS for t in sorted(set(table.target[table.benchmark == b]))]
+    rows = list(dict.fromkeys(table.sort_values("variant", key=lambda v: v.map(list(VARIANTS).index), kind="stable").row))
+    cells = {(r.row, r.cell): _cell_text(r) for r in table.itertuples()}
+    lines = ["| policy | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
+    lines += [f"| {row} | " + " | ".join(cells.get((row, c), "") for c in order) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cells", nargs="+", metavar="BENCHMARK:TARGET", help=f"benchmarks: {', '.join(BENCHMARKS)}")
+    parser.add_argument("cells", nargs="*", metavar="BENCHMARK:TARGET", help=f"benchmarks: {', '.join(BENCHMARKS)}")
     parser.add_argument("--variants", nargs="+", default=["main"], choices=list(VARIANTS))
-    parser.add_argument("--variant-policies", nargs="+", default=["prioritized", "budget-aware"], choices=POLICIES)
+    parser.add_argument("--variant-policies", nargs="+", default=None, choices=POLICIES,
+                        help="policies of the variants (default: the variant's own, see VARIANTS)")
     parser.add_argument("--budget", type=int, default=None, help="images per study (default: per benchmark)")
     parser.add_argument("--max-trials", type=int, default=1500, help="safety net; reported when hit")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--headline", action="store_true", help="only print the headline table from the CSV")
     args = parser.parse_args()
     path = RESULTS / "comparison.csv"
+    if args.headline:
+        print(headline(pd.read_csv(path)), end="")
+        return
+    if not args.cells:
+        parser.error("name at least one BENCHMARK:TARGET cell (or --headline)")
     for item in args.cells:
         bench, _, target = item.partition(":")
         if bench not in BENCHMARKS or not target:
