@@ -145,3 +145,23 @@ def test_objective_recalibrates_pruned_trials_counts_the_images_and_records_it(t
     assert all(t.user_attrs["images_recalibrated"] == 0 for t in fresh.trials)
     with pytest.raises(PrimeSVTError, match="number of training images"):
         PruningObjective(**kwargs, recalibrate_bn=-1)
+
+
+def test_a_comparison_reads_the_test_split_on_the_recalibrated_model(tiny):
+    """The test accuracy a comparison reports is that of the model its study evaluated (pruned,
+    then recalibrated), as `primesvt export` rebuilds it, not the plain pruned model."""
+    from primesvt_optuna.reporting.compare import test_accuracy
+
+    model, splits = tiny
+    objective = PruningObjective(model=model, data=make_spec("digits", img_size=16), eval_images=48, batch_size=16,
+                                 grid=[0.5], max_accuracy_drop=0.99, memory_target=0.05, pruner=None,
+                                 recalibrate_bn=70)
+    study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=[0.5]))
+    study.optimize(objective, n_trials=3)
+    report = test_accuracy(objective, study)
+    rates = report["rates"]
+    assert rates  # a pruned configuration was selected
+    recalibrated = objective.engine.prune(rates)
+    recalibrate_bn(recalibrated, splits.train, images=70, seed=0)
+    assert report["accuracy"] == evaluate(recalibrated, splits.test, batch_size=16)
+    assert report["accuracy"] != evaluate(objective.engine.prune(rates), splits.test, batch_size=16)

@@ -230,8 +230,9 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
 
 
 def test_accuracy(objective: Any, study: optuna.Study) -> dict[str, Any]:
-    """Test-split accuracy of the study's selected configuration and of the unpruned model (only
-    reported: the search never sees the test split). Empty without a test split (synthetic)."""
+    """Test-split accuracy of the study's selected configuration (BatchNorm recalibrated when the
+    objective recalibrates) and of the unpruned model (only reported: the search never sees the
+    test split). Empty without a test split (synthetic)."""
     splits = getattr(objective, "splits", None)
     engine = getattr(objective, "engine", None)
     if splits is None or engine is None:
@@ -248,6 +249,9 @@ def test_accuracy(objective: Any, study: optuna.Study) -> dict[str, Any]:
     batch = getattr(objective, "batch_size", 256)
     started = time.perf_counter()
     pruned = engine.prune(rates) if rates else engine.model
+    recalibrate = getattr(objective, "recalibrate", None)
+    if recalibrate is not None and rates:  # the model the study evaluated, as `primesvt export` rebuilds it
+        recalibrate(pruned.to(device), rates)
     acc = evaluate(pruned.to(device), splits.test, batch_size=batch, device=device)
     base = evaluate(engine.model.to(device), splits.test, batch_size=batch, device=device)
     return {"trial": int(best.number), "accuracy": acc, "images": len(splits.test), "base_accuracy": base,
