@@ -126,6 +126,41 @@ def headline(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pct(x: float) -> str:
+    return "–" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _num(x: float) -> str:
+    return "not met" if not math.isfinite(x) else f"{x:,.0f}"
+
+
+def cell_table(rows: pd.DataFrame) -> str:
+    """One cell, every policy and variant: the columns docs/results.md reads (the full table with
+    ranges and costs is the cell's comparison.md)."""
+    lines = ["| policy | selection saves (met) | validation | test | within budget on test | images to target "
+             "| images in all | trials (cut) | wall s |", "|---" * 9 + "|"]
+    for r in rows.itertuples():
+        name = r.policy if r.variant == "main" else f"{r.policy} + {r.variant}"
+        cap = " cap hit" if str(r.trial_cap_hit) == "True" else ""
+        lines.append(
+            f"| {name} | {_pct(r.policy_selection_saving_median)} ({r.policy_selection_met}/{r.seeds}) "
+            f"| {_pct(r.val_accuracy_median)} | {_pct(r.test_accuracy_median)} "
+            f"| {r.test_within_budget}/{r.test_checked} | {_num(r.images_to_target_median)} "
+            f"| {_num(r.images_total_median)} | {_num(r.trials_median)} ({_num(r.trials_cut_median)}){cap} "
+            f"| {r.seconds_total_median:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def tables(table: pd.DataFrame) -> str:
+    """The headline, then one compact table per cell (variants under their policy's main row)."""
+    out = ["## Headline\n", headline(table)]
+    for (bench, target), rows in table.groupby(["benchmark", "target"], sort=False):
+        rank = rows.variant.map(list(VARIANTS).index)
+        out += [f"\n## {bench}, {round(target * 100)}% target (budget {int(rows.budget_images.iloc[0]):,} images)\n",
+                cell_table(rows.assign(rank=rank).sort_values("rank", kind="stable"))]
+    return "".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cells", nargs="*", metavar="BENCHMARK:TARGET", help=f"benchmarks: {', '.join(BENCHMARKS)}")
@@ -136,14 +171,14 @@ def main() -> None:
     parser.add_argument("--max-trials", type=int, default=1500, help="safety net; reported when hit")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--headline", action="store_true", help="only print the headline table from the CSV")
+    parser.add_argument("--tables", action="store_true", help="only print the markdown tables from the CSV")
     args = parser.parse_args()
     path = RESULTS / "comparison.csv"
-    if args.headline:
-        print(headline(pd.read_csv(path)), end="")
+    if args.tables:
+        print(tables(pd.read_csv(path)), end="")
         return
     if not args.cells:
-        parser.error("name at least one BENCHMARK:TARGET cell (or --headline)")
+        parser.error("name at least one BENCHMARK:TARGET cell (or --tables)")
     for item in args.cells:
         bench, _, target = item.partition(":")
         if bench not in BENCHMARKS or not target:

@@ -5,6 +5,8 @@ benchmark code share it; as a script it is the "same command" a crash test runs 
     python tests/_synthetic_walk.py STORAGE STUDY K DELAY
 
 Exit 0 and a JSON line when the walk finished; 130 with the resume hint after Ctrl-C.
+``PRIMESVT_TEST_POLICY=budget-aware`` runs the budget-aware sampler instead of the paper's walk
+(same claim machinery, another policy).
 ``PRIMESVT_FAKE_HOST`` makes the process record another host name, so stale-trial detection
 has to rely on heartbeats instead of the PID (a worker on another machine).
 """
@@ -29,7 +31,7 @@ if os.environ.get("PRIMESVT_FAKE_HOST"):
     _host = os.environ["PRIMESVT_FAKE_HOST"]
     socket.gethostname = lambda: _host  # type: ignore[assignment]
 
-from primesvt_optuna.plugin import PrioritizedSampler, SyntheticObjective  # noqa: E402
+from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, SyntheticObjective  # noqa: E402
 from primesvt_optuna.plugin.result import result  # noqa: E402
 from primesvt_optuna.storage import open_storage  # noqa: E402
 from primesvt_optuna.workers import WorkerReport, interrupted_message, optimize, run_workers  # noqa: E402
@@ -48,8 +50,9 @@ def make_objective(delay: float = 0.0) -> SyntheticObjective:
     )
 
 
-def make_sampler() -> PrioritizedSampler:
-    return PrioritizedSampler(grid=GRID, poll_interval=0.05, wait_timeout=300)
+def make_sampler() -> PrioritizedSampler | BudgetAwareSampler:
+    cls = BudgetAwareSampler if os.environ.get("PRIMESVT_TEST_POLICY") == "budget-aware" else PrioritizedSampler
+    return cls(grid=GRID, poll_interval=0.05, wait_timeout=300)
 
 
 def create(storage: Any, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
@@ -84,20 +87,21 @@ def search(url: str, name: str, k: int, delay: float) -> list[WorkerReport]:
 def summary(study: optuna.Study) -> dict[str, Any]:
     """What the tests compare: the selection, the commits, and how every trial ended."""
     res = result(study)
-    state = make_sampler().walk_state(study)
+    sampler = make_sampler()
+    commits = sampler.walk_state(study).commits if isinstance(sampler, PrioritizedSampler) else []
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if (t.system_attrs.get("primesvt:claim") or {}).get("key")
             and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     evaluated = [t.system_attrs["primesvt:claim"]["key"] for t in done]
     return {
         "selected": res.selected["rates"] if res.selected else None,
-        "commits": [[c.layer, c.rate] for c in state.commits],
+        "commits": [[c.layer, c.rate] for c in commits],
         "finished": res.finished,
         "states": dict(collections.Counter(t.state.name for t in trials)),
         "duplicates": sorted(k for k, n in collections.Counter(evaluated).items() if n > 1),
         "workers": sorted({(t.system_attrs.get("primesvt:worker") or {}).get("pid") for t in trials} - {None}),
         "trials": len(trials),
-        "walk_trials": [t.number for t in trials if t.user_attrs.get("phase") == "walk"],
+        "walk_trials": [t.number for t in trials if t.user_attrs.get("phase") in ("walk", "plan", "extend")],
         "evaluated": {key: t.user_attrs.get("phase") for key, t in zip(evaluated, done)},
     }
 

@@ -162,6 +162,22 @@ def test_killed_at_every_point_then_resume(storage_url: str, study_name: str, ho
         assert [t.state for t in retried] in ([TrialState.COMPLETE], [TrialState.PRUNED]), "not retried exactly once"
 
 
+@pytest.mark.parametrize("point", ["claimed", "after_trial"])
+def test_budget_aware_killed_in_its_plan_then_resume(tmp_path, point: str, monkeypatch) -> None:
+    """The budget-aware sampler shares the claim machinery: killed once its plan's verification
+    is claimed, or once evaluated but before its outcome is stored, the same command finishes
+    with the uninterrupted run's selection."""
+    monkeypatch.setenv("PRIMESVT_TEST_POLICY", "budget-aware")
+    reference = walk.expected()
+    url, name = f"sqlite:///{tmp_path}/study.db", "budget-aware"
+    number = reference["walk_trials"][0]  # the plan's first verification
+    killed = _run(url, name, 1, _env(PRIMESVT_FAULT=f"{point}@{number}"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert _trials(url, name)[number].state == TrialState.RUNNING
+    _check_same_as_uninterrupted(_resume(url, name), reference)
+    assert _trials(url, name)[number].state == TrialState.FAIL
+
+
 @pytest.mark.parametrize("storage_kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_paused_worker_keeps_its_trial_within_the_grace_period(storage_kind: str, tmp_path, request, reference: dict) -> None:
     """A worker of another host frozen (SIGSTOP) mid-evaluation for several heartbeat intervals, but
