@@ -113,3 +113,16 @@ def test_budget_must_be_positive():
     for bad in (0, -5, 2.5, True):
         with pytest.raises(PrimeSVTError, match="budget_images"):
             BudgetAwareSampler(budget_images=bad)
+
+
+def test_a_plan_below_the_memory_target_is_evaluated_not_cut_for_memory():
+    """The plan and its extensions are steps towards a larger saving: the memory pre-check (which
+    rejects complete configurations below the target unevaluated) must not cut them, or a target
+    above the first plan could never be reached by extending it."""
+    study = run(BudgetAwareSampler(grid=GRID), make(memory_target=0.7))
+    steps = [t for t in study.trials if t.user_attrs.get("phase") in ("plan", "extend")]
+    assert steps and all(t.user_attrs.get("images_evaluated", 0) > 0 for t in steps)
+    assert not any(str(t.user_attrs.get("cut_reason", "")).startswith("memory") for t in study.trials)
+    best = max((t for t in steps if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["constraint_accuracy"] <= 0),
+               key=lambda t: t.user_attrs["memory_saving"])
+    assert best.user_attrs["memory_saving"] == pytest.approx(0.5)  # mid and small at 0.9 + big at 0.2, as planned

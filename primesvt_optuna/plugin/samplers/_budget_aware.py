@@ -84,7 +84,9 @@ class BudgetAwareSampler(ClaimSampler):
         while True:  # verify and repair
             status = snap.status(rates_key(config))
             if status == FREE:
-                return Candidate(rates_key(config), "plan", None, None, dict(config), complete=True)
+                # not "complete": a plan or extension below the memory target is a step towards a
+                # larger saving, so the memory pre-check must not reject it unevaluated
+                return Candidate(rates_key(config), "plan", None, None, dict(config))
             if status == HELD:
                 return Wait("the planned configuration")
             if status == ACCEPTED:
@@ -97,7 +99,7 @@ class BudgetAwareSampler(ClaimSampler):
                 trial = {**config, param: rate}
                 status = snap.status(rates_key(trial))
                 if status == FREE:
-                    return Candidate(rates_key(trial), "extend", param, rate, trial, complete=True)
+                    return Candidate(rates_key(trial), "extend", param, rate, trial)
                 if status == HELD:
                     return Wait(f"the extension by {param}")
                 if status == ACCEPTED:
