@@ -27,7 +27,8 @@ class BudgetAwareSampler(ClaimSampler):
        ``memory`` constraint, else ``layer_sizes`` x rate); a multiple-choice knapsack (costs taken
        as additive) picks one rate or none per layer to save the most within the slack.
     3. *Verify and repair*: the plan is evaluated on the real model; while it fails the constraint,
-       the layer that buys the fewest bytes per unit of cost is dropped, and the rest evaluated.
+       the layer that buys the fewest bytes per unit of cost (alone, at its bound) is backed off by
+       one grid step (dropped below the lowest), and the result evaluated.
     4. *Extend*: every layer not in the accepted configuration is tried on top of it, largest
        saving first, from its bound downward, and kept at the first rate that still passes.
 
@@ -91,7 +92,12 @@ class BudgetAwareSampler(ClaimSampler):
                 return Wait("the planned configuration")
             if status == ACCEPTED:
                 break
-            config.pop(min(config, key=lambda p: _value(options[p][config[p]])))
+            worst = min(config, key=lambda p: (_value(options[p][bounds[p]]), p))
+            lower = [r for r in self._grid if r < config[worst]]
+            if lower:  # back off the layer that buys the fewest bytes per point by one grid step
+                config[worst] = lower[-1]
+            else:
+                config.pop(worst)
         extra = sorted((p for p in bounds if p not in config and bounds[p] is not None),
                        key=lambda p: -options[p][bounds[p]][1])
         for param in extra:  # extend, each layer from its bound down
