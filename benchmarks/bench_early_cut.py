@@ -28,7 +28,7 @@ Four measurements:
   every image (the lower bound of any schedule), after the default schedule's batches and after
   plain batches. An exact cut cannot fire before ``total * (1 - floor)`` images are wrong.
 
-    python benchmarks/bench_early_cut.py --storage sqlite:///benchmarks/results/search-t15.db --prefix digits
+    python benchmarks/bench_early_cut.py --storage sqlite:///benchmarks/results/comparison-digits.db --prefix digits-t15
     python benchmarks/bench_early_cut.py --rerun prioritized [--checkpoint digits-2-64]
     python benchmarks/bench_early_cut.py --schedule tpe prioritized --memory-target 0.15 --tpe-trials 100 \
         --checkpoints digits-2-64 --output benchmarks/results/early_cut-schedule-digits.csv
