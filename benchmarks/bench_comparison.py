@@ -83,7 +83,7 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
                                                    **VARIANTS[variant][0])
     main = variant == "main"
     policies = VARIANTS[variant][1] if main or not args.variant_policies else args.variant_policies
-    if main:
+    if main and not args.report_only:
         _shared_sweep(bench, cfg, args.jobs, name)
     walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all}
     spec = ComparisonSpec(name=name, storage=_storage(bench), policies=policies,
@@ -91,8 +91,9 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
                           n_jobs=args.jobs, shared_sweep=main, sampler_options={p: walk for p in WALK_POLICIES})
     print(f"== {name}: budget {budget:,} images per study, {cfg.constraints.describe()}", flush=True)
     started = time.perf_counter()
-    run_comparison(spec, cfg.objective)
-    wall = time.perf_counter() - started
+    if not args.report_only:
+        run_comparison(spec, cfg.objective)
+    wall = math.nan if args.report_only else time.perf_counter() - started
     report = build_report(spec.storage, RESULTS / "comparison" / name, name)
     print(report.display.to_string(index=False), flush=True)
     capped = report.runs.groupby("policy", sort=False).trials.max() >= args.max_trials
@@ -171,6 +172,8 @@ def main() -> None:
     parser.add_argument("--max-trials", type=int, default=1500, help="safety net; reported when hit")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild the cells' reports and CSV rows from the studies already in storage (no wall time)")
     parser.add_argument("--tables", action="store_true", help="only print the markdown tables from the CSV")
     args = parser.parse_args()
     path = RESULTS / "comparison.csv"
