@@ -36,14 +36,12 @@ import math
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
 
 from primesvt_optuna.plugin.study_config import load_study_config
 from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
-from primesvt_optuna.reporting.compare import WALK_POLICIES, machine, run_sweep
-from primesvt_optuna.reporting.frames import POLICIES, sweep_name
-from primesvt_optuna.storage import open_storage
+from primesvt_optuna.reporting.compare import WALK_POLICIES, copy_sweep, machine, run_sweep
+from primesvt_optuna.reporting.frames import POLICIES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS = {  # name: (study config, checkpoint, image budget per study)
@@ -68,10 +66,7 @@ def _shared_sweep(bench: str, cfg, jobs: int, cell: str) -> None:
     """Run the benchmark's sweep once (under the benchmark's name) and copy it to the cell's."""
     url = _storage(bench)
     run_sweep(ComparisonSpec(name=bench, storage=url, n_jobs=jobs), cfg.objective)
-    names = {s.study_name for s in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)}
-    if sweep_name(cell) not in names:
-        optuna.copy_study(from_study_name=sweep_name(bench), from_storage=open_storage(url),
-                          to_storage=open_storage(url), to_study_name=sweep_name(cell))
+    copy_sweep(url, bench, url, cell)
 
 
 def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:

@@ -39,8 +39,7 @@ import pandas as pd
 from primesvt_optuna.plugin.result import result
 from primesvt_optuna.plugin.study_config import load_study_config
 from primesvt_optuna.reporting import ComparisonSpec, run_comparison
-from primesvt_optuna.reporting.compare import WALK_POLICIES, machine, run_sweep
-from primesvt_optuna.reporting.frames import sweep_name
+from primesvt_optuna.reporting.compare import WALK_POLICIES, copy_sweep, machine, run_sweep
 from primesvt_optuna.reporting.table import runs_table
 from primesvt_optuna.storage import open_storage
 
@@ -54,13 +53,6 @@ def _sweep(bench: str, cfg, prefix: str, jobs: int) -> str:
     url = f"sqlite:///{RESULTS}/{prefix}-{bench}-sweep.db"
     run_sweep(ComparisonSpec(name=bench, storage=url, n_jobs=jobs), cfg.objective)
     return url
-
-
-def _copy_sweep(source: str, bench: str, target: str, name: str) -> None:
-    names = {s.study_name for s in optuna.get_all_study_summaries(open_storage(target), include_best_trial=False)}
-    if sweep_name(name) not in names:
-        optuna.copy_study(from_study_name=sweep_name(bench), from_storage=open_storage(source),
-                          to_storage=open_storage(target), to_study_name=sweep_name(name))
 
 
 def _walk_facts(url: str, study_name: str) -> dict:
@@ -77,7 +69,7 @@ def run_cell(args, bench: str, checkpoint: str, target: float, sweep_url: str, p
     frames = []
     for phase, sweep, policies in (("before", "full", WALK_POLICIES), ("after", "lazy", (*WALK_POLICIES, "tpe"))):
         name = f"{tag}-{phase}"
-        _copy_sweep(sweep_url, bench, url, name)
+        copy_sweep(sweep_url, bench, url, name)
         walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all, "sweep": sweep}
         for policy in policies:
             seeds = (0,) if policy in DETERMINISTIC else tuple(range(args.seeds))

@@ -8,9 +8,10 @@ and ``primesvt report`` finds them again. The comparison is fair in what it char
   a callback for the policies that do not stop by themselves (TPE, NSGA-II);
 * the robustness sweep (the unpruned reference plus every layer alone at every grid rate) is run
   once, in a study named ``<name>/robustness-sweep``, and handed to the walk policies as a cache;
-  the images and seconds of the sweep trials a study replayed are *charged* to it (recorded under
-  ``primesvt:report`` -> ``charged``), so a walk never looks cheaper for sharing it, and a lazy
-  walk (the default) pays only for the bounds it looked up.
+  the images and seconds of the sweep trials a study replayed are *charged* to it (derived from
+  its cached trials by ``load_studies``, and counted by the image budget as they are replayed),
+  so a walk never looks cheaper for sharing it, and a lazy walk (the default) pays only for the
+  bounds it looked up.
 
 After a study ends, its worker evaluates the selected configuration (largest memory saving that
 meets the accuracy constraint) on the test split, when the objective has one, and records it in
@@ -34,7 +35,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ..errors import PrimeSVTError
 from ..storage import open_storage
 from .frames import (
-    POLICIES, REPORT_ATTR, StudyRecord, load_studies, load_sweep, study_name, sweep_cost, sweep_name, trials_frame,
+    POLICIES, REPORT_ATTR, StudyRecord, load_studies, load_sweep, study_name, sweep_cost, sweep_key, sweep_name,
+    trials_frame,
 )
 from .table import selected_trial
 
@@ -125,7 +127,7 @@ class ImageBudget:
             ua = t.user_attrs
             used += float(ua.get("images_evaluated") or 0) + float(ua.get("images_recalibrated") or 0)
             if ua.get("cached"):
-                used += self.lookups.get((ua.get("layer"), round(float(ua.get("rate") or 0), 6)), 0.0)
+                used += self.lookups.get(sweep_key(ua.get("layer"), ua.get("rate") or 0), 0.0)
         if used >= self.budget:
             study.stop()
 
@@ -172,7 +174,6 @@ def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tup
     would have spent sweeping alone) and the images each (layer, rate) lookup cost."""
     from joblib import Parallel, delayed
 
-    open_storage(spec.storage)  # create the schema once, before the workers race to
     workers = max(1, spec.n_jobs)
     Parallel(n_jobs=workers, backend="loky")(delayed(_sweep_worker)(spec, factory) for _ in range(workers))
     storage = open_storage(spec.storage)
@@ -182,7 +183,7 @@ def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tup
     cache: dict[tuple[str, float], float] = {}
     lookups: dict[tuple[str, float], float] = {}
     for row in sweep.trials[sweep.trials.phase == "robustness"].itertuples():
-        key = (row.layer, round(float(row.rate), 6))
+        key = sweep_key(row.layer, row.rate)
         value = row.accuracy if row.complete else trials[row.number].user_attrs.get("accuracy_upper_bound")
         if value is not None and value == value:  # a cut trial caches the best it could have reached
             cache[key] = float(value)
@@ -191,9 +192,18 @@ def run_sweep(spec: ComparisonSpec, factory: ObjectiveFactory) -> tuple[dict[tup
     return cache, sweep_cost(sweep), lookups
 
 
+def copy_sweep(source: str, source_name: str, target: str, target_name: str) -> None:
+    """Give comparison ``target_name`` the sweep of comparison ``source_name`` (unless it has one):
+    the sweep depends on the objective's accuracy constraint, not on the memory target, so cells
+    that differ only in the target can share one."""
+    names = {s.study_name for s in optuna.get_all_study_summaries(open_storage(target), include_best_trial=False)}
+    if sweep_name(target_name) not in names:
+        optuna.copy_study(from_study_name=sweep_name(source_name), from_storage=open_storage(source),
+                          to_storage=open_storage(target), to_study_name=sweep_name(target_name))
+
+
 def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: int,
-            cache: dict[tuple[str, float], float] | None, charged: dict[str, float] | None,
-            lookups: dict[tuple[str, float], float] | None = None) -> str:
+            cache: dict[tuple[str, float], float] | None, lookups: dict[tuple[str, float], float] | None) -> str:
     """One independent study (in its own process); returns its name."""
     from ..plugin.constraints import rate_param
     from ..plugin.result import save_result_note
@@ -220,10 +230,7 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
     if done < cap:
         budget = ImageBudget(spec.budget_images, lookups)
         study.optimize(objective, n_trials=cap - done, callbacks=[budget], gc_after_trial=False)
-    report: dict[str, Any] = {"machine": machine()}
-    if charged:
-        report["charged"] = charged
-    report["test"] = test_accuracy(objective, study)
+    report: dict[str, Any] = {"machine": machine(), "test": test_accuracy(objective, study)}
     study.set_user_attr(REPORT_ATTR, report)
     save_result_note(study)  # the plugin's result as a markdown note on the dashboard
     return name
@@ -248,11 +255,11 @@ def test_accuracy(objective: Any, study: optuna.Study) -> dict[str, Any]:
     device = getattr(objective, "device", "cpu")
     batch = getattr(objective, "batch_size", 256)
     started = time.perf_counter()
-    pruned = engine.prune(rates) if rates else engine.model
+    pruned = (engine.prune(rates) if rates else engine.model).to(device)
     recalibrate = getattr(objective, "recalibrate", None)
     if recalibrate is not None and rates:  # the model the study evaluated, as `primesvt export` rebuilds it
-        recalibrate(pruned.to(device), rates)
-    acc = evaluate(pruned.to(device), splits.test, batch_size=batch, device=device)
+        recalibrate(pruned, rates)
+    acc = evaluate(pruned, splits.test, batch_size=batch, device=device)
     base = evaluate(engine.model.to(device), splits.test, batch_size=batch, device=device)
     return {"trial": int(best.number), "accuracy": acc, "images": len(splits.test), "base_accuracy": base,
             "rates": rates, "seconds": round(time.perf_counter() - started, 3)}
@@ -285,7 +292,7 @@ def run_comparison(spec: ComparisonSpec, factory: ObjectiveFactory, *, progress:
         print(f"[compare] {len(tasks)} studies ({len(spec.policies)} policies x {len(spec.seeds)} seeds) "
               f"on {spec.n_jobs} processes -> {spec.storage}", flush=True)
     names = Parallel(n_jobs=spec.n_jobs, backend="loky", verbose=5 if progress else 0)(
-        delayed(run_one)(spec, factory, p, s, *((cache, charged, lookups) if p in walks else (None, None, None)))
+        delayed(run_one)(spec, factory, p, s, *((cache, lookups) if p in walks else (None, None)))
         for p, s in tasks
     )
     if progress:

@@ -24,8 +24,8 @@ RATE_PREFIX = "rate:"
 STUDY_PREFIX = "primesvt:"
 REPORT_ATTR = "primesvt:report"
 """Study attribute written by the comparison after a study ends: test-set accuracy of the selected
-configuration (and of the unpruned model), the costs charged to the study from outside it (a shared
-robustness sweep), and the machine it ran on."""
+configuration (and of the unpruned model) and the machine it ran on. ``load_studies`` adds the
+costs charged to the study from outside it (the shared robustness sweep trials it replayed)."""
 
 POLICIES = ("prioritized", "budget-aware", "smallest-first", "random-order", "uniform", "tpe", "nsga2")
 _NAME = re.compile(r"^(?P<name>.+)/(?P<policy>[^/]+)/seed(?P<seed>-?\d+)$")
@@ -163,6 +163,11 @@ def load_sweep(storage: str | BaseStorage, name: str) -> StudyRecord | None:
     return StudyRecord(name, "robustness-sweep", 0, sweep_name(name), attrs, frame)
 
 
+def sweep_key(layer: str, rate: Any) -> tuple[str, float]:
+    """How a sweep lookup is named in caches and charges: the layer and its rate to 6 decimals."""
+    return layer, round(float(rate), 6)
+
+
 def sweep_cost(sweep: StudyRecord, used: set[tuple[str, float]] | None = None) -> dict[str, Any]:
     """What the shared sweep cost: images and seconds of its single-layer trials that reached an
     outcome (a trial failed because its worker was killed is retried, and its time is not work);
@@ -170,7 +175,7 @@ def sweep_cost(sweep: StudyRecord, used: set[tuple[str, float]] | None = None) -
     t = sweep.trials
     done = t[(t.phase == "robustness") & t.state.isin(["COMPLETE", "PRUNED"])]
     if used is not None:
-        done = done[[(layer, round(float(rate), 6)) in used for layer, rate in zip(done.layer, done.rate)]]
+        done = done[[sweep_key(layer, rate) in used for layer, rate in zip(done.layer, done.rate)]]
     seconds = (done.datetime_complete - done.datetime_start).dt.total_seconds().sum()
     full = t[t.complete].images_evaluated.max()
     images = done.images_evaluated.fillna(0).sum() + done.images_recalibrated.fillna(0).sum()
@@ -215,11 +220,11 @@ def load_studies(storage: str | BaseStorage, prefix: str | None = None) -> list[
     if prefix is None and len(names) > 1:
         raise PrimeSVTError(f"this storage holds several comparisons ({', '.join(sorted(names))}): pick one with --prefix")
     sweeps = {name: load_sweep(storage, name) for name in names}
-    for record in records:  # a study that replayed the sweep is charged what it replayed (maybe nothing)
+    for record in records:  # the sweep's cost is charged to every study that replayed it
         sweep = sweeps[record.name]
-        if sweep is not None and (record.trials.cached.any() or "charged" in record.report):
+        if sweep is not None and record.trials.cached.any():
             replayed = record.trials[record.trials.cached.astype(bool)]
-            used = {(layer, round(float(rate), 6)) for layer, rate in zip(replayed.layer, replayed.rate)}
+            used = {sweep_key(layer, rate) for layer, rate in zip(replayed.layer, replayed.rate)}
             record.report = {**record.report, "charged": sweep_cost(sweep, used)}
     order = {p: i for i, p in enumerate(POLICIES)}
     return sorted(records, key=lambda r: (order.get(r.policy, len(order)), r.policy, r.seed))
