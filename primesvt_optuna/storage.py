@@ -272,10 +272,10 @@ def _open_rdb(
                         skip_table_creation=read_only or spec.read_only,
                     )
                 break
-            except sqlalchemy.exc.IntegrityError:
-                # K workers opening a fresh database at once: another one created the schema and
-                # stamped its version between our check and our insert; the second try finds it.
-                if attempt == SCHEMA_RACE_RETRIES:
+            except sqlalchemy.exc.DBAPIError as exc:
+                # K workers opening a fresh database at once: another one created a table or
+                # stamped the schema version between our check and our write; the next try finds it.
+                if attempt == SCHEMA_RACE_RETRIES or not _lost_schema_race(exc):
                     raise
                 time.sleep(0.2 * (attempt + 1))
         if spec.kind == "sqlite" and not (read_only or spec.read_only):
@@ -285,6 +285,13 @@ def _open_rdb(
         raise PrimeSVTError(f"no database driver for {shown}: {_driver_hint(spec.url, exc)}") from None
     except Exception as exc:
         raise PrimeSVTError(_rdb_error(shown, spec, exc)) from None
+
+
+def _lost_schema_race(exc: Exception) -> bool:
+    """Whether creating the schema failed because another worker created it first: a duplicate
+    version stamp (IntegrityError) or a table created between SQLAlchemy's check and its CREATE
+    ("table studies already exists" in SQLite, "relation ... already exists" in PostgreSQL)."""
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)
 
 
 def _sqlite_wal(storage: RDBStorage) -> None:

@@ -11,6 +11,7 @@ import uuid
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
@@ -95,11 +96,18 @@ def test_sqlite_opens_with_heartbeat_and_creates_folder(tmp_path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
-def _lose_schema_race(monkeypatch, times: int) -> list[int]:
-    """Make the first ``times`` storage constructions fail as the loser of two workers creating a
-    fresh database at once does (the winner stamped the schema version between check and insert)."""
-    import sqlalchemy
+LOST_RACES = {  # what the loser of two workers creating a fresh SQLite file at once gets
+    "version stamped": lambda: sqlalchemy.exc.IntegrityError(
+        "INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed")),
+    "table created": lambda: sqlalchemy.exc.OperationalError(
+        "CREATE TABLE studies", {}, Exception("table studies already exists")),
+}
 
+
+def _lose_schema_race(monkeypatch, times: int, race: str = "version stamped") -> list[int]:
+    """Make the first ``times`` storage constructions fail as the loser of two workers creating a
+    fresh database at once does (the winner created a table or stamped the schema version between
+    the loser's check and its write)."""
     import primesvt_optuna.storage as module
 
     calls: list[int] = []
@@ -109,21 +117,23 @@ def _lose_schema_race(monkeypatch, times: int) -> list[int]:
         calls.append(1)
         if len(calls) <= times:
             real(self, *args, **kwargs)  # the winner's tables now exist, as after a lost race
-            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+            raise LOST_RACES[race]()
         real(self, *args, **kwargs)
 
     monkeypatch.setattr(module.WorkerRDBStorage, "__init__", init)
     return calls
 
 
-def test_workers_creating_a_fresh_sqlite_file_at_once_all_open_it(tmp_path, monkeypatch) -> None:
-    calls = _lose_schema_race(monkeypatch, times=1)
+@pytest.mark.parametrize("race", LOST_RACES)
+def test_workers_creating_a_fresh_sqlite_file_at_once_all_open_it(tmp_path, monkeypatch, race: str) -> None:
+    calls = _lose_schema_race(monkeypatch, times=1, race=race)
     storage = open_storage(f"sqlite:///{tmp_path / 'fresh.db'}")
     assert len(calls) == 2
     optuna.create_study(storage=storage, study_name="s").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
 
 
 def test_a_schema_error_that_persists_is_one_line(tmp_path, monkeypatch) -> None:
+    """A real error is not retried forever: after the retries, one line naming it."""
     from primesvt_optuna.storage import SCHEMA_RACE_RETRIES
 
     calls = _lose_schema_race(monkeypatch, times=SCHEMA_RACE_RETRIES + 1)
@@ -131,6 +141,21 @@ def test_a_schema_error_that_persists_is_one_line(tmp_path, monkeypatch) -> None
         open_storage(f"sqlite:///{tmp_path / 'fresh.db'}")
     assert len(calls) == SCHEMA_RACE_RETRIES + 1
     assert "UNIQUE constraint failed" in _one_line(exc)
+
+
+def test_an_error_that_is_not_a_schema_race_is_not_retried(tmp_path, monkeypatch) -> None:
+    import primesvt_optuna.storage as module
+
+    calls: list[int] = []
+
+    def init(self, *args, **kwargs):
+        calls.append(1)
+        raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(module.WorkerRDBStorage, "__init__", init)
+    with pytest.raises(PrimeSVTError) as exc:
+        open_storage(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert len(calls) == 1 and "disk I/O error" in _one_line(exc)
 
 
 @pytest.mark.parametrize("text", ["journal:///{d}/j/s.log", "{d}/k/s.jsonl"])
