@@ -133,7 +133,7 @@ def test_workers_creating_a_fresh_sqlite_file_at_once_all_open_it(tmp_path, monk
 
 
 def test_a_schema_error_that_persists_is_one_line(tmp_path, monkeypatch) -> None:
-    """A real error is not retried forever: after the retries, one line naming it."""
+    """A race lost on every try is not retried forever: after the retries, one line naming it."""
     from primesvt_optuna.storage import SCHEMA_RACE_RETRIES
 
     calls = _lose_schema_race(monkeypatch, times=SCHEMA_RACE_RETRIES + 1)
