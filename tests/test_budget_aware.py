@@ -35,7 +35,11 @@ def test_finds_the_allocation_greedy_largest_first_cannot_see():
     """Largest-first commits big at 0.2 (2 of the 3 points), then mid at 0.9, and stops at the
     target (43.75%). Planning over all measurements puts mid and small at 0.9 first (1.6 points)
     and then fits big at 0.1: 50%. Both meet both constraints."""
-    greedy, planned = result(run(PrioritizedSampler(grid=GRID))), result(run(BudgetAwareSampler(grid=GRID)))
+    study = run(BudgetAwareSampler(grid=GRID))
+    greedy, planned = result(run(PrioritizedSampler(grid=GRID))), result(study)
+    # big's bound (0.2) is searched 0.9, 0.8, 0.6, 0.2 (doubling gaps), then back 0.4, 0.3: 6 trials, not 8
+    assert [t.params["rate:big"] for t in study.trials if t.user_attrs["phase"] == "robustness"
+            and t.params["rate:big"]] == [0.9, 0.8, 0.6, 0.2, 0.4, 0.3]
     assert greedy.both_met and planned.both_met
     assert greedy.selected["rates"] == {"big": 0.2, "mid": 0.9}
     assert planned.selected["rates"] == {"big": 0.1, "mid": 0.9, "small": 0.9}
@@ -45,16 +49,20 @@ def test_finds_the_allocation_greedy_largest_first_cannot_see():
 
 
 def test_a_plan_that_fails_is_repaired_by_backing_off_the_worst_bytes_per_point():
-    """With interaction between layers the additive plan (all three at 0.9) fails on the model; the
-    layer buying the fewest bytes per point (small) is backed off one grid step at a time until
-    dropped, then the next (mid), until the plan passes; the extension then tries small again."""
+    """With interaction between layers the additive plan (all three at 0.9) fails on the model. The
+    repair sequence backs off the layer buying the fewest bytes per point (small) one grid step at
+    a time until dropped, then the next (mid). The search probes steps 0, 1, 3, 7, 15 (doubling
+    gaps) and halves back (11, 9, 10) to the first that passes, step 10: 8 evaluations where
+    step by step needs 11. The extension then tries small again."""
     obj = make(sensitivity={"big": 0.01, "mid": 0.01, "small": 0.01}, interaction=0.02)
     study = run(BudgetAwareSampler(grid=GRID), obj)
     phases = [t.user_attrs["phase"] for t in study.trials]
     plans = [{k.removeprefix("rate:"): v for k, v in t.params.items() if v}
              for t in study.trials if t.user_attrs["phase"] == "plan"]
-    small_steps = [{"big": 0.9, "mid": 0.9, "small": r} for r in reversed(GRID)]
-    assert plans == [*small_steps, {"big": 0.9, "mid": 0.9}, {"big": 0.9, "mid": 0.8}]
+    repair = [*({"big": 0.9, "mid": 0.9, "small": r} for r in reversed(GRID)),
+              *({"big": 0.9, "mid": r} for r in reversed(GRID))]
+    assert repair[10] == {"big": 0.9, "mid": 0.8}
+    assert plans == [repair[i] for i in (0, 1, 3, 7, 15, 11, 9, 10)]
     assert phases[0] == "reference" and phases.count("reference") == 1
     assert phases[len(phases) - phases[::-1].index("plan"):][:1] == ["extend"]
     res = result(study)
