@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -9,7 +11,8 @@ from optuna.trial import TrialState
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, SyntheticObjective, UniformSampler
 from primesvt_optuna.plugin.result import result
-from primesvt_optuna.plugin.samplers._budget_aware import _knapsack
+from primesvt_optuna.plugin.samplers._budget_aware import _gallop, _knapsack
+from primesvt_optuna.plugin.samplers._claims import ACCEPTED, FREE, HELD, REJECTED
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -139,3 +142,34 @@ def test_a_plan_below_the_memory_target_is_evaluated_not_cut_for_memory():
     best = max((t for t in steps if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["constraint_accuracy"] <= 0),
                key=lambda t: t.user_attrs["memory_saving"])
     assert best.user_attrs["memory_saving"] == pytest.approx(0.5)  # mid and small at 0.9 + big at 0.2, as planned
+
+
+class _Statuses:
+    """A snapshot stand-in: the status of each configuration, by its rate of layer ``a``."""
+
+    def __init__(self, statuses: dict[float, str]) -> None:
+        self.statuses, self.asked = statuses, []
+
+    def status(self, key: str) -> str:
+        rate = dict(json.loads(key.removeprefix("rates:"))).get("a", 0.0)
+        self.asked.append(rate)
+        return self.statuses.get(rate, FREE)
+
+
+@pytest.mark.parametrize(("passing", "probes", "found"), [
+    (0.9, [0.9], 0),                                      # a robust layer: one evaluation
+    (0.2, [0.9, 0.8, 0.6, 0.2, 0.4, 0.3], 7),              # doubling gaps, then halving back
+    (None, [0.9, 0.8, 0.6, 0.2, 0.1], None),               # nothing passes: the last step decides
+])
+def test_gallop_probes_doubling_gaps_then_halves_back(passing, probes, found):
+    steps = [{"a": r} for r in reversed(GRID)]
+    snap = _Statuses({r: ACCEPTED if passing is not None and r <= passing else REJECTED for r in GRID})
+    assert _gallop(snap, steps, "robustness", "a") == (True, found, None)
+    assert snap.asked == probes
+
+
+def test_gallop_asks_for_the_next_probe_and_waits_on_a_held_one():
+    steps = [{"a": r} for r in reversed(GRID)]
+    known, found, candidate = _gallop(_Statuses({0.9: REJECTED, 0.8: REJECTED}), steps, "robustness", "a")
+    assert (known, found) == (False, None) and candidate.rates == {"a": 0.6} and candidate.phase == "robustness"
+    assert _gallop(_Statuses({0.9: REJECTED, 0.8: HELD}), steps, "robustness", "a") == (False, None, None)
