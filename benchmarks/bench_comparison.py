@@ -147,13 +147,33 @@ def cell_table(rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variants_table(table: pd.DataFrame) -> str:
+    """Per cell and policy with a variant: the point rule beside confident acceptance and BatchNorm
+    recalibration (selection's median saving and seeds meeting both, median test accuracy, seeds
+    within the budget on test)."""
+    lines = ["| cell | policy | point rule | + confident (95% Clopper-Pearson) "
+             "| + recal (BatchNorm on 512 training images) |", "|---" * 5 + "|"]
+    cells = [(b, t) for b in BENCHMARKS for t in sorted(set(table.target[table.benchmark == b]))]
+    for bench, target in cells:
+        rows = table[(table.benchmark == bench) & (table.target == target)]
+        for policy in dict.fromkeys(rows.policy[rows.variant.isin(["confident", "recal"])]):
+            entry = {r.variant: f"{_pct(r.policy_selection_saving_median)} ({r.policy_selection_met}/{r.seeds}), "
+                                f"test {_pct(r.test_accuracy_median)}, {r.test_within_budget}/{r.test_checked} within"
+                     for r in rows[rows.policy == policy].itertuples()}
+            lines.append(f"| {bench}, {round(target * 100)}% | {policy} | "
+                         + " | ".join(entry.get(v, "") for v in ("main", "confident", "recal")) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def tables(table: pd.DataFrame) -> str:
-    """The headline, then one compact table per cell (variants under their policy's main row)."""
+    """The headline, one compact table per cell (variants under their policy's main row), then
+    the variants side by side."""
     out = ["## Headline\n", headline(table)]
     for (bench, target), rows in table.groupby(["benchmark", "target"], sort=False):
         rank = rows.variant.map(list(VARIANTS).index)
         out += [f"\n## {bench}, {round(target * 100)}% target (budget {int(rows.budget_images.iloc[0]):,} images)\n",
                 cell_table(rows.assign(rank=rank).sort_values("rank", kind="stable"))]
+    out += ["\n## Variants\n", variants_table(table)]
     return "".join(out)
 
 
