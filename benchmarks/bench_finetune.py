@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (primesvt export's default)")
     parser.add_argument("--max-accuracy-drop", type=float, default=0.03)
     parser.add_argument("--output", type=Path, default=OUT)
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the uniform-then-fine-tune baseline (to re-measure one policy's row)")
     args = parser.parse_args()
 
     model, ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
@@ -86,7 +88,7 @@ def main() -> None:
                      "within_budget_after_finetune": done[key]["val_after"] >= floor - 1e-12})
         print(rows[-1], flush=True)
     lo, hi = -1, len(GRID)  # GRID[lo] passes (or lo = -1: none known), GRID[hi] fails
-    while hi - lo > 1:
+    while not args.no_baseline and hi - lo > 1:
         mid = (lo + hi) // 2
         result = measure(engine, splits, {layer: GRID[mid] for layer in engine.layers}, args.epochs, args.seed, args.lr)
         ok = result["val_after"] >= floor - 1e-12
@@ -95,9 +97,10 @@ def main() -> None:
                      "within_budget_after_finetune": ok})
         print(rows[-1], flush=True)
         lo, hi = (mid, hi) if ok else (lo, mid)
-    best = next((r for r in rows if lo >= 0 and r["config"] == f"uniform {GRID[lo]:.0%} + fine-tune"), {})
-    rows.append({**best, "config": "uniform-then-fine-tune baseline (largest rate within budget)",
-                 "uniform_rate": GRID[lo] if lo >= 0 else 0.0, "epochs": args.epochs})
+    if not args.no_baseline:
+        best = next((r for r in rows if lo >= 0 and r["config"] == f"uniform {GRID[lo]:.0%} + fine-tune"), {})
+        rows.append({**best, "config": "uniform-then-fine-tune baseline (largest rate within budget)",
+                     "uniform_rate": GRID[lo] if lo >= 0 else 0.0, "epochs": args.epochs})
     info = {**machine(), "checkpoint": str(args.checkpoint), "max_accuracy_drop": args.max_accuracy_drop, "lr": args.lr}
     rounded = [{k: (round(v, 4) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()} for r in rows]
     write_rows(rounded, args.output, info)
