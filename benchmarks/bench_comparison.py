@@ -109,12 +109,17 @@ def _cell_text(r: pd.Series) -> str:
     return f"{saving} ({r.policy_selection_met}/{r.seeds}), {cost}, test {r.test_within_budget}/{r.test_checked}"
 
 
+def _cells(table: pd.DataFrame) -> list[tuple[str, float]]:
+    """The table's (benchmark, target) cells, benchmarks in BENCHMARKS order, targets ascending."""
+    return [(b, t) for b in BENCHMARKS for t in sorted(set(table.target[table.benchmark == b]))]
+
+
 def headline(table: pd.DataFrame) -> str:
     """The markdown table the README and docs/results.md quote: a row per policy (and variant),
     a column per cell."""
     table = table.assign(cell=[f"{b}, {round(t * 100)}%" for b, t in zip(table.benchmark, table.target)],
                          row=[p if v == "main" else f"{p} + {v}" for p, v in zip(table.policy, table.variant)])
-    order = [f"{b}, {round(t * 100)}%" for b in BENCHMARKS for t in sorted(set(table.target[table.benchmark == b]))]
+    order = [f"{b}, {round(t * 100)}%" for b, t in _cells(table)]
     rows = list(dict.fromkeys(table.sort_values("variant", key=lambda v: v.map(list(VARIANTS).index), kind="stable").row))
     cells = {(r.row, r.cell): _cell_text(r) for r in table.itertuples()}
     lines = ["| policy | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
@@ -153,8 +158,7 @@ def variants_table(table: pd.DataFrame) -> str:
     within the budget on test)."""
     lines = ["| cell | policy | point rule | + confident (95% Clopper-Pearson) "
              "| + recal (BatchNorm on 512 training images) |", "|---" * 5 + "|"]
-    cells = [(b, t) for b in BENCHMARKS for t in sorted(set(table.target[table.benchmark == b]))]
-    for bench, target in cells:
+    for bench, target in _cells(table):
         rows = table[(table.benchmark == bench) & (table.target == target)]
         for policy in dict.fromkeys(rows.policy[rows.variant.isin(["confident", "recal"])]):
             entry = {r.variant: f"{_pct(r.policy_selection_saving_median)} ({r.policy_selection_met}/{r.seeds}), "

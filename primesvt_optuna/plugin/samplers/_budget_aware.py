@@ -74,18 +74,18 @@ class BudgetAwareSampler(ClaimSampler):
             return Wait("the reference trial (the layer table is not known yet)")
         if not layers:
             return Free()
-        bounds, pending = {}, False
+        pending = False
         for param, _ in layers:  # every layer's bound; idle workers measure the next layers meanwhile
-            steps = [{param: rate} for rate in reversed(self._grid)]
-            known, found, candidate = _gallop(snap, steps, "robustness", param)
+            known, _, candidate = _gallop(snap, [{param: rate} for rate in reversed(self._grid)], "robustness", param)
             if candidate is not None:
                 return candidate
             pending = pending or not known
-            bounds[param] = None if found is None else steps[found][param]
         if pending:
             return Wait("the robustness of the last layers")
-        sizes = dict(layers)
-        options = {p: self._options(snap, reference, p, sizes[p]) for p in bounds}
+        options = {p: self._options(snap, reference, p, size) for p, size in layers}
+        # a layer's bound is the highest rate it passed alone: the search's find, derived from the
+        # same trials as its options, so a plan never holds a layer whose bound is unknown
+        bounds = {p: max(o, default=None) for p, o in options.items()}
         plan = dict(_knapsack(tuple((p, tuple(sorted(o.items()))) for p, o in options.items()), -_violation(reference)))
         steps = [plan]
         while steps[-1]:  # the repair sequence: back off the layer buying the fewest bytes per point
