@@ -7,6 +7,7 @@ autograd), which is what lets ``primesvt evaluate`` reproduce a recorded accurac
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import platform
@@ -122,13 +123,16 @@ def train(
     progress: bool = True,
     augment_shift: int = 0,
     max_steps: int | None = None,
+    keep_best: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``splits.train``; validation accuracy after each epoch.
 
     ``augment_shift`` randomly translates training images by up to that many pixels;
-    ``max_steps`` caps the batches per epoch (for smoke tests). Returns ``history`` (per epoch:
-    loss, train and validation accuracy, learning rate), the final ``val_accuracy``,
-    ``train_seconds`` (wall) and ``train_cpu_seconds`` (CPU time of all threads).
+    ``max_steps`` caps the batches per epoch (for smoke tests); ``keep_best`` leaves the model at
+    the epoch with the highest validation accuracy, the untrained model (epoch 0) included, the
+    earliest on ties. Returns ``history`` (per epoch: loss, train and validation accuracy, learning
+    rate), ``kept_epoch`` and its ``val_accuracy``, ``train_seconds`` (wall) and
+    ``train_cpu_seconds`` (CPU time of all threads).
     """
     if epochs < 0 or batch_size < 1 or lr <= 0:
         raise PrimeSVTError(f"need epochs >= 0, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
@@ -147,6 +151,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(epochs * steps, warmup_epochs * steps))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     history: list[dict[str, float]] = []
+    best = (evaluate(model, splits.val, device=dev), 0, copy.deepcopy(model.state_dict())) if keep_best else None
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(total=epochs * steps, desc="train", unit="batch", disable=not progress, leave=False)
     for epoch in range(epochs):
@@ -172,12 +177,20 @@ def train(
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
                         "val_accuracy": val, "lr": opt.param_groups[0]["lr"]})
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", val=f"{val:.4f}")
+        if best is not None and val > best[0]:
+            best = (val, epoch + 1, copy.deepcopy(model.state_dict()))
     bar.close()
     model.eval()
+    if best is not None:
+        model.load_state_dict(best[2])
+        final, kept = best[0], best[1]
+    else:
+        final, kept = (history[-1]["val_accuracy"] if history else evaluate(model, splits.val, device=dev)), epochs
     return {
         "epochs": epochs,
         "history": history,
-        "val_accuracy": history[-1]["val_accuracy"] if history else evaluate(model, splits.val, device=dev),
+        "kept_epoch": kept,
+        "val_accuracy": final,
         "train_seconds": time.perf_counter() - start,
         "train_cpu_seconds": time.process_time() - cpu_start,  # all threads; robust to other load on the machine
     }
@@ -195,8 +208,16 @@ def finetune(
     progress: bool = True,
     augment_shift: int = 0,
     max_steps: int | None = None,
+    keep: str = "best",
 ) -> dict[str, Any]:
     """Recover accuracy after pruning: a short low-rate run without warm-up. Training never changes
-    a layer's shape, so the pruned structure is kept."""
+    a layer's shape, so the pruned structure is kept. ``keep="best"`` (default) leaves the model at
+    its best epoch on validation, the pruned model before any training included: a few epochs on
+    the training split can lower validation accuracy (3 epochs took the unpruned digits-hard model
+    from 83.02% to 81.45%), and the accuracy budget is checked on validation. ``"last"``: the last
+    epoch, whatever its accuracy."""
+    if keep not in ("best", "last"):
+        raise PrimeSVTError(f"keep must be 'best' or 'last', got {keep!r}")
     return train(model, splits, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=0, seed=seed,
-                 device=device, progress=progress, augment_shift=augment_shift, max_steps=max_steps)
+                 device=device, progress=progress, augment_shift=augment_shift, max_steps=max_steps,
+                 keep_best=keep == "best")

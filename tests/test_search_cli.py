@@ -67,6 +67,8 @@ def test_search_resume_refusals_and_export(workdir, capsys):
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(report["finetuned"]) == {"val", "test"} and report["rates"] == out["selected"]["rates"]
+    # the best epoch on validation is kept, the pruned model before fine-tuning included
+    assert report["finetune_kept_epoch"] in (0, 1) and report["finetuned"]["val"] >= report["pruned"]["val"]
     model, ckpt = load_checkpoint(output)
     assert ckpt["model_bytes"] == out["selected"]["model_bytes"] and ckpt["structure"] is not None
     assert ckpt["metrics"]["val_accuracy"] == report["finetuned"]["val"]

@@ -60,6 +60,32 @@ def test_finetune_keeps_the_pruned_shape(small: Splits) -> None:
     assert len(result["history"]) == 1
 
 
+@pytest.mark.parametrize(("scores", "keep", "kept"), [
+    ((0.5, 0.7, 0.6), "best", 1),  # the best epoch
+    ((0.9, 0.5, 0.9), "best", 0),  # nothing beats the pruned model (ties: the earliest)
+    ((0.5, 0.4), "last", 2),  # "last" never scores the untrained model: scores of epochs 1 and 2
+])
+def test_finetune_keeps_the_best_epoch_on_validation(small: Splits, monkeypatch: pytest.MonkeyPatch,
+                                                     scores: tuple[float, ...], keep: str, kept: int) -> None:
+    import primesvt_optuna.training as training
+
+    seen: list[dict[str, torch.Tensor]] = []  # the weights at each validation: before training, after each epoch
+
+    def scripted(model: torch.nn.Module, data, **_) -> float:
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return scores[len(seen) - 1]
+
+    monkeypatch.setattr(training, "evaluate", scripted)
+    model = _fresh()
+    result = finetune(model, small, epochs=2, batch_size=32, progress=False, max_steps=2, keep=keep)
+    assert result["kept_epoch"] == kept and result["val_accuracy"] == scores[kept if keep == "best" else -1]
+    expected = seen[kept if keep == "best" else -1]
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(a, b) for a, b in zip(seen[0].values(), seen[-1].values()))  # training moved it
+    with pytest.raises(PrimeSVTError, match="keep must be"):
+        finetune(model, small, epochs=1, keep="first", progress=False)
+
+
 def test_bad_arguments() -> None:
     small = load_splits(make_spec("digits", img_size=16))
     with pytest.raises(PrimeSVTError, match="unknown device"):

@@ -29,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="fine-tune for N epochs (default 0)")
     p.add_argument("--finetune-lr", type=float, default=5e-4, metavar="LR",
                    help="fine-tuning learning rate (AdamW, cosine decay; default 5e-4)")
+    p.add_argument("--finetune-keep", choices=("best", "last"), default="best",
+                   help="keep the epoch with the best validation accuracy, the pruned model before fine-tuning "
+                        "included (default), or the last epoch")
     p.add_argument("--checkpoint", help="the baseline, when it moved since the search (its hash must match)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="overwrite CKPT if it exists")
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         "base_bytes": engine.base_bytes, "model_bytes": model_bytes(pruned),
         "memory_saving": 1 - model_bytes(pruned) / engine.base_bytes, "both_constraints_met": res.both_met,
         "unpruned": accuracy(model.to(args.device)),
-        "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
+        "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "finetune_keep": args.finetune_keep,
     }
     if res.walk_commit is not None and not res.selected.get("walk_commit", True):
         report["walk_commit"] = res.walk_commit  # the selection saves more than the walk's commit
@@ -121,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
     report["pruned"] = accuracy(pruned.to(args.device))
     if args.finetune_epochs:
         seed = attrs.get(f"{STUDY_PREFIX}seed") or 0
-        finetune(pruned, splits, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed, device=args.device,
-                 progress=not args.json)
+        tuned = finetune(pruned, splits, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed,
+                         device=args.device, progress=not args.json, keep=args.finetune_keep)
+        report["finetune_kept_epoch"] = tuned["kept_epoch"]
         report["finetuned"] = accuracy(pruned)
     final = report.get("finetuned", report["pruned"])
     metrics = {
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "source_checkpoint_sha256": expected, "study_name": args.study_name, "trial": res.selected["trial"],
         "rates": rates, "policy": res.policy, "constraints": res.constraints, "finetune_epochs": args.finetune_epochs,
-        "recalibrate_bn": report.get("recalibrate_bn"),
+        "finetune_kept_epoch": report.get("finetune_kept_epoch"), "recalibrate_bn": report.get("recalibrate_bn"),
     }
     try:
         save_checkpoint(output, pruned.cpu(), ckpt["model_config"], spec, metrics, structure=structure_of(pruned),
@@ -162,7 +166,7 @@ def _print(r: dict[str, Any]) -> None:
     columns += ["finetuned"] if "finetuned" in r else []
     heads = {"unpruned": "unpruned", "pruned_plain": "pruned, no BN recal.",
              "pruned": "pruned, BN recal." if "pruned_plain" in r else "pruned",
-             "finetuned": f"fine-tuned ({r['finetune_epochs']} ep)"}
+             "finetuned": f"fine-tuned (ep {r.get('finetune_kept_epoch')}/{r['finetune_epochs']})"}
     print("  " + f"{'accuracy':<12}" + "".join(f"{heads[c]:>20}" for c in columns))
     for split, name in (("val", "validation"), ("test", "test")):
         print("  " + f"{name:<12}" + "".join(f"{100 * r[c][split]:>19.2f}%" for c in columns))
