@@ -53,11 +53,11 @@ def measure(engine: Engine, splits: Any, rates: dict[str, float], epochs: int, s
     model = engine.prune(rates) if rates else copy.deepcopy(engine.model)  # never train the engine's model
     val0, test0 = evaluate(model, splits.val), evaluate(model, splits.test)
     start = time.perf_counter()
-    kept, last = 0, val0
+    kept, last, val1, test1 = 0, val0, val0, test0
     if epochs:
         tuned = finetune(model, splits, epochs=epochs, seed=seed, lr=lr, progress=False, keep=keep)
-        kept, last = tuned["kept_epoch"], tuned["history"][-1]["val_accuracy"]
-    val1, test1 = evaluate(model, splits.val), evaluate(model, splits.test)
+        kept, last, val1 = tuned["kept_epoch"], tuned["history"][-1]["val_accuracy"], tuned["val_accuracy"]
+        test1 = evaluate(model, splits.test)
     return {"memory_saving": round(engine.memory_saving(rates), 4), "val_before": val0, "test_before": test0,
             "val_after": val1, "test_after": test1, "kept_epoch": kept, "val_last": last,
             "finetune_s": round(time.perf_counter() - start, 1)}
