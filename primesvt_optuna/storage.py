@@ -42,6 +42,7 @@ import json
 import math
 import os
 import socket
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Container, Mapping, Sequence
@@ -298,16 +299,43 @@ def _sqlite_wal(storage: RDBStorage) -> None:
     """Write-ahead logging: readers no longer block the writer (K workers poll one file), and a
     commit is not an fsync, which made each trial cost 0.1-0.3 s here. A killed process loses
     nothing; a power cut may lose the last commits but never corrupts the file. (WAL needs a
-    local disk: for workers on several machines use PostgreSQL, MySQL or a journal file.)"""
+    local disk: for workers on several machines use PostgreSQL, MySQL or a journal file.)
+
+    The mode is stored in the file, so it is switched once, here, by the process that opened
+    the storage (before it starts any worker); every later connection finds it set."""
 
     def pragmas(dbapi_connection: Any, record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        try:
+            _switch_to_wal(cursor)
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
 
     sqlalchemy.event.listen(storage.engine, "connect", pragmas)
     storage.engine.dispose()  # connections opened while creating the tables lack the pragmas
+    with storage.engine.connect():
+        pass  # switch the file now, not in K workers' first connections at once
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the write lock.
+
+    Switching a rollback-journal file takes the write lock while holding a read lock, and SQLite
+    answers "database is locked" at once, without waiting out the busy timeout, when another
+    connection is switching it too (waiting could deadlock): two workers opening a fresh file
+    together lost that race about one time in ten. The loser retries until the winner is done."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    pause = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
 
 
 def _driver_hint(url: str, exc: BaseException) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -130,6 +133,64 @@ def test_workers_creating_a_fresh_sqlite_file_at_once_all_open_it(tmp_path, monk
     storage = open_storage(f"sqlite:///{tmp_path / 'fresh.db'}")
     assert len(calls) == 2
     optuna.create_study(storage=storage, study_name="s").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+
+
+def _rollback_journal_file(path) -> None:
+    """An Optuna SQLite file as a storage opened without this module leaves it: not yet in WAL mode."""
+    RDBStorage(f"sqlite:///{path}").engine.dispose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_switching_to_wal_waits_for_a_writer_instead_of_failing(tmp_path) -> None:
+    """Switching a file to WAL while another connection holds the write lock: SQLite says "database
+    is locked" at once (no busy wait, since waiting could deadlock), so the switch is retried."""
+    path = tmp_path / "old.db"
+    _rollback_journal_file(path)
+    writer = sqlite3.connect(path, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, writer.commit)
+    release.start()
+    started = time.monotonic()
+    storage = open_storage(f"sqlite:///{path}")
+    assert time.monotonic() - started >= 0.4  # it waited for the writer
+    release.join()
+    writer.close()
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def _switch_at(path: str, start: float) -> str:
+    from primesvt_optuna.storage import _switch_to_wal
+
+    time.sleep(max(0.0, start - time.time()))
+    with sqlite3.connect(path, timeout=5) as conn:
+        try:
+            _switch_to_wal(conn.cursor())
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+    return "ok"
+
+
+def test_processes_switching_one_file_at_once_all_succeed(tmp_path) -> None:
+    """Four processes switching one rollback-journal file at the same instant: without the retry
+    about one in ten lost the race ("database is locked"); every one must succeed."""
+    outcomes: list[str] = []
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for round_ in range(40):
+            path = tmp_path / f"r{round_}.db"
+            sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+            start = time.time() + 0.05
+            outcomes += pool.starmap(_switch_at, [(str(path), start)] * 4)
+    assert outcomes == ["ok"] * 160
+
+
+def test_the_opening_process_switches_the_file_before_any_worker_connects(tmp_path) -> None:
+    path = tmp_path / "fresh.db"
+    open_storage(f"sqlite:///{path}")
+    with sqlite3.connect(path) as conn:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_a_schema_error_that_persists_is_one_line(tmp_path, monkeypatch) -> None:
