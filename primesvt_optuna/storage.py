@@ -54,6 +54,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 import sqlalchemy.dialects.postgresql
+import sqlalchemy.pool
 import sqlalchemy.dialects.sqlite
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -105,6 +106,8 @@ class StorageSpec:
         if self.kind == "journal":
             return Path(self.url)
         if self.kind == "sqlite":
+            if ":///" not in self.url:  # sqlite:// is SQLAlchemy's in-memory database
+                return None
             rest = self.url.split(":///", 1)[1].split("?", 1)[0]
             rest = rest[len("file:"):] if rest.startswith("file:") else rest
             return Path(rest) if rest and rest != ":memory:" else None
@@ -244,7 +247,11 @@ def _open_rdb(
     if spec.kind == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
         path = spec.path
-        if path is not None:
+        if path is None:  # in memory: one connection for every thread (the heartbeat runs in its
+            # own), since each new connection to :memory: would open an empty database
+            engine_kwargs["poolclass"] = sqlalchemy.pool.StaticPool
+            engine_kwargs["connect_args"]["check_same_thread"] = False
+        else:
             if read_only or spec.read_only:
                 if not path.is_file():
                     raise PrimeSVTError(f"SQLite file {path} does not exist: check the path given to --storage")
@@ -279,8 +286,8 @@ def _open_rdb(
                 if attempt == SCHEMA_RACE_RETRIES or not _lost_schema_race(exc):
                     raise
                 time.sleep(0.2 * (attempt + 1))
-        if spec.kind == "sqlite" and not (read_only or spec.read_only):
-            _sqlite_wal(storage)
+        if spec.kind == "sqlite" and spec.path is not None and not (read_only or spec.read_only):
+            _sqlite_wal(storage)  # not in memory: disposing the engine would drop the database
         return storage
     except (ImportError, ModuleNotFoundError) as exc:
         raise PrimeSVTError(f"no database driver for {shown}: {_driver_hint(spec.url, exc)}") from None

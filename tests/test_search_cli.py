@@ -196,6 +196,14 @@ def test_unreachable_storage_is_one_line(workdir, capsys):
     assert err.startswith("error: ") and "\n" not in err
 
 
+def test_in_memory_storage_runs_one_worker_and_refuses_several(workdir, capsys):
+    assert search(workdir, "--storage", "sqlite:///:memory:", "--study-name", "mem", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["finished"]
+    assert search(workdir, "--storage", "sqlite:///:memory:", "--study-name", "mem", "--workers", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "in memory" in err and "\n" not in err
+
+
 def test_compare_from_a_study_config(workdir, capsys):
     """`primesvt compare CONFIG` end to end: the config's objective reaches two worker processes,
     every policy gets its study, and the table and figures are written."""

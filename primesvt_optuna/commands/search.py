@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     from ..plugin.result import save_result_note
     from ..plugin.samplers import ClaimSampler
     from ..plugin.study_config import load_study_config
-    from ..storage import describe_storage, open_storage
+    from ..storage import describe_storage, open_storage, parse_storage
     from ..workers import interrupted_message, optimize, run_workers
 
     cfg = load_study_config(args.config).with_overrides(
@@ -205,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:
         raise PrimeSVTError(f"policy {cfg.policy!r} needs a trial budget: pass --trials N")
+    spec = parse_storage(cfg.storage)
+    if cfg.workers > 1 and spec.kind == "sqlite" and spec.path is None:
+        raise PrimeSVTError(f"storage {spec.describe()} is in memory, so only one process sees it: "
+                            "give --workers K a file (sqlite:///study.db, journal:///study.log) or a server")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = cfg.objective()  # first: a bad checkpoint or data path must not leave a new empty .db behind
     storage = open_storage(cfg.storage)
