@@ -4,7 +4,8 @@ workers from leaving trials RUNNING forever.
 Accepted strings (``describe_storage`` prints them back with any password hidden):
 
 * ``sqlite:///path/study.db`` (the default), or a bare path ending ``.db``/``.sqlite``/``.sqlite3``;
-  ``sqlite:///file:path.db?mode=ro&uri=true`` opens a SQLite file read-only.
+  ``sqlite:///file:path.db?mode=ro&uri=true`` opens a SQLite file read-only; ``sqlite:///:memory:``
+  and ``sqlite://`` give Optuna's ``InMemoryStorage`` (one process, nothing kept).
 * any other SQLAlchemy URL (``postgresql://user:pw@host/db``, ``mysql+pymysql://...``): an
   ``RDBStorage`` with heartbeats, so a killed worker's trial is marked failed after the grace
   period, and retried when it was not a PrimeSVT walk trial (the walk re-plans a freed
@@ -54,7 +55,6 @@ from typing import Any
 import optuna
 import sqlalchemy
 import sqlalchemy.dialects.postgresql
-import sqlalchemy.pool
 import sqlalchemy.dialects.sqlite
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -214,6 +214,11 @@ def open_storage(
         callback = RetryUnclaimedTrialCallback(max_retry=max_retry)
     if spec.kind == "journal":
         return _open_journal(spec, read_only, interval, grace, callback)
+    if spec.kind == "sqlite" and spec.path is None:
+        # an in-memory SQLite database is one connection's, while Optuna's RDB storage opens one
+        # per thread (trials, heartbeats): Optuna's own in-memory storage keeps one study for
+        # every thread of this process, with nothing to go stale
+        return optuna.storages.InMemoryStorage()
     return _open_rdb(spec, read_only, interval, grace, callback)
 
 
@@ -247,11 +252,7 @@ def _open_rdb(
     if spec.kind == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
         path = spec.path
-        if path is None:  # in memory: one connection for every thread (the heartbeat runs in its
-            # own), since each new connection to :memory: would open an empty database
-            engine_kwargs["poolclass"] = sqlalchemy.pool.StaticPool
-            engine_kwargs["connect_args"]["check_same_thread"] = False
-        else:
+        if path is not None:
             if read_only or spec.read_only:
                 if not path.is_file():
                     raise PrimeSVTError(f"SQLite file {path} does not exist: check the path given to --storage")
@@ -286,8 +287,8 @@ def _open_rdb(
                 if attempt == SCHEMA_RACE_RETRIES or not _lost_schema_race(exc):
                     raise
                 time.sleep(0.2 * (attempt + 1))
-        if spec.kind == "sqlite" and spec.path is not None and not (read_only or spec.read_only):
-            _sqlite_wal(storage)  # not in memory: disposing the engine would drop the database
+        if spec.kind == "sqlite" and not (read_only or spec.read_only):
+            _sqlite_wal(storage)
         return storage
     except (ImportError, ModuleNotFoundError) as exc:
         raise PrimeSVTError(f"no database driver for {shown}: {_driver_hint(spec.url, exc)}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import optuna
 import pytest
@@ -113,6 +114,52 @@ def test_image_budget_is_never_exceeded(cls):
     spent = sum(t.user_attrs.get("images_evaluated") or 0 for t in study.trials)
     assert spent <= budget
     assert study.trials[-1].user_attrs["phase"] == "idle" and "budget" in study.trials[-1].user_attrs["cut_reason"]
+
+
+class Counting(SyntheticObjective):
+    """Counts the images it really passes forward (evaluation and recalibration), whatever the
+    trials record; ``recal`` images of BatchNorm recalibration per pruned model."""
+
+    def __init__(self, *args, recal: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.spent, self.recal, self._count = 0, recal, threading.Lock()
+
+    def recalibration_images(self, rates):
+        return self.recal if any(rate > 0 for rate in rates.values()) else 0
+
+    def iter_batches(self, rates):
+        with self._count:
+            self.spent += self.recalibration_images(rates)
+        for correct, n in super().iter_batches(rates):
+            with self._count:
+                self.spent += n
+            yield correct, n
+
+
+def counting(**kwargs) -> Counting:
+    recal = kwargs.pop("recal", 0)
+    return Counting(SIZES, recal=recal, **{"sensitivity": SENS, "max_accuracy_drop": 0.03, "memory_target": 0.3,
+                                           "grid": GRID, "n_images": 10000, "batch_size": 1000, **kwargs})
+
+
+@pytest.mark.parametrize("cls", [PrioritizedSampler, BudgetAwareSampler])
+def test_image_budget_holds_with_workers_recalibration_and_failures(cls):
+    """Every image passed forward counts, and the budget reserves the most one trial costs for
+    every trial it starts: K workers starting at once, BatchNorm recalibration (which the
+    reference, unpruned, does not do) and trials that fail after evaluating."""
+    kwargs = {"walk_all": True} if cls is PrioritizedSampler else {}
+    cases = [  # (objective, budget, optimize kwargs)
+        (counting(delay=0.005), 25_000, {"n_jobs": 4}),
+        (counting(recal=3000, sensitivity={"big": 0.01, "mid": 0.01, "small": 0.01}), 20_000, {}),
+        (counting(nan=[("big", 0.9), ("big", 0.8)], sensitivity={"big": 0.01, "mid": 0.01, "small": 0.01}),
+         35_000, {}),
+    ]
+    for obj, budget, opt in cases:
+        study = run(cls(grid=GRID, budget_images=budget, poll_interval=0.02, **kwargs), obj, **opt)
+        recorded = sum((t.user_attrs.get("images_evaluated") or 0) + (t.user_attrs.get("images_recalibrated") or 0)
+                       for t in study.trials)
+        assert obj.spent <= budget and recorded == obj.spent, (obj.recal, opt, obj.spent, recorded)
+        assert study.user_attrs["primesvt:trial_images"] == obj.eval_images + obj.recal
 
 
 def test_maximize_mode_goes_past_the_memory_target_within_its_budget():

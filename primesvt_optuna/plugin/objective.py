@@ -155,9 +155,16 @@ class RateObjective:
             "pruner": self.pruner.describe() if self.pruner is not None else None,
         }
 
+    @property
+    def trial_images(self) -> int:
+        """The most images one trial costs: a full evaluation plus BatchNorm recalibration (what a
+        sampler's image budget must reserve for a trial it starts)."""
+        layer = {self.layers[0][0]: self.grid[-1]} if self.layers else {}
+        return self.eval_images + self.recalibration_images(layer)
+
     def informative_attrs(self) -> dict[str, Any]:
         """Study attributes written once and not compared (e.g. where a file was found)."""
-        return {"eval_schedule": self.schedule_attrs()}
+        return {"eval_schedule": self.schedule_attrs(), "trial_images": self.trial_images}
 
     def attach(self, study: Study) -> None:
         """Record this objective's settings on ``study``; refuse a study made with other ones."""
@@ -296,6 +303,7 @@ class RateObjective:
         for c, n in self.iter_batches(rates):
             correct, seen = correct + c, seen + n
             history.append((correct, seen))
+            attrs["images_evaluated"] = seen  # what a trial failing from here on has spent
             faults.hit("evaluating", trial.number)
             if reference or pruner is None or math.isnan(correct):
                 continue

@@ -222,11 +222,12 @@ class ClaimSampler(BaseSampler):
         self._checked: set[tuple[int, int]] = set()
         # read caches, never state: claims this process wrote (immutable once written), what the
         # finished trials of each study say (immutable once finished), the last read of each study
-        # and its layer table (immutable once written)
+        # and its layer table and trial cost (immutable once written)
         self._claims: dict[int, dict[str, Any]] = {}
         self._index: dict[tuple[int, int], FinishedIndex] = {}
         self._last_read: dict[tuple[int, int], list[FrozenTrial]] = {}
         self._layer_tables: dict[tuple[int, int], list[tuple[str, int]]] = {}
+        self._trial_costs: dict[tuple[int, int], int] = {}
 
     # ----- what subclasses define -------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -399,8 +400,8 @@ class ClaimSampler(BaseSampler):
                 reason = f"trial {snap.undecided[0]} to choose its configuration"
             else:
                 decision = self._next(study, snap)
-                if isinstance(decision, Candidate) and (spent := self._over_budget(trials, trial.number)):
-                    return Done(spent)
+                if isinstance(decision, Candidate) and (limit := self._over_budget(study, trials, trial.number)):
+                    decision = limit  # Done when spent, Wait while the cost of a trial is unknown
                 if not isinstance(decision, Wait):
                     return decision
                 reason = decision.reason
@@ -417,23 +418,37 @@ class ClaimSampler(BaseSampler):
             time.sleep(delay)
             delay = min(delay * 1.5, self._poll)
 
-    def _over_budget(self, trials: Sequence[FrozenTrial], me: int) -> str | None:
-        """Why one more evaluation would break the user's budget, else None. Images: what finished
-        trials spent (evaluation and BatchNorm recalibration) plus, for every running trial and
-        this one, a full evaluation's worth, so the total never exceeds the budget."""
+    def _over_budget(self, study: Study, trials: Sequence[FrozenTrial], me: int) -> Done | Wait | None:
+        """Done when one more evaluation would break the user's budget; None when it fits. Images:
+        what finished trials spent (evaluation and BatchNorm recalibration, also of failed and cut
+        trials) plus, for every running trial and this one, the most one trial costs, so the total
+        never exceeds the budget. That cost is the objective's ``trial_images`` study attribute,
+        else the costliest finished trial; while neither is known, only one trial runs (Wait)."""
         images, trials_cap = self._budget["budget_images"], self._budget["budget_trials"]
         planned = [t for t in trials if (t.system_attrs.get(CLAIM) or {}).get("key") or t.number == me]
         if trials_cap is not None and len(planned) > trials_cap:
-            return f"trial budget spent ({trials_cap} trials)"
+            return Done(f"trial budget spent ({trials_cap} trials)")
         if images is None:
             return None
         cost = [int(t.user_attrs.get("images_evaluated") or 0) + int(t.user_attrs.get("images_recalibrated") or 0)
                 for t in trials if t.state.is_finished()]
-        full = max(cost, default=0)
+        full = self._trial_images(study) or max(cost, default=0)
         reserved = sum(1 for t in planned if not t.state.is_finished())
-        if full and sum(cost) + reserved * full > images:
-            return f"image budget spent ({sum(cost):,} of {images:,} images; one more full evaluation would exceed it)"
+        if not full:
+            return Wait("the cost of one trial (the first trial to finish)") if reserved > 1 else None
+        if sum(cost) + reserved * full > images:
+            return Done(f"image budget spent ({sum(cost):,} of {images:,} images; one more full evaluation would exceed it)")
         return None
+
+    def _trial_images(self, study: Study) -> int | None:
+        """The objective's ``trial_images`` study attribute (immutable once written; cached)."""
+        key = _study_key(study)
+        if key not in self._trial_costs:
+            value = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}trial_images")
+            if value is None:
+                return None
+            self._trial_costs[key] = int(value)
+        return self._trial_costs[key]
 
     def _layers(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> list[tuple[str, int]] | None:
         """Rate parameters with sizes, largest first; [] when the study has none; None while
