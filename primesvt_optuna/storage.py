@@ -24,9 +24,10 @@ theirs ever exists without one. ``stale_reason`` is the one rule by which any pr
 the study (the samplers while deciding, the start of ``optimize``, ``primesvt search --resume``,
 ``primesvt report``) fails a trial that can no longer finish, recording why:
 
-* its worker runs on this host: the trial is stale when, and only when, that process is gone (a
-  process that is merely slow, stopped or swapped out keeps its trial, however long);
-* another host, or no worker record at all (a trial created through a storage opened without
+* its worker runs on this host, in this PID namespace: the trial is stale when, and only when,
+  that process is gone (a process that is merely slow, stopped or swapped out keeps its trial,
+  however long);
+* another host (or another container sharing this host name), or no worker record at all (a trial created through a storage opened without
   this module): stale when it shows no sign of life -- heartbeat, worker record, creation --
   for longer than the grace period. A live worker renews its heartbeat every interval (Optuna's
   thread while the objective runs, ``keep_alive`` while a sampler waits), and the grace period is
@@ -543,10 +544,22 @@ def _proc_start(pid: int) -> tuple[str, str] | None:
         return None
 
 
+def pid_namespace() -> str | None:
+    """This process's PID namespace (Linux), e.g. ``pid:[4026531836]``: containers that share a
+    host name (``docker --network host``) each have their own, and a PID means nothing across
+    them. None where there is no /proc."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def worker_info() -> dict[str, Any]:
-    """Host, PID, the process's start tick (tells a reused PID apart) and the wall-clock start."""
+    """Host, PID namespace and PID, the process's start tick (tells a reused PID apart) and the
+    wall-clock start."""
     stat = _proc_start(os.getpid())
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": stat[1] if stat else None, "time": time.time()}
+    return {"host": socket.gethostname(), "pidns": pid_namespace(), "pid": os.getpid(),
+            "start": stat[1] if stat else None, "time": time.time()}
 
 
 def mark_worker(trial: optuna.Trial | FrozenTrial, study: Study | None = None) -> None:
@@ -564,10 +577,13 @@ def mark_worker(trial: optuna.Trial | FrozenTrial, study: Study | None = None) -
 
 
 def _local_worker(trial: FrozenTrial) -> tuple[bool, str] | None:
-    """(alive, description) of the trial's recorded worker when it runs on this host, else None."""
+    """(alive, description) of the trial's recorded worker when it runs on this host and in this
+    PID namespace (its PID can be looked up here), else None (judged by its heartbeat)."""
     worker = trial.system_attrs.get(WORKER)
     if not worker or worker.get("host") != socket.gethostname():
         return None
+    if None not in (worker.get("pidns"), here := pid_namespace()) and worker["pidns"] != here:
+        return None  # another container on this host: its PIDs are not ours to look up
     pid = int(worker["pid"])
     described = f"pid {pid} on {worker['host']}"
     try:

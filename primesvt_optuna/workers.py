@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import faults
 from .errors import PrimeSVTError
-from .storage import STALE, WORKER, fail_stale_trials
+from .storage import STALE, WORKER, fail_stale_trials, pid_namespace
 
 R = TypeVar("R")
 _logger = optuna.logging.get_logger(__name__)
@@ -308,7 +308,8 @@ def _sigint_ignored() -> Iterator[None]:
 
 def _mine(trial: FrozenTrial) -> bool:
     worker = trial.system_attrs.get(WORKER) or {}
-    return worker.get("host") == socket.gethostname() and worker.get("pid") == os.getpid()
+    return (worker.get("host"), worker.get("pid")) == (socket.gethostname(), os.getpid()) and \
+        worker.get("pidns") in (None, pid_namespace())  # the same PID in another container is not us
 
 
 def _own_trials(study: Study) -> list[FrozenTrial]:

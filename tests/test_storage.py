@@ -405,6 +405,27 @@ def test_stale_rule() -> None:
     assert "no heartbeat for" in stale_reason(_frozen("elsewhere", now), grace=hour, heartbeat_age=2 * hour)
 
 
+def test_a_container_sharing_the_host_name_is_judged_by_its_heartbeat() -> None:
+    """Containers on one host name (``docker --network host``) have their own PID namespaces: a
+    worker of another one must not be declared gone because its PID is not found here, and is
+    judged as another host's, by the grace period. In this namespace a dead PID is gone at once."""
+    now, hour = time.time(), 3600.0
+    here = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record = {"host": here, "pid": dead.pid, "start": "1", "time": now}
+    for pidns, expected in ((worker_info()["pidns"], "is gone"), ("pid:[1]", None)):
+        trial = _frozen(here, now)
+        trial.system_attrs[WORKER] = {**record, "pidns": pidns}
+        reason = stale_reason(trial, grace=hour)
+        assert (reason is None) if expected is None else (expected in reason), (pidns, reason)
+    trial = _frozen(here, now - 2 * hour)
+    trial.system_attrs[WORKER] = {**record, "pidns": "pid:[1]", "time": now - 2 * hour}
+    reason = stale_reason(trial, grace=hour)  # silent past the grace period: stale as another host's
+    assert reason is not None and "is gone" not in reason, reason
+    assert worker_info()["pidns"].startswith("pid:[")
+
+
 def test_no_heartbeat_ever_is_stale_after_the_grace_period(storage_url: str) -> None:
     """A trial of another host that died before its first heartbeat (Optuna's own rule never fails
     it), and one created through a storage opened without this module (no worker record)."""

@@ -274,7 +274,7 @@ class ClaimSampler(BaseSampler):
         self.attach(study)
         recorded = trial.system_attrs.get(WORKER) or {}
         me = worker_info()
-        if (recorded.get("host"), recorded.get("pid"), recorded.get("start")) != (me["host"], me["pid"], me["start"]):
+        if any(recorded.get(key) != me[key] for key in ("host", "pidns", "pid", "start")):
             storage.set_trial_system_attr(trial._trial_id, WORKER, me)  # a storage that did not record it at creation
         faults.hit("worker", trial.number)
         fixed = trial.system_attrs.get("fixed_params")
