@@ -554,6 +554,12 @@ def pid_namespace() -> str | None:
         return None
 
 
+def pids_comparable(worker: Mapping[str, Any]) -> bool:
+    """Whether a worker record's PID means a process here: same host name and same PID namespace
+    (a record or a system without one is taken as the same namespace)."""
+    return worker.get("host") == socket.gethostname() and worker.get("pidns") in (None, pid_namespace())
+
+
 def worker_info() -> dict[str, Any]:
     """Host, PID namespace and PID, the process's start tick (tells a reused PID apart) and the
     wall-clock start."""
@@ -580,10 +586,8 @@ def _local_worker(trial: FrozenTrial) -> tuple[bool, str] | None:
     """(alive, description) of the trial's recorded worker when it runs on this host and in this
     PID namespace (its PID can be looked up here), else None (judged by its heartbeat)."""
     worker = trial.system_attrs.get(WORKER)
-    if not worker or worker.get("host") != socket.gethostname():
-        return None
-    if None not in (worker.get("pidns"), here := pid_namespace()) and worker["pidns"] != here:
-        return None  # another container on this host: its PIDs are not ours to look up
+    if not worker or not pids_comparable(worker):
+        return None  # another host, or another container with this host name
     pid = int(worker["pid"])
     described = f"pid {pid} on {worker['host']}"
     try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import faults
 from .errors import PrimeSVTError
-from .storage import STALE, WORKER, fail_stale_trials, pid_namespace
+from .storage import STALE, WORKER, fail_stale_trials, pids_comparable
 
 R = TypeVar("R")
 _logger = optuna.logging.get_logger(__name__)
@@ -308,8 +307,7 @@ def _sigint_ignored() -> Iterator[None]:
 
 def _mine(trial: FrozenTrial) -> bool:
     worker = trial.system_attrs.get(WORKER) or {}
-    return (worker.get("host"), worker.get("pid")) == (socket.gethostname(), os.getpid()) and \
-        worker.get("pidns") in (None, pid_namespace())  # the same PID in another container is not us
+    return pids_comparable(worker) and worker.get("pid") == os.getpid()
 
 
 def _own_trials(study: Study) -> list[FrozenTrial]:

@@ -222,12 +222,11 @@ class ClaimSampler(BaseSampler):
         self._checked: set[tuple[int, int]] = set()
         # read caches, never state: claims this process wrote (immutable once written), what the
         # finished trials of each study say (immutable once finished), the last read of each study
-        # and its layer table and trial cost (immutable once written)
+        # and the objective's study attributes (layer table, trial cost: immutable once written)
         self._claims: dict[int, dict[str, Any]] = {}
         self._index: dict[tuple[int, int], FinishedIndex] = {}
         self._last_read: dict[tuple[int, int], list[FrozenTrial]] = {}
-        self._layer_tables: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        self._trial_costs: dict[tuple[int, int], int] = {}
+        self._written: dict[tuple[int, int, str], Any] = {}
 
     # ----- what subclasses define -------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -432,7 +431,7 @@ class ClaimSampler(BaseSampler):
             return None
         cost = [int(t.user_attrs.get("images_evaluated") or 0) + int(t.user_attrs.get("images_recalibrated") or 0)
                 for t in trials if t.state.is_finished()]
-        full = self._trial_images(study) or max(cost, default=0)
+        full = int(self._written_attr(study, "trial_images") or 0) or max(cost, default=0)
         reserved = sum(1 for t in planned if not t.state.is_finished())
         if not full:
             return Wait("the cost of one trial (the first trial to finish)") if reserved > 1 else None
@@ -440,39 +439,35 @@ class ClaimSampler(BaseSampler):
             return Done(f"image budget spent ({sum(cost):,} of {images:,} images; one more full evaluation would exceed it)")
         return None
 
-    def _trial_images(self, study: Study) -> int | None:
-        """The objective's ``trial_images`` study attribute (immutable once written; cached)."""
-        key = _study_key(study)
-        if key not in self._trial_costs:
-            value = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}trial_images")
+    def _written_attr(self, study: Study, name: str) -> Any:
+        """The study attribute ``primesvt:<name>`` the objective wrote (None until it is written);
+        cached once seen, since such an attribute never changes once written."""
+        key = (*_study_key(study), name)
+        if key not in self._written:
+            value = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}{name}")
             if value is None:
                 return None
-            self._trial_costs[key] = int(value)
-        return self._trial_costs[key]
+            self._written[key] = value
+        return self._written[key]
 
     def _layers(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> list[tuple[str, int]] | None:
         """Rate parameters with sizes, largest first; [] when the study has none; None while
         unknown (the reference trial has not finished and the objective wrote no layer table)."""
         if self._layer_sizes is not None:
             items = list(self._layer_sizes.items())
-        elif _study_key(study) in self._layer_tables:
-            items = self._layer_tables[_study_key(study)]
+        elif table := self._written_attr(study, "layers"):
+            items = [(f"{RATE_PREFIX}{row['layer']}", int(row["params"])) for row in table]
         else:
-            table = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}layers")
-            if table:
-                items = [(f"{RATE_PREFIX}{row['layer']}", int(row["params"])) for row in table]
-                self._layer_tables[_study_key(study)] = items
-            else:
-                reference = snap.trial_for(rates_key({}))
-                if reference is None:
-                    return None
-                names = [p for p in reference.params if self._is_rate(p)]
-                if names and need_sizes:
-                    raise PrimeSVTError(
-                        f"{type(self).__name__} needs layer sizes to order the layers: pass "
-                        "layer_sizes={param: size} or use PruningObjective (it records the layer table)"
-                    )
-                items = [(p, 0) for p in names]
+            reference = snap.trial_for(rates_key({}))
+            if reference is None:
+                return None
+            names = [p for p in reference.params if self._is_rate(p)]
+            if names and need_sizes:
+                raise PrimeSVTError(
+                    f"{type(self).__name__} needs layer sizes to order the layers: pass "
+                    "layer_sizes={param: size} or use PruningObjective (it records the layer table)"
+                )
+            items = [(p, 0) for p in names]
         order = sorted(range(len(items)), key=lambda i: (-items[i][1], i))
         return [items[i] for i in order]
 
