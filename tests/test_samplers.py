@@ -29,6 +29,7 @@ from primesvt_optuna.plugin import (
     UniformSampler,
 )
 from primesvt_optuna.plugin.constraints import CLAIM, WORKER
+from primesvt_optuna.plugin.samplers._claims import FinishedIndex
 from primesvt_optuna.plugin.result import result
 from primesvt_optuna.storage import fail_stale_trials, open_storage
 
@@ -424,3 +425,23 @@ def test_lazy_and_full_sweep_commit_identical_rates_on_digits_tiny(policy):
     assert commits["lazy"] == commits["full"] and any(rate > 0 for _, rate in commits["full"])
     images = {k: result(s).stats["images_evaluated"] for k, s in studies.items()}
     assert images["lazy"] < images["full"]
+
+
+def test_a_trial_is_marked_seen_only_once_its_outcome_is_indexed():
+    """Threads of one process share the finished-trial index, and a snapshot skips a trial the
+    index has seen. Marking it seen before its outcome was stored let another thread see the
+    configuration as neither finished nor running, i.e. free, and evaluate it a second time."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, values=[0.9, 100.0], params={"rate:a": 0.5},
+        distributions={"rate:a": optuna.distributions.FloatDistribution(0.0, 0.9)}))
+    index = FinishedIndex(lambda t: "key-a")
+
+    class CheckedSet(set):
+        def add(self, trial_id):
+            assert "key-a" in index.outcomes, "marked seen before its outcome was indexed"
+            super().add(trial_id)
+
+    index.seen = CheckedSet()
+    index.add(study.trials[0])
+    assert index.outcomes["key-a"][1] is True and study.trials[0]._trial_id in index.seen

@@ -135,15 +135,14 @@ class FinishedIndex:
     def add(self, trial: FrozenTrial, outcomes: dict[str, tuple[FrozenTrial, bool]] | None = None) -> None:
         """Index a finished trial (into ``outcomes`` instead, for a trial not yet in storage)."""
         target = self.outcomes if outcomes is None else outcomes
-        if outcomes is None:
-            self.seen.add(trial._trial_id)
         outcome = accuracy_outcome(trial)
         key = self._key_of(trial)
-        if key is None or outcome is None:
-            return
-        known = target.get(key)
-        if known is None or trial.number < known[0].number:
-            target[key] = (trial, outcome)
+        if key is not None and outcome is not None:
+            known = target.get(key)
+            if known is None or trial.number < known[0].number:
+                target[key] = (trial, outcome)
+        if outcomes is None:  # only now: another thread skips a seen trial, so its outcome must be in
+            self.seen.add(trial._trial_id)
 
 
 class Snapshot:
