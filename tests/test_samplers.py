@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.plugin import (
+    BudgetAwareSampler,
     ConstraintPruner,
     PrioritizedSampler,
     RandomOrderSampler,
@@ -445,3 +446,29 @@ def test_a_trial_is_marked_seen_only_once_its_outcome_is_indexed():
     index.seen = CheckedSet()
     index.add(study.trials[0])
     assert index.outcomes["key-a"][1] is True and study.trials[0]._trial_id in index.seen
+
+
+def test_one_sampler_reused_for_many_studies_never_reads_another_storages_cache():
+    """A sampler caches what it read per study. Keyed by id(storage), a freed storage's id was
+    reused by the next study's storage (CPython reuses freed addresses), which then inherited the
+    old study's outcomes: some studies ran 1 trial, others 14, where each objective needs 5 or 7."""
+    import gc
+
+    grid = [0.3, 0.6, 0.9]
+    sampler = BudgetAwareSampler(grid=grid)
+    ids, reused, runs = set(), 0, {0: set(), 1: set()}
+    for i in range(40):
+        obj = SyntheticObjective({"big": 4000, "mid": 3000, "small": 1000},
+                                 sensitivity={"big": 0.5 if i % 2 else 0.001, "mid": 0.01, "small": 0.01},
+                                 max_accuracy_drop=0.03, memory_target=0.3, grid=grid)
+        study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), directions=obj.directions,
+                                    sampler=sampler)
+        study.optimize(obj)
+        reused += id(study._storage) in ids
+        ids.add(id(study._storage))
+        runs[i % 2].add(tuple(tuple(sorted(t.params.items())) for t in study.trials))
+        del study
+        gc.collect()
+    if not reused:
+        pytest.skip("no storage address was reused in this run")
+    assert all(len(paths) == 1 for paths in runs.values()), {k: sorted(len(p) for p in v) for k, v in runs.items()}

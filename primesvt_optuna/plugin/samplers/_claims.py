@@ -27,6 +27,7 @@ import contextlib
 import copy
 import json
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -218,14 +219,13 @@ class ClaimSampler(BaseSampler):
         self._wait_timeout = wait_timeout
         self._poll = poll_interval
         self._stale_after = stale_after
-        self._checked: set[tuple[int, int]] = set()
         # read caches, never state: claims this process wrote (immutable once written), what the
         # finished trials of each study say (immutable once finished), the last read of each study
         # and the objective's study attributes (layer table, trial cost: immutable once written)
         self._claims: dict[int, dict[str, Any]] = {}
-        self._index: dict[tuple[int, int], FinishedIndex] = {}
-        self._last_read: dict[tuple[int, int], list[FrozenTrial]] = {}
-        self._written: dict[tuple[int, int, str], Any] = {}
+        # per study, keyed by the storage object itself (weakly): an id() can be reused by a later
+        # storage once the first is freed, and would hand a new study the old one's outcomes
+        self._studies: weakref.WeakKeyDictionary[Any, dict[int, _StudyCache]] = weakref.WeakKeyDictionary()
 
     # ----- what subclasses define -------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -325,7 +325,7 @@ class ClaimSampler(BaseSampler):
         finished = copy.copy(trial)
         finished.state = state
         finished.system_attrs = {**trial.system_attrs, **({OUTCOME: state.name} if state == TrialState.FAIL else {})}
-        trials = self._last_read.get(_study_key(study))
+        trials = self._cache(study).last_read
         if trials is None:
             trials = self._read(study)
         decision = self._next(study, self._snapshot(study, trials, None, extra=finished))
@@ -344,13 +344,13 @@ class ClaimSampler(BaseSampler):
 
     def _snapshot(self, study: Study, trials: Sequence[FrozenTrial], me: int | None,
                   extra: FrozenTrial | None = None) -> Snapshot:
-        index = self._index.get(_study_key(study))
-        if index is None:
-            index = self._index[_study_key(study)] = FinishedIndex(lambda t: trial_key(t, self._is_rate))
-        return Snapshot(trials, me, index, extra)
+        cache = self._cache(study)
+        if cache.index is None:
+            cache.index = FinishedIndex(lambda t: trial_key(t, self._is_rate))
+        return Snapshot(trials, me, cache.index, extra)
 
     def _read(self, study: Study) -> list[FrozenTrial]:
-        trials = self._last_read[_study_key(study)] = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        trials = self._cache(study).last_read = study._storage.get_all_trials(study._study_id, deepcopy=False)
         return trials
 
     @staticmethod
@@ -362,13 +362,14 @@ class ClaimSampler(BaseSampler):
 
     def attach(self, study: Study) -> None:
         """Record this sampler's settings on ``study``; refuse a study run with other settings."""
-        if (id(study._storage), study._study_id) in self._checked:
+        cache = self._cache(study)
+        if cache.checked:
             return
         settings = self.settings()
         write_study_attrs(study, {
             "policy": settings["policy"], "grid": settings["grid"], "seed": settings["seed"], "sampler": settings,
         })
-        self._checked.add((id(study._storage), study._study_id))
+        cache.checked = True
 
     def _set_claim(self, study: Study, trial: FrozenTrial, claim: dict[str, Any]) -> None:
         study._storage.set_trial_system_attr(trial._trial_id, CLAIM, claim)
@@ -438,16 +439,22 @@ class ClaimSampler(BaseSampler):
             return Done(f"image budget spent ({sum(cost):,} of {images:,} images; one more full evaluation would exceed it)")
         return None
 
+    def _cache(self, study: Study) -> _StudyCache:
+        per_storage = self._studies.get(study._storage)
+        if per_storage is None:
+            per_storage = self._studies.setdefault(study._storage, {})
+        return per_storage.setdefault(study._study_id, _StudyCache())
+
     def _written_attr(self, study: Study, name: str) -> Any:
         """The study attribute ``primesvt:<name>`` the objective wrote (None until it is written);
         cached once seen, since such an attribute never changes once written."""
-        key = (*_study_key(study), name)
-        if key not in self._written:
+        written = self._cache(study).written
+        if name not in written:
             value = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}{name}")
             if value is None:
                 return None
-            self._written[key] = value
-        return self._written[key]
+            written[name] = value
+        return written[name]
 
     def _layers(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> list[tuple[str, int]] | None:
         """Rate parameters with sizes, largest first; [] when the study has none; None while
@@ -471,8 +478,14 @@ class ClaimSampler(BaseSampler):
         return [items[i] for i in order]
 
 
-def _study_key(study: Study) -> tuple[int, int]:
-    return id(study._storage), study._study_id
+@dataclass
+class _StudyCache:
+    """What one sampler caches of one study (see ``ClaimSampler.__init__``)."""
+
+    checked: bool = False  # settings recorded on the study
+    index: FinishedIndex | None = None
+    last_read: list[FrozenTrial] | None = None
+    written: dict[str, Any] = field(default_factory=dict)
 
 
 def write_study_attrs(study: Study, attrs: Mapping[str, Any]) -> None:
