@@ -39,11 +39,12 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
 
 
-def _device(device: str | torch.device) -> torch.device:
+def torch_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, or a one-line error for an unknown one or a GPU this build lacks."""
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise PrimeSVTError(f"unknown device {device!r}: {exc}") from None
+        raise PrimeSVTError(f"unknown device {device!r}: give cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PrimeSVTError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
     return dev
@@ -55,7 +56,7 @@ def iter_eval(
 ) -> Iterator[tuple[int, int]]:
     """``(correct_in_batch, batch_size)`` batch by batch, in a fixed order (lets callers stop early);
     ``batches``: the dataset indices of each batch instead (a schedule of growing batches)."""
-    dev = _device(device)
+    dev = torch_device(device)
     loader = (DataLoader(dataset, batch_sampler=batches, num_workers=0) if batches is not None
               else DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0))
     was_training = model.training
@@ -138,7 +139,7 @@ def train(
         raise PrimeSVTError(f"need epochs >= 0, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
     if keep not in ("best", "last"):
         raise PrimeSVTError(f"keep must be 'best' or 'last', got {keep!r}")
-    dev = _device(device)
+    dev = torch_device(device)
     model.to(dev)
     torch.manual_seed(seed)
     loader = DataLoader(

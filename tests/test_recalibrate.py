@@ -61,6 +61,20 @@ def test_only_batchnorm_buffers_change_and_bit_for_bit(tiny):
     assert not all(torch.equal(v, other.state_dict()[k]) for k, v in after.items())
 
 
+def test_a_refused_recalibration_leaves_every_batchnorm_as_it_was(tiny):
+    """One BatchNorm that does not track statistics refuses the call; the ones before it used to
+    be reset (statistics zeroed, momentum None) before the refusal."""
+    model = copy.deepcopy(tiny[0])
+    norms = batchnorms(model)
+    norms[-1].track_running_stats = False
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    momenta = [m.momentum for m in norms]
+    with pytest.raises(PrimeSVTError, match="does not track running statistics"):
+        recalibrate_bn(model, tiny[1].train, images=32)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert [m.momentum for m in norms] == momenta
+
+
 def test_running_statistics_are_the_cumulative_average_of_the_batch_statistics():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), neuron.LIFNode(step_mode="s")).eval()

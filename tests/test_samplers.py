@@ -472,3 +472,27 @@ def test_one_sampler_reused_for_many_studies_never_reads_another_storages_cache(
     if not reused:
         pytest.skip("no storage address was reused in this run")
     assert all(len(paths) == 1 for paths in runs.values()), {k: sorted(len(p) for p in v) for k, v in runs.items()}
+
+
+class _BrokenReference(SyntheticObjective):
+    """Fails on the unpruned model only (as a wrong device or unreadable data would on every one)."""
+
+    def iter_batches(self, rates):
+        if not any(rates.values()):
+            raise RuntimeError("cannot evaluate")
+        return super().iter_batches(rates)
+
+
+@pytest.mark.parametrize("sampler", [PrioritizedSampler, BudgetAwareSampler, UniformSampler])
+def test_a_failed_reference_stops_the_study_instead_of_evaluating_everything(sampler, caplog):
+    """Before, each policy went on to evaluate (and fail) every configuration: 136 trials for a
+    walk on digits with an unknown device."""
+    obj = _BrokenReference(SIZES, grid=GRID)
+    study = optuna.create_study(directions=obj.directions, sampler=sampler(grid=GRID))
+    study.optimize(obj, n_trials=30)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    assert "cannot evaluate" in study.trials[0].user_attrs["fail_reason"]
+    assert "unpruned reference, trial 0, failed (RuntimeError: cannot evaluate)" in caplog.text
+    study.optimize(obj, n_trials=30)  # resumed: stops at once, with an idle trial saying why
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.PRUNED]
+    assert "unpruned reference, trial 0, failed" in study.trials[1].user_attrs["cut_reason"]

@@ -196,6 +196,24 @@ def test_unreachable_storage_is_one_line(workdir, capsys):
     assert err.startswith("error: ") and "\n" not in err
 
 
+def test_an_unknown_device_is_one_line_before_any_work(workdir, capsys):
+    """Checked up front: before, `search` ran a whole study of failed trials and then raised a
+    TypeError, and `export` raised torch's RuntimeError (or an AssertionError for cuda on CPU)."""
+    db = workdir / "device.db"
+    url = f"sqlite:///{db}"
+    for device in ("foo", "cuda:0" if not torch.cuda.is_available() else "foo:1"):
+        assert search(workdir, "--device", device, "--storage", url, "--study-name", "dev") == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and repr(device) in err
+        assert not db.exists()  # nothing created
+    assert search(workdir, "--storage", url, "--study-name", "dev") == 0
+    capsys.readouterr()
+    output = workdir / "device.pt"
+    assert main(["export", url, "--study-name", "dev", "--output", str(output), "--device", "foo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown device 'foo'") and "\n" not in err and not output.exists()
+
+
 def test_in_memory_storage_runs_one_worker_and_refuses_several(workdir, capsys):
     assert search(workdir, "--storage", "sqlite:///:memory:", "--study-name", "mem", "--json") == 0
     assert json.loads(capsys.readouterr().out)["finished"]

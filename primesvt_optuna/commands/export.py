@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from ..pruning import Engine, model_bytes, structure_of
     from ..pruning.recalibrate import BATCH_SIZE, recalibrate_bn
     from ..storage import describe_storage, open_storage
-    from ..training import evaluate, finetune
+    from ..training import evaluate, finetune, torch_device
 
+    torch_device(args.device)  # an unknown device or a missing GPU: one line, before any work
     if args.finetune_epochs < 0:
         raise PrimeSVTError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     if not args.finetune_lr > 0:

@@ -255,7 +255,8 @@ def _print(res: Any, cfg: Any, storage: str) -> None:
     sel = res.selected
     if sel:
         base_acc = sel["base_accuracy"]
-        print(f"selected: trial {sel['trial']}: validation accuracy {100 * sel['accuracy']:.2f}%"
+        accuracy = "n/a" if sel["accuracy"] is None else f"{100 * sel['accuracy']:.2f}%"
+        print(f"selected: trial {sel['trial']}: validation accuracy {accuracy}"
               + (f" (unpruned {100 * base_acc:.2f}%)" if base_acc is not None else "")
               + f", {sel['model_bytes']:,} bytes of {sel['base_bytes']:,} (saves {100 * sel['memory_saving']:.2f}%)")
         for layer, rate in sel["rates"].items():

@@ -87,9 +87,10 @@ def recalibrate_bn(
     dev = torch.device(device)
     was_training = model.training
     saved: list[tuple[_BatchNorm, Any, bool]] = [(m, m.momentum, m.track_running_stats) for m in norms]
-    for m in norms:
+    for m in norms:  # check them all before changing any: a refused call leaves the model as it was
         if not m.track_running_stats or m.running_mean is None:
             raise PrimeSVTError(f"{type(m).__name__} does not track running statistics: nothing to recalibrate")
+    for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch weighs the same
     model.eval()

@@ -212,12 +212,12 @@ class SharedPrefixEvaluator:
         return self._trace.prefix(touched_modules(engine, layer))[0]
 
     def _prepare(self, engine: Engine) -> None:
-        from ..training import _device
+        from ..training import torch_device
 
         if self._base == id(engine.model) and self._trace is not None:
             return
         self.clear()
-        dev = _device(self.device)
+        dev = torch_device(self.device)
         x, _ = next(iter(self._batches()))
         engine.model.to(dev).eval()
         self._trace = ForwardTrace.record(engine.model, x.to(dev))
@@ -251,13 +251,13 @@ class SharedPrefixEvaluator:
 
     def _fill_cache(self, engine: Engine) -> None:
         """Every batch's input, labels and the prefix outputs of every layer of the engine, if they fit."""
-        from ..training import _device
+        from ..training import torch_device
 
         assert self._trace is not None
         units = set()
         for layer in engine.layers:
             units.update(self._trace.prefix(touched_modules(engine, layer))[0])
-        dev = _device(self.device)
+        dev = torch_device(self.device)
         cache, used, seen = [], 0, 0
         for x, y in self._batches():
             x = x.to(dev)
@@ -288,9 +288,9 @@ class SharedPrefixEvaluator:
                   logits: list[list[torch.Tensor]] | None = None) -> list[float]:
         from spikingjelly.activation_based import functional
 
-        from ..training import _device
+        from ..training import torch_device
 
-        dev = _device(self.device)
+        dev = torch_device(self.device)
         modes = [m.training for m in (base, *models)]
         for m in (base, *models):
             m.to(dev).eval()

@@ -103,6 +103,7 @@ class Wait:
 @dataclass(frozen=True)
 class Done:
     reason: str
+    failed: bool = False  # stopped by an error the user must fix, not by the policy's end
 
 
 @dataclass(frozen=True)
@@ -328,17 +329,27 @@ class ClaimSampler(BaseSampler):
         trials = self._cache(study).last_read
         if trials is None:
             trials = self._read(study)
-        decision = self._next(study, self._snapshot(study, trials, None, extra=finished))
+        decision = self._decision(study, self._snapshot(study, trials, None, extra=finished))
         if isinstance(decision, Done):
-            _logger.info(f"PrimeSVT {self.policy} finished: {decision.reason}.")
+            (_logger.warning if decision.failed else _logger.info)(f"PrimeSVT {self.policy} finished: {decision.reason}.")
             self._stop(study)
 
     # ----- public helpers -----------------------------------------------------------------------
     def is_exhausted(self, study: Study) -> bool:
         """True when the policy has nothing left to evaluate in ``study``."""
-        return isinstance(self._next(study, self._snapshot(study, self._read(study), None)), Done)
+        return isinstance(self._decision(study, self._snapshot(study, self._read(study), None)), Done)
 
     # ----- internals ----------------------------------------------------------------------------
+    def _decision(self, study: Study, snap: Snapshot) -> Decision:
+        """The policy's next step, unless the unpruned reference failed: every configuration is
+        judged against it, so the study stops rather than evaluate (and fail) everything else."""
+        reference = snap.trial_for(rates_key({}))
+        if reference is not None and reference.state == TrialState.FAIL:
+            reason = reference.user_attrs.get("fail_reason") or "no reason recorded"
+            return Done(f"the unpruned reference, trial {reference.number}, failed ({reason}): "
+                        "fix that and start a new study", failed=True)
+        return self._next(study, snap)
+
     def _is_rate(self, param: str) -> bool:
         return param.startswith(RATE_PREFIX) or (self._layer_sizes is not None and param in self._layer_sizes)
 
@@ -398,7 +409,7 @@ class ClaimSampler(BaseSampler):
             if snap.undecided:
                 reason = f"trial {snap.undecided[0]} to choose its configuration"
             else:
-                decision = self._next(study, snap)
+                decision = self._decision(study, snap)
                 if isinstance(decision, Candidate) and (limit := self._over_budget(study, trials, trial.number)):
                     decision = limit  # Done when spent, Wait while the cost of a trial is unknown
                 if not isinstance(decision, Wait):
