@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file the command reads or writes (full disk, no permission, a file where a folder goes)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}: check the path and the space left", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -234,6 +234,8 @@ def _open_journal(
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise PrimeSVTError(f"cannot create the folder of journal file {path}: {exc.strerror}") from None
+    if not read_only:  # Optuna reads past a torn last line, but appends the next record to it
+        _refuse_a_cut_off_record(path)
     try:
         backend = JournalFileBackend(str(path))
         return HeartbeatJournalStorage(backend, heartbeat_interval=interval, grace_period=grace, stale_callback=callback)
@@ -243,6 +245,34 @@ def _open_journal(
         raise PrimeSVTError(f"cannot open journal file {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # a file that is not an Optuna journal: JSON decode errors and the like
         raise PrimeSVTError(f"{path} is not a readable Optuna journal file: {_first_line(exc)}") from None
+
+
+def _refuse_a_cut_off_record(path: Path) -> None:
+    """A journal whose last record was cut off (a full disk, a crash mid-write) cannot be replayed,
+    and a record appended after it makes the whole file unreadable: refuse it, untouched. A tail
+    that is still changing is another worker's write in progress, not a cut-off record."""
+    tail, size = b"", -1
+    for _ in range(3):
+        try:
+            current = path.stat().st_size
+            if current == 0:
+                return
+            with open(path, "rb") as f:
+                f.seek(max(0, current - (1 << 16)))
+                tail = f.read()
+        except OSError:
+            return  # missing or unreadable: the backend says so
+        if tail.endswith(b"\n") or current != size and size >= 0:
+            return
+        size = current
+        time.sleep(0.5)
+    if b"\n" not in tail and size > len(tail):
+        fix = "truncate it after its last complete line"
+    else:
+        keep = size - len(tail) + tail.rfind(b"\n") + 1
+        fix = f"drop the {size - keep} bytes after its last complete line with `truncate -s {keep} {path}`"
+    raise PrimeSVTError(f"journal file {path} ends with a cut-off record, which Optuna cannot replay: "
+                        f"back the file up, then {fix}")
 
 
 def _open_rdb(

@@ -227,3 +227,37 @@ def test_cli_train_evaluate_info(tmp_path: Path, capsys) -> None:
     assert "patch_embed.rpe_conv" in printed and "val" in printed
     assert main(argv + ["--force"]) == 0  # same seed, same checkpoint contents
     assert load_checkpoint(out)[1]["metrics"]["val_accuracy"] == ckpt["metrics"]["val_accuracy"]
+
+
+def test_bad_options_of_every_command_are_one_line_before_any_work(tmp_path: Path, capsys) -> None:
+    """Found by a review: each of these printed a traceback (or, for `train` into a folder, failed
+    only after training, and `compare --output` only after the whole comparison)."""
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model(CONFIG), CONFIG, make_spec("digits", img_size=16), {})
+    (tmp_path / "file.txt").write_text("x")
+    _cli_error(capsys, ["evaluate", str(ckpt), "--device", "cuda:7" if not torch.cuda.is_available() else "foo"], "device")
+    _cli_error(capsys, ["robustness", str(ckpt), "--device", "foo"], "unknown device 'foo'")
+    _cli_error(capsys, ["robustness", str(ckpt), "--batch-size", "0"], "--batch-size must be at least 1")
+    _cli_error(capsys, ["robustness", str(ckpt), "--figure", str(tmp_path / "h.xyz")], "unknown format '.xyz'")
+    _cli_error(capsys, ["robustness", str(ckpt), "--csv", str(tmp_path)], "is a folder")
+    _cli_error(capsys, ["robustness", str(ckpt), "--max-accuracy-drop", "2"], "fraction in [0, 1)")
+    _cli_error(capsys, ["train", "--preset", "digits-tiny", "--label-smoothing", "2", "-o", str(tmp_path / "t.pt")],
+               "--label-smoothing must lie in [0, 1)")
+    _cli_error(capsys, ["train", "--preset", "digits-tiny", "-o", str(tmp_path), "--force"], "is a folder")
+    _cli_error(capsys, ["train", "--preset", "digits-tiny", "--split-seed", "-1", "-o", str(tmp_path / "t.pt")],
+               "seed must be in 0..2**32-1")
+    _cli_error(capsys, ["report", f"sqlite:///{tmp_path}/none.db", "-o", str(tmp_path / "file.txt")], "none.db")
+    _cli_error(capsys, ["info", "digits-tiny", "--top", "-2"], "--top must be at least 1")
+    assert sorted(os.listdir(tmp_path)) == ["file.txt", "tiny.pt"]
+
+
+def test_info_shows_a_pruned_checkpoint(tmp_path: Path, capsys) -> None:
+    """It used to refuse any pruned checkpoint, export's own output included."""
+    from primesvt_optuna.pruning import Engine, structure_of
+
+    engine = Engine(build_model(CONFIG))
+    pruned = engine.prune({engine.layers[0]: 0.5})
+    path = save_checkpoint(tmp_path / "p.pt", pruned, CONFIG, make_spec("digits", img_size=16), {},
+                           structure=structure_of(pruned))
+    assert main(["info", str(path), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "pruned: yes" in out and len(out.strip().splitlines()[-4:]) == 4

@@ -167,3 +167,32 @@ def test_image_folder_bad_layouts(tmp_path: Path) -> None:
     (tmp_path / "flat" / "train").mkdir()
     (tmp_path / "flat" / "train" / "img.jpg").write_bytes(b"")
     _one_line_error(make_spec("imagefolder", path=str(tmp_path / "flat"), img_size=8), "no class subfolders")
+
+
+def test_image_folder_skips_hidden_folders_and_refuses_an_empty_class(tmp_path: Path) -> None:
+    """A hidden folder (Jupyter's .ipynb_checkpoints) or an empty one in train/ used to become a
+    class, shifting the label of every class sorted after it."""
+    _write_images(tmp_path / "train", ["b", "c"], 2, (8, 8))
+    _write_images(tmp_path / "val", ["b", "c"], 2, (8, 8))
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    splits = load_splits(make_spec("imagefolder", path=str(tmp_path), img_size=8, seed=0))
+    assert splits.num_classes == 2 and [splits.train[i][1] for i in range(4)] == [0, 0, 1, 1]
+    (tmp_path / "train" / "a_empty").mkdir()
+    _one_line_error(make_spec("imagefolder", path=str(tmp_path), img_size=8), "a_empty", "has no images")
+
+
+def test_cifar_refuses_bad_test_labels_and_too_few_images(tmp_path: Path, cifar10_dir: Path) -> None:
+    rng = np.random.default_rng(2)
+    with open(cifar10_dir / "test_batch", "wb") as f:  # one negative label, in the test batch only
+        pickle.dump({b"data": rng.integers(0, 256, size=(4, 3072), dtype=np.uint8), b"labels": [0, 1, -1, 2]}, f)
+    _one_line_error(make_spec("cifar10", path=str(cifar10_dir), img_size=32), "labels outside 0..9")
+    _write_batch(cifar10_dir / "test_batch", 1, 10, b"labels", rng)
+    _one_line_error(make_spec("cifar10", path=str(cifar10_dir), img_size=32), "at least 2")
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        _write_batch(cifar10_dir / name, 0, 10, b"labels", rng)
+    _one_line_error(make_spec("cifar10", path=str(cifar10_dir), img_size=32), "0 training and 0 test images")
+
+
+def test_a_negative_split_seed_is_one_line() -> None:
+    with pytest.raises(PrimeSVTError, match=r"seed must be in 0\.\.2\*\*32-1, got -1"):
+        make_spec("digits", img_size=16, seed=-1)

@@ -244,3 +244,34 @@ def test_flops_target_is_a_second_resource_constraint(workdir, capsys):
     pruned = [t for t in study.trials if t.user_attrs.get("phase") not in ("reference", "idle")]
     assert pruned and all("flops" in t.constraints and "constraint_flops" in t.user_attrs for t in pruned)
     assert study.user_attrs["primesvt:flops_target"] == 0.2
+
+
+def test_a_search_whose_unpruned_model_cannot_be_evaluated_fails_with_the_reason(tmp_path, capsys):
+    """It used to exit 0, print 'validation accuracy n/a' and suggest exporting."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / split / c / f"{i}.png")
+    (tmp_path / "imgs" / "val" / "a" / "0.png").write_text("not an image")
+    config = {"preset": "digits-tiny", "in_channels": 3, "num_classes": 2}
+    save_checkpoint(tmp_path / "img.pt", build_model(config), config,
+                    make_spec("imagefolder", path=str(tmp_path / "imgs"), img_size=16), {})
+    (tmp_path / "img.toml").write_text(f"""
+study_name = "img"
+storage = "sqlite:///{tmp_path / 'img.db'}"
+checkpoint = "{tmp_path / 'img.pt'}"
+[constraints]
+max_accuracy_drop = 0.03
+memory_target = 0.3
+[search]
+grid = [0.5]
+""")
+    assert main(["search", str(tmp_path / "img.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: the unpruned model could not be evaluated (trial 0: ") and "cannot read image" in err
+    assert n_trials(f"sqlite:///{tmp_path / 'img.db'}", "img") == 1

@@ -519,3 +519,24 @@ def test_postgresql_wrong_database(postgres_url: str) -> None:
     with pytest.raises(PrimeSVTError, match="does not exist") as exc:
         open_storage(f"{base}/no_such_database_{os.getpid()}")
     _one_line(exc)
+
+
+def test_a_journal_with_a_cut_off_last_record_is_refused_untouched(tmp_path) -> None:
+    """A resume used to append after the torn line: an AttributeError, then a JSONDecodeError, then
+    a file no command could read (the whole study lost)."""
+    path = tmp_path / "j.log"
+    study = optuna.create_study(storage=open_storage(f"journal:///{path}"), study_name="j")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-40])
+    with pytest.raises(PrimeSVTError, match=r"cut-off record.*truncate -s \d+") as exc:
+        open_storage(f"journal:///{path}")
+    _one_line(exc)
+    assert path.read_bytes() == whole[:-40]
+    assert len(optuna.load_study(study_name="j", storage=open_storage(f"journal:///{path}", read_only=True)).trials) >= 2
+    keep = int(str(exc.value).split("truncate -s ")[1].split()[0])
+    path.write_bytes(whole[:keep])  # the fix the message gives
+    resumed = optuna.load_study(study_name="j", storage=open_storage(f"journal:///{path}"))
+    resumed.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    trials = optuna.load_study(study_name="j", storage=open_storage(f"journal:///{path}")).trials
+    assert [t.state for t in trials][-1] == optuna.trial.TrialState.COMPLETE and len(trials) >= 3, trials

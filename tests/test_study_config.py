@@ -91,6 +91,7 @@ def test_acceptance_rule_and_recalibration():
         (GOOD + "[search]\nsweep = 'half'\n", "sweep must be 'lazy' or 'full'"),
         (GOOD + "[search]\nbudget_images = 'lots'\n", "budget_images must be int"),
         (GOOD + "[data]\nfirst_batch = -8\n", "first_batch must be at least 1 (0: plain batch_size batches)"),
+        (GOOD + "[search]\nseed = -1\n", "seed must be in 0..2**32-1, got -1"),
     ],
 )
 def test_bad_configs_are_one_clear_line(text, message):

@@ -40,12 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..errors import PrimeSVTError
     from ..plugin.study_config import load_study_config
     from ..reporting import ComparisonSpec, build_report, run_comparison
     from ..reporting.compare import WALK_POLICIES
+    from . import output_folder
 
     cfg = load_study_config(args.config).with_overrides(
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target)
@@ -62,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
         sampler_options={p: walk for p in WALK_POLICIES} | {p: {"wait_timeout": cfg.wait_timeout}
                                                              for p in ("uniform", "budget-aware")},
     )
+    outdir = output_folder(args.output or f"runs/report-{name}")  # before the comparison, not after it
     print(f"[compare] {name}: {cfg.constraints.describe()}", flush=True)
     run_comparison(spec, factory)
-    outdir = Path(args.output or f"runs/report-{name}")
     report = build_report(storage, outdir, name)
     print(report.display.to_string(index=False))
     print(f"\nwrote {len(report.files)} files to {outdir}/; see the studies with: primesvt dashboard {storage}")

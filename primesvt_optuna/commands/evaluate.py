@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import PrimeSVTError
     from ..models import resolve_config
     from ..pruning import model_bytes
-    from ..training import EVAL_BATCH_SIZE
+    from ..training import EVAL_BATCH_SIZE, torch_device
 
+    torch_device(args.device)
     path = resolve_checkpoint(args.checkpoint)
     if args.preset is None:
         if args.output or args.data:

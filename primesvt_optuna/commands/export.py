@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..errors import PrimeSVTError
@@ -50,15 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from ..pruning.recalibrate import BATCH_SIZE, recalibrate_bn
     from ..storage import describe_storage, open_storage
     from ..training import evaluate, finetune, torch_device
+    from . import output_file
 
     torch_device(args.device)  # an unknown device or a missing GPU: one line, before any work
     if args.finetune_epochs < 0:
         raise PrimeSVTError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     if not args.finetune_lr > 0:
         raise PrimeSVTError(f"--finetune-lr must be positive, got {args.finetune_lr}")
-    output = Path(args.output).expanduser()
-    if output.is_dir():
-        raise PrimeSVTError(f"--output {output} is a folder: give a file name such as {output / 'pruned.pt'}")
+    output = output_file(args.output, "--output")
     if output.exists() and not args.force:
         raise PrimeSVTError(f"{output} exists: pass --force to overwrite it")
 

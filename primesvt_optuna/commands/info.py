@@ -40,13 +40,17 @@ def run(args: argparse.Namespace) -> int:
         _list()
         return 0
     import pandas as pd
+    import torch.nn as nn
 
     from ..checkpoint import load_checkpoint, resolve_checkpoint, shipped_names
     from ..errors import PrimeSVTError
     from ..models import PRESETS, build_model, resolve_config
     from ..pruning import Engine, model_bytes, param_bytes
 
+    if args.top is not None and args.top < 1:
+        raise PrimeSVTError(f"--top must be at least 1, got {args.top}")
     path = resolve_checkpoint(args.target)
+    pruned = False
     if path.exists():
         model, ckpt = load_checkpoint(path)
         config = ckpt["model_config"]
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         if "val_accuracy" in m:
             print(f"accuracy: val {m['val_accuracy']:.4f}, test {m.get('test_accuracy', float('nan')):.4f} "
                   f"on {ckpt['data']['name']} (split seed {ckpt['data']['seed']})")
-        print(f"pruned: {'yes' if ckpt['structure'] is not None else 'no'}")
+        pruned = ckpt["structure"] is not None
+        print(f"pruned: {'yes' if pruned else 'no'}")
     elif args.target in PRESETS:
         config = resolve_config({"preset": args.target})
         model = build_model(config)
@@ -66,7 +71,14 @@ def run(args: argparse.Namespace) -> int:
     print("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
     params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {params:,}  parameter bytes: {param_bytes(model):,}  model bytes (with buffers): {model_bytes(model):,}")
-    table = Engine(model).table
+    if pruned:  # the prunable-layer table belongs to the original model: show the widths kept
+        table = pd.DataFrame([
+            {"module": name, "type": type(m).__name__, "out": getattr(m, "out_features", getattr(m, "out_channels", None)),
+             "params": sum(p.numel() for p in m.parameters(recurse=False))}
+            for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+        ]).sort_values("params", ascending=False, kind="stable")
+    else:
+        table = Engine(model).table
     if args.top:
         table = table.head(args.top)
     with pd.option_context("display.max_rows", None, "display.width", 200):

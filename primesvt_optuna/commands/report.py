@@ -25,12 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..reporting import build_report, load_studies
 
+    from . import output_folder
+
     prefix = args.prefix or load_studies(args.storage)[0].name
-    outdir = Path(args.output or f"runs/report-{prefix}")
+    outdir = output_folder(args.output or f"runs/report-{prefix}")
     report = build_report(args.storage, outdir, prefix)
     print(report.display.to_string(index=False))
     print(f"\nwrote {len(report.files)} files to {outdir}/")

@@ -60,8 +60,21 @@ def run(args: argparse.Namespace) -> int:
         SharedPrefixEvaluator, cache_key, cached_sweep, check_grid, plot_robustness, robustness_bounds, robustness_sweep,
     )
 
-    if args.max_accuracy_drop < 0:
-        raise PrimeSVTError(f"--max-accuracy-drop must be >= 0, got {args.max_accuracy_drop}")
+    import matplotlib.pyplot as plt
+
+    from ..training import torch_device
+    from . import output_file
+
+    if not 0 <= args.max_accuracy_drop < 1:
+        raise PrimeSVTError(f"--max-accuracy-drop is a fraction in [0, 1), got {args.max_accuracy_drop}")
+    if args.batch_size < 1:
+        raise PrimeSVTError(f"--batch-size must be at least 1, got {args.batch_size}")
+    torch_device(args.device)
+    figure_formats = tuple(f".{s}" for s in plt.figure().canvas.get_supported_filetypes())
+    plt.close("all")
+    output_file(args.figure, "--figure", figure_formats)
+    if args.csv:
+        output_file(args.csv, "--csv")
     grid = check_grid(parse_grid(args.grid))
     path = resolve_checkpoint(args.checkpoint)
     model, ckpt = load_checkpoint(path, args.device)

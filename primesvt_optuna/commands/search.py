@@ -229,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
             print(interrupted_message(reports, sys.argv[1:]), file=sys.stderr)
             return 130
 
+    if failed := _failed_reference(study):
+        raise PrimeSVTError(failed)
     res = save_result_note(study)
     if args.json:
         payload = {"study_name": cfg.study_name, "storage": describe_storage(cfg.storage), **res.to_dict()}
@@ -236,6 +238,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print(res, cfg, describe_storage(cfg.storage))
     return 0
+
+
+def _failed_reference(study: Any) -> str | None:
+    """Why the unpruned model could not be evaluated, when it could not (and never was)."""
+    from optuna.trial import TrialState
+
+    unpruned = [t for t in study.trials if t.params and not any(t.params.values())]
+    if any(t.state == TrialState.COMPLETE for t in unpruned):
+        return None
+    failed = [t for t in unpruned if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason")
+              and not t.user_attrs.get("interrupted")]
+    if not failed:
+        return None
+    return (f"the unpruned model could not be evaluated (trial {failed[0].number}: "
+            f"{failed[0].user_attrs['fail_reason']}): fix that and start a new study")
 
 
 def _plain(value: Any) -> Any:

@@ -63,18 +63,20 @@ def reproduce_command(args: argparse.Namespace, spec: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
     from ..checkpoint import save_checkpoint
     from ..data import load_splits, make_spec
     from ..errors import PrimeSVTError
     from ..models import build_model, resolve_config
-    from ..training import EVAL_BATCH_SIZE, evaluate, machine, train
+    from ..training import EVAL_BATCH_SIZE, evaluate, machine, torch_device, train
+    from . import output_file
 
     preset = resolve_config({"preset": args.preset})
-    output = Path(args.output).expanduser()
+    if not 0 <= args.label_smoothing < 1:
+        raise PrimeSVTError(f"--label-smoothing must lie in [0, 1), got {args.label_smoothing}")
+    torch_device(args.device)
+    output = output_file(args.output, "--output")
     if output.exists() and not args.force:
         raise PrimeSVTError(f"{output} exists: pass --force to overwrite it")
     spec = make_spec(args.data, path=args.data_path,

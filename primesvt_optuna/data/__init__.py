@@ -44,6 +44,8 @@ def make_spec(name: str, *, path: str | None = None, img_size: int, seed: int = 
         raise PrimeSVTError(f"data set {name!r} needs a path (--data-path)")
     if int(img_size) < 8:
         raise PrimeSVTError(f"img_size must be at least 8, got {img_size}")
+    if not 0 <= int(seed) < 2**32:
+        raise PrimeSVTError(f"the data split seed must be in 0..2**32-1, got {seed}")
     return {"name": name, "path": None if path is None else str(path), "img_size": int(img_size), "seed": int(seed)}
 
 

@@ -76,7 +76,10 @@ def load_cifar_splits(path: str, classes: int, img_size: int, seed: int) -> Spli
         raise PrimeSVTError(f"CIFAR-{classes} folder {root} does not exist: expected {layout}")
     x, y = _read(root, train_files, key, layout)
     xt, yt = _read(root, test_files, key, layout)
-    if y.min() < 0 or max(y.max(), yt.max()) >= classes:
+    if len(y) == 0 or len(yt) < 2:
+        raise PrimeSVTError(f"{root} has {len(y)} training and {len(yt)} test images: the test batch is split "
+                            f"into validation and test, so it needs at least 2; expected {layout}")
+    if min(y.min(), yt.min()) < 0 or max(y.max(), yt.max()) >= classes:
         raise PrimeSVTError(f"{root} has labels outside 0..{classes - 1}: is it CIFAR-{classes}? expected {layout}")
     test, val = holdout_split(yt, VAL_FRACTION, seed)
 

@@ -58,20 +58,22 @@ class ImageFiles(Dataset):
 def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[Path], np.ndarray]:
     if not folder.is_dir():
         raise PrimeSVTError(f"image folder {folder} does not exist: expected {LAYOUT}")
-    found = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))  # .ipynb_checkpoints
     if not found:
         raise PrimeSVTError(f"image folder {folder} has no class subfolders: expected {LAYOUT}")
-    if classes is None:
+    defining = classes is None  # train/: its folders are the classes
+    if defining:
         classes = found
     elif unknown := sorted(set(found) - set(classes)):
         raise PrimeSVTError(f"{folder} has classes not in train/: {', '.join(unknown[:5])}: expected {LAYOUT}")
     index = {c: i for i, c in enumerate(classes)}
     files, labels = [], []
     for c in found:
-        for f in sorted((folder / c).iterdir()):
-            if f.suffix.lower() in EXTENSIONS:
-                files.append(f)
-                labels.append(index[c])
+        images = [f for f in sorted((folder / c).iterdir()) if f.suffix.lower() in EXTENSIONS]
+        if not images and defining:  # it would still be a class, shifting every label after it
+            raise PrimeSVTError(f"class folder {folder / c} has no images: remove it or add its images; expected {LAYOUT}")
+        files += images
+        labels += [index[c]] * len(images)
     if not files:
         raise PrimeSVTError(f"image folder {folder} has no images ({', '.join(sorted(EXTENSIONS))}): expected {LAYOUT}")
     return classes, files, np.asarray(labels, dtype=np.int64)

@@ -128,6 +128,8 @@ class StudyConfig:
             raise bad(f"flops_target is the fraction of FLOPs per image to save, in (0, 1), got {self.flops_target}")
         if self.recalibrate_bn < 0:
             raise bad(f"recalibrate_bn is a number of training images (0: off), got {self.recalibrate_bn}")
+        if not 0 <= self.seed < 2**32:
+            raise bad(f"seed must be in 0..2**32-1, got {self.seed}")
         if self.wait_timeout <= 0:
             raise bad(f"wait_timeout must be positive, got {self.wait_timeout}")
         if self.policy in ("tpe", "nsga2") and self.trials is None:
