@@ -196,3 +196,27 @@ def test_cifar_refuses_bad_test_labels_and_too_few_images(tmp_path: Path, cifar1
 def test_a_negative_split_seed_is_one_line() -> None:
     with pytest.raises(PrimeSVTError, match=r"seed must be in 0\.\.2\*\*32-1, got -1"):
         make_spec("digits", img_size=16, seed=-1)
+
+
+def test_data_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
+    """A folder with another number of classes used to be evaluated silently (accuracy 0.25 on
+    four classes for a three-class model, no warning)."""
+    from primesvt_optuna.checkpoint import save_checkpoint
+    from primesvt_optuna.data import check_fits
+    from primesvt_optuna.models import build_model
+    from primesvt_optuna.plugin import PruningObjective
+
+    for root, classes in (("three", ["a", "b", "c"]), ("four", ["a", "b", "c", "d"])):
+        _write_images(tmp_path / root / "train", classes, 2, (8, 8))
+        _write_images(tmp_path / root / "val", classes, 2, (8, 8))
+    config = {"preset": "digits-tiny", "num_classes": 3, "in_channels": 3}
+    three = load_splits(make_spec("imagefolder", path=str(tmp_path / "three"), img_size=16))
+    check_fits(three, config, "m.pt")
+    with pytest.raises(PrimeSVTError, match="the data has 3 classes but m.pt was built for 10"):
+        check_fits(three, {"preset": "digits-tiny", "in_channels": 3}, "m.pt")
+    with pytest.raises(PrimeSVTError, match="the data has 3 input channels but m.pt was built for 1"):
+        check_fits(three, {"preset": "digits-tiny", "num_classes": 3}, "m.pt")
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model(config), config,
+                           make_spec("imagefolder", path=str(tmp_path / "three"), img_size=16), {})
+    with pytest.raises(PrimeSVTError, match="the data has 4 classes but .*m.pt was built for 3"):
+        PruningObjective(ckpt, data={"path": str(tmp_path / "four")}, memory_target=0.1, max_accuracy_drop=0.03)

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..checkpoint import load_checkpoint, load_original, resolve_checkpoint, save_checkpoint
-    from ..data import EMBEDDED, load_splits, make_spec
+    from ..data import EMBEDDED, check_fits, load_splits, make_spec
     from ..errors import PrimeSVTError
     from ..models import resolve_config
     from ..pruning import model_bytes
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             raise PrimeSVTError(f"{args.output} exists: pass --force to overwrite it")
         model, recorded = load_original(path, config).to(args.device), {}
     splits = load_splits(spec)
+    check_fits(splits, config, str(path))
     batch = args.batch_size or recorded.get("eval_batch_size", EVAL_BATCH_SIZE)
     print(f"{path}: {config.get('preset') or config['family']}, {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, {model_bytes(model):,} bytes, data {spec['name']}")

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     from ..checkpoint import checkpoint_sha256, load_checkpoint, resolve_checkpoint, save_checkpoint
-    from ..data import load_splits
+    from ..data import check_fits, load_splits
     from ..plugin.constraints import STUDY_PREFIX
     from ..plugin.result import result
     from ..pruning import Engine, model_bytes, structure_of
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = attrs.get(f"{STUDY_PREFIX}data") or ckpt["data"]
     splits = load_splits(spec)
+    check_fits(splits, ckpt["model_config"], str(path))
 
     def accuracy(m: Any) -> dict[str, float]:
         return {split: evaluate(m, getattr(splits, split), device=args.device) for split in ("val", "test")}

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..checkpoint import checkpoint_sha256, load_checkpoint, resolve_checkpoint
-    from ..data import load_splits, subset
+    from ..data import check_fits, load_splits, subset
     from ..errors import PrimeSVTError
     from ..pruning import Engine
     from ..pruning.robustness import (
@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if ckpt["structure"] is not None:
         raise PrimeSVTError(f"{path} is already pruned: run the sweep on the original checkpoint")
     spec = dict(ckpt["data"], **({"path": args.data_path} if args.data_path else {}))
-    val = subset(load_splits(spec).val, args.subset, args.subset_seed)
+    splits = load_splits(spec)
+    check_fits(splits, ckpt["model_config"], str(path))
+    val = subset(splits.val, args.subset, args.subset_seed)
     engine = Engine(model)
 
     score = SharedPrefixEvaluator(val, batch_size=args.batch_size, device=args.device,

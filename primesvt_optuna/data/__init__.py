@@ -49,6 +49,19 @@ def make_spec(name: str, *, path: str | None = None, img_size: int, seed: int = 
     return {"name": name, "path": None if path is None else str(path), "img_size": int(img_size), "seed": int(seed)}
 
 
+def check_fits(splits: Splits, model_config: dict[str, Any], source: str) -> None:
+    """Refuse data whose classes or input channels differ from the model's: labels would be read
+    against the wrong classifier rows, and the accuracy would silently mean nothing."""
+    from ..models import resolve_config
+
+    config = resolve_config(dict(model_config))
+    for key, found, what in (("num_classes", splits.num_classes, "classes"),
+                             ("in_channels", splits.in_channels, "input channels")):
+        if config.get(key) is not None and config[key] != found:
+            raise PrimeSVTError(f"the data has {found} {what} but {source} was built for {config[key]}: "
+                                "give the data set it was trained on")
+
+
 def load_splits(spec: dict[str, Any]) -> Splits:
     """The train/val/test splits that ``spec`` describes (the same images for the same spec)."""
     spec = make_spec(spec["name"], path=spec.get("path"), img_size=spec["img_size"], seed=spec.get("seed", 0))

@@ -507,7 +507,7 @@ class PruningObjective(RateObjective):
         recalibrate_bn: int = 0,
         flops_target: float | None = None,
     ) -> None:
-        from ..data import Splits, load_splits, subset
+        from ..data import Splits, check_fits, load_splits, subset
         from ..pruning import Engine
 
         if (checkpoint is None) == (model is None):
@@ -528,6 +528,8 @@ class PruningObjective(RateObjective):
             identity = f"state:{_state_sha256(model)}"
         self.data_spec: dict[str, Any] | None = None if isinstance(data, Splits) else dict(data)
         self.splits = data if isinstance(data, Splits) else load_splits(data)
+        if checkpoint is not None:
+            check_fits(self.splits, ckpt["model_config"], str(path))
         self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
         self.eval_set = subset(self.splits.val, eval_images, seed)
         self.batch_size = batch_size
