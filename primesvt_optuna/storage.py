@@ -270,7 +270,7 @@ def _refuse_a_cut_off_record(path: Path) -> None:
         fix = "truncate it after its last complete line"
     else:
         keep = size - len(tail) + tail.rfind(b"\n") + 1
-        fix = f"drop the {size - keep} bytes after its last complete line with `truncate -s {keep} {path}`"
+        fix = f"drop the {size - keep} bytes after its last complete line with 'truncate -s {keep} {path}'"
     raise PrimeSVTError(f"journal file {path} ends with a cut-off record, which Optuna cannot replay: "
                         f"back the file up, then {fix}")
 
