@@ -8,6 +8,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 from .errors import PrimeSVTError
 
@@ -23,8 +24,15 @@ def _modules():
                 raise
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one ``error:`` line naming the help to read, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="primesvt",
         description="PrimeSVT: memory-aware structured pruning of Spiking Vision Transformers with Optuna.",
     )

@@ -228,7 +228,7 @@ def _open_journal(
 ) -> BaseStorage:
     path = Path(spec.url)
     if read_only and not path.is_file():
-        raise PrimeSVTError(f"journal file {path} does not exist: check the path given to --storage")
+        raise PrimeSVTError(f"journal file {path} does not exist: check the storage path")
     if not read_only:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,7 @@ def _open_rdb(
         if path is not None:
             if read_only or spec.read_only:
                 if not path.is_file():
-                    raise PrimeSVTError(f"SQLite file {path} does not exist: check the path given to --storage")
+                    raise PrimeSVTError(f"SQLite file {path} does not exist: check the storage path")
             else:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)

@@ -261,3 +261,12 @@ def test_info_shows_a_pruned_checkpoint(tmp_path: Path, capsys) -> None:
     assert main(["info", str(path), "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "pruned: yes" in out and len(out.strip().splitlines()[-4:]) == 4
+
+
+def test_a_bad_command_line_is_one_line(capsys) -> None:
+    """argparse used to print its whole usage block before the error."""
+    for argv in (["compare", "--policies", "bogus"], ["search"], ["nope"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and err.startswith("error: ") and "\n" not in err and "--help" in err, err

@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target)
     if args.seeds < 1 or args.jobs < 1:
         raise PrimeSVTError("--seeds and --jobs must be at least 1")
+    if args.max_trials is not None and args.max_trials < 1:
+        raise PrimeSVTError(f"--max-trials must be at least 1, got {args.max_trials}")
     name = args.name or cfg.study_name
     storage = args.storage or f"sqlite:///runs/compare-{name}.db"
     factory = cfg.objective  # a bound method of a frozen dataclass: pickles to the workers
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
             "wait_timeout": cfg.wait_timeout}
     spec = ComparisonSpec(
         name=name, storage=storage, policies=tuple(args.policies), seeds=tuple(range(args.seeds)),
-        budget_images=args.budget_images, max_trials=args.max_trials or cfg.trials or 150, n_jobs=args.jobs,
+        budget_images=args.budget_images, max_trials=args.max_trials if args.max_trials is not None else cfg.trials or 150,
+        n_jobs=args.jobs,
         sampler_options={p: walk for p in WALK_POLICIES} | {p: {"wait_timeout": cfg.wait_timeout}
                                                              for p in ("uniform", "budget-aware")},
     )
