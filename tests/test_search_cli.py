@@ -22,20 +22,24 @@ def workdir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     save_checkpoint(root / "tiny.pt", build_model({"preset": "digits-tiny"}), {"preset": "digits-tiny"},
                     make_spec("digits", img_size=16), {})
-    (root / "tiny.toml").write_text(f"""
-study_name = "tiny"
-storage = "sqlite:///{root / 'tiny.db'}"
-checkpoint = "{root / 'tiny.pt'}"
-[data]
-eval_images = 48
-batch_size = 16
-[constraints]
+    write_config(root, "tiny", "[data]\neval_images = 48\nbatch_size = 16\n")
+    return root
+
+
+def write_config(root: Path, name: str, data: str = "") -> Path:
+    """``root/<name>.toml``: checkpoint ``<name>.pt`` and SQLite ``<name>.db`` beside it, one rate."""
+    path = root / f"{name}.toml"
+    path.write_text(f"""
+study_name = "{name}"
+storage = "sqlite:///{root / f'{name}.db'}"
+checkpoint = "{root / f'{name}.pt'}"
+{data}[constraints]
 max_accuracy_drop = 0.03
 memory_target = 0.3
 [search]
 grid = [0.5]
 """)
-    return root
+    return path
 
 
 def search(workdir: Path, *extra: str) -> int:
@@ -261,16 +265,7 @@ def test_a_search_whose_unpruned_model_cannot_be_evaluated_fails_with_the_reason
     config = {"preset": "digits-tiny", "in_channels": 3, "num_classes": 2}
     save_checkpoint(tmp_path / "img.pt", build_model(config), config,
                     make_spec("imagefolder", path=str(tmp_path / "imgs"), img_size=16), {})
-    (tmp_path / "img.toml").write_text(f"""
-study_name = "img"
-storage = "sqlite:///{tmp_path / 'img.db'}"
-checkpoint = "{tmp_path / 'img.pt'}"
-[constraints]
-max_accuracy_drop = 0.03
-memory_target = 0.3
-[search]
-grid = [0.5]
-""")
+    write_config(tmp_path, "img")
     assert main(["search", str(tmp_path / "img.toml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: the unpruned model could not be evaluated (trial 0: ") and "cannot read image" in err
