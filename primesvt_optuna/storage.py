@@ -234,8 +234,7 @@ def _open_journal(
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise PrimeSVTError(f"cannot create the folder of journal file {path}: {exc.strerror}") from None
-    if not read_only:  # Optuna reads past a torn last line, but appends the next record to it
-        _refuse_a_cut_off_record(path)
+        _refuse_a_cut_off_record(path)  # Optuna reads past a torn last line, but appends the next record to it
     try:
         backend = JournalFileBackend(str(path))
         return HeartbeatJournalStorage(backend, heartbeat_interval=interval, grace_period=grace, stale_callback=callback)

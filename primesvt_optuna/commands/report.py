@@ -26,7 +26,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..reporting import build_report, load_studies
-
     from . import output_folder
 
     prefix = args.prefix or load_studies(args.storage)[0].name

@@ -51,6 +51,7 @@ def parse_grid(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
+    from matplotlib.backend_bases import FigureCanvasBase
 
     from ..checkpoint import checkpoint_sha256, load_checkpoint, resolve_checkpoint
     from ..data import check_fits, load_splits, subset
@@ -59,9 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from ..pruning.robustness import (
         SharedPrefixEvaluator, cache_key, cached_sweep, check_grid, plot_robustness, robustness_bounds, robustness_sweep,
     )
-
-    import matplotlib.pyplot as plt
-
     from ..training import torch_device
     from . import output_file
 
@@ -70,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise PrimeSVTError(f"--batch-size must be at least 1, got {args.batch_size}")
     torch_device(args.device)
-    figure_formats = tuple(f".{s}" for s in plt.figure().canvas.get_supported_filetypes())
-    plt.close("all")
-    output_file(args.figure, "--figure", figure_formats)
+    output_file(args.figure, "--figure", tuple(f".{s}" for s in FigureCanvasBase.get_supported_filetypes()))
     if args.csv:
         output_file(args.csv, "--csv")
     grid = check_grid(parse_grid(args.grid))

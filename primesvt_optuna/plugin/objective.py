@@ -509,7 +509,9 @@ class PruningObjective(RateObjective):
     ) -> None:
         from ..data import Splits, check_fits, load_splits, subset
         from ..pruning import Engine
+        from ..training import torch_device
 
+        torch_device(device)  # an unknown device fails here, before loading anything, not in every trial
         if (checkpoint is None) == (model is None):
             raise PrimeSVTError("give either a checkpoint or a model (with data)")
         self.checkpoint_path: str | None = None
@@ -539,9 +541,6 @@ class PruningObjective(RateObjective):
         # the seeded evaluation order, identical for every trial (and process) of a study
         self.eval_order: list[int] | None = None if self.first_batch is None else torch_randperm(
             len(self.eval_set), self.eval_order_seed)
-        from ..training import torch_device
-
-        torch_device(device)  # an unknown device fails here, not in every trial
         self.device = device
         if recalibrate_bn is None or isinstance(recalibrate_bn, bool) or int(recalibrate_bn) < 0:
             raise PrimeSVTError(f"recalibrate_bn is a number of training images (0: off), got {recalibrate_bn!r}")
