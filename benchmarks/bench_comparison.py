@@ -73,12 +73,13 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
     config, checkpoint, budget = BENCHMARKS[bench]
     budget = args.budget or budget
     cell = f"{bench}-t{round(target * 100)}"
-    name = cell if variant == "main" else f"{cell}-{variant}"
+    name = (cell if variant == "main" else f"{cell}-{variant}") + (f"-{args.tag}" if args.tag else "")
     cfg = load_study_config(config).with_overrides(checkpoint=checkpoint, study_name=name, memory_target=target,
                                                    **VARIANTS[variant][0])
     main = variant == "main"
     policies = VARIANTS[variant][1] if main or not args.variant_policies else args.variant_policies
-    if main and not args.report_only:
+    policies = tuple(args.policies or policies)
+    if main and not args.report_only and set(policies) & set(WALK_POLICIES):
         _shared_sweep(bench, cfg, args.jobs, name)
     walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all}
     spec = ComparisonSpec(name=name, storage=_storage(bench), policies=policies,
@@ -187,6 +188,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["main"], choices=list(VARIANTS))
     parser.add_argument("--variant-policies", nargs="+", default=None, choices=POLICIES,
                         help="policies of the variants (default: the variant's own, see VARIANTS)")
+    parser.add_argument("--policies", nargs="+", default=None, choices=POLICIES,
+                        help="run only these policies (use with --tag: the rows go to their own CSV)")
+    parser.add_argument("--tag", default="",
+                        help="a side run: studies named <cell>[-<variant>]-<tag>, rows in comparison-<tag>.csv")
     parser.add_argument("--budget", type=int, default=None, help="images per study (default: per benchmark)")
     parser.add_argument("--max-trials", type=int, default=1500, help="safety net; reported when hit")
     parser.add_argument("--seeds", type=int, default=3)
@@ -195,12 +200,14 @@ def main() -> None:
                         help="rebuild the cells' reports and CSV rows from the studies already in storage (no wall time)")
     parser.add_argument("--tables", action="store_true", help="only print the markdown tables from the CSV")
     args = parser.parse_args()
-    path = RESULTS / "comparison.csv"
+    path = RESULTS / (f"comparison-{args.tag}.csv" if args.tag else "comparison.csv")
     if args.tables:
         print(tables(pd.read_csv(path)), end="")
         return
     if not args.cells:
         parser.error("name at least one BENCHMARK:TARGET cell (or --tables)")
+    if args.policies and not args.tag:
+        parser.error("--policies runs part of a cell: give it a --tag, so the cell's full rows stay as they are")
     for item in args.cells:
         bench, _, target = item.partition(":")
         if bench not in BENCHMARKS or not target:

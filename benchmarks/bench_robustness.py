@@ -43,7 +43,7 @@ OUT = Path(__file__).resolve().parent / "results" / "robustness_sharing.csv"
 
 def run_once(args: argparse.Namespace, share: bool, folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     csv = folder / f"table-{'shared' if share else 'separate'}.csv"
-    argv = ["robustness", args.checkpoint, "--no-cache", "--figure", str(folder / "heat.png"), "--csv", str(csv),
+    argv = ["robustness", args.checkpoint, "--no-cache", "--force", "--figure", str(folder / "heat.png"), "--csv", str(csv),
             "--batch-size", str(args.batch_size)]
     if args.subset:
         argv += ["--subset", str(args.subset)]

@@ -111,9 +111,17 @@ def test_cli_prints_table_targets_and_uses_the_cache(tmp_path: Path, monkeypatch
     assert "targets (" in out and "heatmap written" in out and "from cache" not in out
     table = pd.read_csv(tmp_path / "r.csv")
     assert len(table) == 2 * len(Engine(build_model(config)).layers)
-    assert main(args) == 0
+    figure = (tmp_path / "h.png").read_bytes()
+    assert main(args) == 2  # the first run's heatmap and table are not overwritten without --force
+    assert "h.png exists: pass --force" in capsys.readouterr().err
+    assert (tmp_path / "h.png").read_bytes() == figure and pd.read_csv(tmp_path / "r.csv").equals(table)
+    (tmp_path / "h.png").unlink()
+    assert main(args) == 2 and "r.csv exists: pass --force" in capsys.readouterr().err
+    assert not (tmp_path / "h.png").exists()  # refused before any work
+    assert main([*args, "--force"]) == 0
     assert "from cache" in capsys.readouterr().out
-    separate = [*args[:-1], str(tmp_path / "separate.csv"), "--no-cache", "--no-prefix-sharing"]
+    separate = [*args[:-3], str(tmp_path / "h2.png"), "--csv", str(tmp_path / "separate.csv"), "--no-cache",
+                "--no-prefix-sharing"]
     assert main(separate) == 0 and "from cache" not in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "separate.csv"), table, check_exact=True)
     assert main(["robustness", str(ckpt), "--grid", "0.3,1.5"]) == 2

@@ -34,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-path", default=None, help="data location when it moved since training")
     p.add_argument("--figure", default="robustness.png", help="heatmap path (PNG/SVG by suffix)")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.add_argument("--force", action="store_true", help="overwrite --figure and --csv if they exist")
     p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists")
     p.add_argument("--no-prefix-sharing", action="store_true",
                    help="evaluate every pruned model from the input (same table, slower; for comparison)")
@@ -68,10 +69,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise PrimeSVTError(f"--batch-size must be at least 1, got {args.batch_size}")
     torch_device(args.device)
-    output_file(args.figure, "--figure", tuple(f".{s}" for s in FigureCanvasBase.get_supported_filetypes()))
-    if args.csv:
-        output_file(args.csv, "--csv")
     grid = check_grid(parse_grid(args.grid))
+    outputs = {"--figure": output_file(args.figure, "--figure",
+                                       tuple(f".{s}" for s in FigureCanvasBase.get_supported_filetypes()))}
+    if args.csv:
+        outputs["--csv"] = output_file(args.csv, "--csv")
+    for flag, file in outputs.items():
+        if file.exists() and not args.force:
+            raise PrimeSVTError(f"{flag} {file} exists: pass --force to overwrite it, or give another path")
     path = resolve_checkpoint(args.checkpoint)
     model, ckpt = load_checkpoint(path, args.device)
     if ckpt["structure"] is not None:
