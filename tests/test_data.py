@@ -216,7 +216,12 @@ def test_data_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
         check_fits(three, {"preset": "digits-tiny", "in_channels": 3}, "m.pt")
     with pytest.raises(PrimeSVTError, match="the data has 3 input channels but m.pt was built for 1"):
         check_fits(three, {"preset": "digits-tiny", "num_classes": 3}, "m.pt")
+    with pytest.raises(PrimeSVTError, match="the data has 16 pixels a side but m.pt was built for 32: set the "
+                                            "data's img_size to 32"):
+        check_fits(three, dict(config, img_size=32), "m.pt")
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model(config), config,
                            make_spec("imagefolder", path=str(tmp_path / "three"), img_size=16), {})
     with pytest.raises(PrimeSVTError, match="the data has 4 classes but .*m.pt was built for 3"):
         PruningObjective(ckpt, data={"path": str(tmp_path / "four")}, memory_target=0.1, max_accuracy_drop=0.03)
+    with pytest.raises(PrimeSVTError, match="the data has 24 pixels a side but .*m.pt was built for 16"):
+        PruningObjective(ckpt, data={"img_size": 24}, memory_target=0.1, max_accuracy_drop=0.03)

@@ -50,16 +50,19 @@ def make_spec(name: str, *, path: str | None = None, img_size: int, seed: int = 
 
 
 def check_fits(splits: Splits, model_config: dict[str, Any], source: str) -> None:
-    """Refuse data whose classes or input channels differ from the model's: labels would be read
-    against the wrong classifier rows, and the accuracy would silently mean nothing."""
+    """Refuse data whose classes, input channels or image size differ from the model's: labels
+    would be read against the wrong classifier rows, or the convolutions would see images at a
+    scale they were not trained on, and the accuracy would silently mean nothing."""
     from ..models import resolve_config
 
     config = resolve_config(dict(model_config))
-    for key, found, what in (("num_classes", splits.num_classes, "classes"),
-                             ("in_channels", splits.in_channels, "input channels")):
-        if config.get(key) is not None and config[key] != found:
-            raise PrimeSVTError(f"the data has {found} {what} but {source} was built for {config[key]}: "
-                                "give the data set it was trained on")
+    side = int(splits.val[0][0].shape[-1]) if len(splits.val) else None
+    for key, found, what, fix in (
+            ("num_classes", splits.num_classes, "classes", "give the data set it was trained on"),
+            ("in_channels", splits.in_channels, "input channels", "give the data set it was trained on"),
+            ("img_size", side, "pixels a side", f"set the data's img_size to {config.get('img_size')}")):
+        if found is not None and config.get(key) is not None and config[key] != found:
+            raise PrimeSVTError(f"the data has {found} {what} but {source} was built for {config[key]}: {fix}")
 
 
 def load_splits(spec: dict[str, Any]) -> Splits:
