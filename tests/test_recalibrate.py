@@ -161,6 +161,20 @@ def test_objective_recalibrates_pruned_trials_counts_the_images_and_records_it(t
         PruningObjective(**kwargs, recalibrate_bn=-1)
 
 
+def test_an_objective_built_from_a_model_leaves_the_callers_model_alone(tiny):
+    """It used to put the caller's model in eval mode on the CPU and prune from that very object,
+    so training it further changed the study's unpruned reference behind its identity hash."""
+    model = copy.deepcopy(tiny[0]).train()  # the fixture's model is shared by the module
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    objective = PruningObjective(model=model, data=make_spec("digits", img_size=16), eval_images=48, batch_size=16,
+                                 grid=[0.5], max_accuracy_drop=0.05, memory_target=0.05, pruner=None)
+    assert model.training and not objective.engine.model.training
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    kept = objective.engine.model.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in before.items())
+
+
 def test_a_comparison_reads_the_test_split_on_the_recalibrated_model(tiny):
     """The test accuracy a comparison reports is that of the model its study evaluated (pruned,
     then recalibrated), as `primesvt export` rebuilds it, not the plain pruned model."""

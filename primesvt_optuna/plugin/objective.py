@@ -445,7 +445,9 @@ class PruningObjective(RateObjective):
 
     Args:
         checkpoint: a checkpoint path or the name of a shipped baseline.
-        model: instead of a checkpoint, an unpruned model (``data`` then required).
+        model: instead of a checkpoint, an unpruned model (``data`` then required). The
+            objective prunes a copy: the caller's model keeps its device and mode, and changing
+            it later does not change the study.
         data: ``Splits`` or a data spec; with a checkpoint, a partial spec (e.g. ``{"path": ...}``)
             overrides the checkpoint's own.
         max_accuracy_drop, min_accuracy: the accuracy constraint (fraction; one of the two).
@@ -528,6 +530,7 @@ class PruningObjective(RateObjective):
             if data is None:
                 raise PrimeSVTError("a model needs its data: pass data=Splits or a data spec")
             identity = f"state:{_state_sha256(model)}"
+            model = copy.deepcopy(model)
         self.data_spec: dict[str, Any] | None = None if isinstance(data, Splits) else dict(data)
         self.splits = data if isinstance(data, Splits) else load_splits(data)
         if checkpoint is not None:
