@@ -39,6 +39,7 @@ the study (the samplers while deciding, the start of ``optimize``, ``primesvt se
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -291,6 +292,7 @@ def _open_rdb(
                     path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise PrimeSVTError(f"cannot create the folder of SQLite file {path}: {exc.strerror}") from None
+                _refuse_another_database(path)
     elif spec.url.startswith(("postgresql", "postgres")):
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
         engine_kwargs["pool_pre_ping"] = True
@@ -324,6 +326,32 @@ def _open_rdb(
         raise PrimeSVTError(f"no database driver for {shown}: {_driver_hint(spec.url, exc)}") from None
     except Exception as exc:
         raise PrimeSVTError(_rdb_error(shown, spec, exc)) from None
+
+
+_OPTUNA_TABLES = frozenset({
+    "studies", "version_info", "alembic_version", "study_directions", "study_user_attributes",
+    "study_system_attributes", "trials", "trial_user_attributes", "trial_system_attributes", "trial_params",
+    "trial_values", "trial_intermediate_values", "trial_heartbeats",
+})
+
+
+def _refuse_another_database(path: Path) -> None:
+    """Opening a storage creates Optuna's tables and switches the file to WAL: do neither to an
+    SQLite database that holds some other application's tables (a mistyped path), and say so.
+    A file with no table yet, or with some of Optuna's (another worker creating the schema), is
+    the study's; a file SQLite cannot read is left to the error Optuna gives."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return
+    tables = {t for t in tables if not t.startswith("sqlite_")}
+    if tables and not tables & _OPTUNA_TABLES:
+        shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+        raise PrimeSVTError(f"SQLite file {path} is another database (tables {shown}) with no Optuna study: "
+                            "give a new file for the study, or check the path")
 
 
 def _lost_schema_race(exc: Exception) -> bool:

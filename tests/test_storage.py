@@ -320,6 +320,26 @@ def test_not_a_journal_file(tmp_path) -> None:
     _one_line(exc)
 
 
+def test_another_applications_sqlite_database_is_refused_untouched(tmp_path) -> None:
+    """A mistyped path to some other SQLite database used to get Optuna's tables added and be
+    switched to WAL, without a word."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.execute("INSERT INTO users VALUES ('ada')")
+    db.close()
+    before = path.read_bytes()
+    for text in (f"sqlite:///{path}", str(path)):
+        with pytest.raises(PrimeSVTError, match=r"app.db is another database \(tables users\) with no Optuna study") as exc:
+            open_storage(text)
+        _one_line(exc)
+    assert path.read_bytes() == before and not (tmp_path / "app.db-wal").exists()
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()  # a database with no table yet is the study's to fill
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{empty}"))
+    assert optuna.load_study(study_name=study.study_name, storage=open_storage(f"sqlite:///{empty}"))
+
+
 # ----- stale trials ---------------------------------------------------------------------------
 
 
