@@ -218,7 +218,7 @@ def test_data_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
         check_fits(three, {"preset": "digits-tiny", "num_classes": 3}, "m.pt")
     with pytest.raises(PrimeSVTError, match="the data has 16 pixels a side but m.pt was built for 32: set the "
                                             "data's img_size to 32"):
-        check_fits(three, dict(config, img_size=32), "m.pt")
+        check_fits(three, dict(config, img_size=32), "m.pt", img_size=16)
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model(config), config,
                            make_spec("imagefolder", path=str(tmp_path / "three"), img_size=16), {})
     with pytest.raises(PrimeSVTError, match="the data has 4 classes but .*m.pt was built for 3"):

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             raise PrimeSVTError(f"{args.output} exists: pass --force to overwrite it")
         model, recorded = load_original(path, config).to(args.device), {}
     splits = load_splits(spec)
-    check_fits(splits, config, str(path))
+    check_fits(splits, config, str(path), spec.get("img_size"))
     batch = args.batch_size or recorded.get("eval_batch_size", EVAL_BATCH_SIZE)
     print(f"{path}: {config.get('preset') or config['family']}, {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, {model_bytes(model):,} bytes, data {spec['name']}")

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = attrs.get(f"{STUDY_PREFIX}data") or ckpt["data"]
     splits = load_splits(spec)
-    check_fits(splits, ckpt["model_config"], str(path))
+    check_fits(splits, ckpt["model_config"], str(path), spec.get("img_size"))
 
     def accuracy(m: Any) -> dict[str, float]:
         return {split: evaluate(m, getattr(splits, split), device=args.device) for split in ("val", "test")}

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise PrimeSVTError(f"{path} is already pruned: run the sweep on the original checkpoint")
     spec = dict(ckpt["data"], **({"path": args.data_path} if args.data_path else {}))
     splits = load_splits(spec)
-    check_fits(splits, ckpt["model_config"], str(path))
+    check_fits(splits, ckpt["model_config"], str(path), spec.get("img_size"))
     val = subset(splits.val, args.subset, args.subset_seed)
     engine = Engine(model)
 

@@ -49,18 +49,18 @@ def make_spec(name: str, *, path: str | None = None, img_size: int, seed: int = 
     return {"name": name, "path": None if path is None else str(path), "img_size": int(img_size), "seed": int(seed)}
 
 
-def check_fits(splits: Splits, model_config: dict[str, Any], source: str) -> None:
+def check_fits(splits: Splits, model_config: dict[str, Any], source: str, img_size: int | None = None) -> None:
     """Refuse data whose classes, input channels or image size differ from the model's: labels
     would be read against the wrong classifier rows, or the convolutions would see images at a
-    scale they were not trained on, and the accuracy would silently mean nothing."""
+    scale they were not trained on, and the accuracy would silently mean nothing. ``img_size``:
+    the data spec's (every loader resizes to it), so no image is read here."""
     from ..models import resolve_config
 
     config = resolve_config(dict(model_config))
-    side = int(splits.val[0][0].shape[-1]) if len(splits.val) else None
     for key, found, what, fix in (
             ("num_classes", splits.num_classes, "classes", "give the data set it was trained on"),
             ("in_channels", splits.in_channels, "input channels", "give the data set it was trained on"),
-            ("img_size", side, "pixels a side", f"set the data's img_size to {config.get('img_size')}")):
+            ("img_size", img_size, "pixels a side", f"set the data's img_size to {config.get('img_size')}")):
         if found is not None and config.get(key) is not None and config[key] != found:
             raise PrimeSVTError(f"the data has {found} {what} but {source} was built for {config[key]}: {fix}")
 

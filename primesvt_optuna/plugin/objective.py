@@ -534,7 +534,7 @@ class PruningObjective(RateObjective):
         self.data_spec: dict[str, Any] | None = None if isinstance(data, Splits) else dict(data)
         self.splits = data if isinstance(data, Splits) else load_splits(data)
         if checkpoint is not None:
-            check_fits(self.splits, ckpt["model_config"], str(path))
+            check_fits(self.splits, ckpt["model_config"], str(path), (self.data_spec or {}).get("img_size"))
         self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
         self.eval_set = subset(self.splits.val, eval_images, seed)
         self.batch_size = batch_size
