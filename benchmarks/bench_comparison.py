@@ -26,7 +26,9 @@ Writes benchmarks/results/comparison/<cell>[-<variant>]/ (table, runs, figures, 
 ``primesvt report``'s code) and one row per policy and variant in
 benchmarks/results/comparison.csv (machine recorded); the studies stay in
 benchmarks/results/comparison-<benchmark>.db for ``primesvt dashboard`` and ``primesvt report``.
-Rerunning resumes: finished studies are kept.
+Rerunning resumes: finished studies are kept. ``--policies tpe nsga2 --tag uncapped`` runs part of
+a cell as a side run (studies ``<cell>-uncapped/...``, rows in ``comparison-uncapped.csv``), e.g.
+to lift a trial cap without touching the cell's rows.
 """
 
 from __future__ import annotations
