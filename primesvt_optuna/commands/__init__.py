@@ -22,13 +22,16 @@ def output_folder(path: str | Path, flag: str = "--output") -> Path:
     return folder
 
 
-def output_file(path: str | Path, flag: str, suffixes: tuple[str, ...] | None = None) -> Path:
+def output_file(path: str | Path, flag: str, suffixes: tuple[str, ...] | None = None, *,
+                force: bool | None = None) -> Path:
     """A file a command will write, checked before any work: not a folder, its folder not a file,
-    and (``suffixes``) a format the writer knows."""
+    (``suffixes``) a format the writer knows, and (``force=False``) not there already."""
     file = Path(path).expanduser()
     if file.is_dir():
         raise PrimeSVTError(f"{flag} {file} is a folder: give a file name")
     output_folder(file.parent, flag)
     if suffixes is not None and file.suffix.lower() not in suffixes:
         raise PrimeSVTError(f"{flag} {file}: unknown format {file.suffix or '(no suffix)'!r}: use one of {', '.join(suffixes)}")
+    if force is False and file.exists():
+        raise PrimeSVTError(f"{flag} {file} exists: pass --force to overwrite it, or give another path")
     return file

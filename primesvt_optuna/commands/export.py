@@ -56,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise PrimeSVTError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     if not args.finetune_lr > 0:
         raise PrimeSVTError(f"--finetune-lr must be positive, got {args.finetune_lr}")
-    output = output_file(args.output, "--output")
-    if output.exists() and not args.force:
-        raise PrimeSVTError(f"{output} exists: pass --force to overwrite it")
+    output = output_file(args.output, "--output", force=args.force)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(args.storage, read_only=True)

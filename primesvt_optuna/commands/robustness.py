@@ -70,13 +70,10 @@ def run(args: argparse.Namespace) -> int:
         raise PrimeSVTError(f"--batch-size must be at least 1, got {args.batch_size}")
     torch_device(args.device)
     grid = check_grid(parse_grid(args.grid))
-    outputs = {"--figure": output_file(args.figure, "--figure",
-                                       tuple(f".{s}" for s in FigureCanvasBase.get_supported_filetypes()))}
+    output_file(args.figure, "--figure", tuple(f".{s}" for s in FigureCanvasBase.get_supported_filetypes()),
+                force=args.force)
     if args.csv:
-        outputs["--csv"] = output_file(args.csv, "--csv")
-    for flag, file in outputs.items():
-        if file.exists() and not args.force:
-            raise PrimeSVTError(f"{flag} {file} exists: pass --force to overwrite it, or give another path")
+        output_file(args.csv, "--csv", force=args.force)
     path = resolve_checkpoint(args.checkpoint)
     model, ckpt = load_checkpoint(path, args.device)
     if ckpt["structure"] is not None:

@@ -76,9 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.label_smoothing < 1:
         raise PrimeSVTError(f"--label-smoothing must lie in [0, 1), got {args.label_smoothing}")
     torch_device(args.device)
-    output = output_file(args.output, "--output")
-    if output.exists() and not args.force:
-        raise PrimeSVTError(f"{output} exists: pass --force to overwrite it")
+    output = output_file(args.output, "--output", force=args.force)
     spec = make_spec(args.data, path=args.data_path,
                      img_size=args.img_size or preset["img_size"], seed=args.split_seed)
     splits = load_splits(spec)
