@@ -78,6 +78,49 @@ def test_a_plan_that_fails_is_repaired_by_backing_off_the_worst_bytes_per_point(
     assert res.selected["memory_saving"] > greedy.selected["memory_saving"] + 0.2
 
 
+def interacting(target: float | None, **kwargs) -> SyntheticObjective:
+    """Layers that cost more together than alone: the plan (big 0.9, small 0.2) saves 52.2%."""
+    return SyntheticObjective({"big": 5000, "mid": 3000, "small": 1000},
+                              sensitivity={"big": 0.02, "mid": 0.02, "small": 0.1}, interaction=0.04,
+                              max_accuracy_drop=0.03, memory_target=target, grid=GRID, n_images=10000, batch_size=1000,
+                              **kwargs)
+
+
+def test_a_plan_below_the_memory_target_falls_back_on_the_walk_from_the_measured_bounds():
+    """Solo costs are additive in the plan, but here layers interact: the plan (big 0.9, small
+    0.2: 52.2%) passes and misses the 60% target, and no extension on top of it passes beyond
+    58.9% - 55.6%. Largest-first on top of its own commits finds big 0.9 + mid 0.3 (60.0%). With a
+    target the sampler walks from the bounds it already measured (no layer measured alone again)
+    and extends the better of the two; without one it never walks."""
+    targeted = run(BudgetAwareSampler(grid=GRID), interacting(0.6))
+    untargeted = run(BudgetAwareSampler(grid=GRID), interacting(None))
+    phases = [t.user_attrs["phase"] for t in targeted.trials]
+    others = [t.user_attrs["phase"] for t in untargeted.trials]
+    assert "walk" in phases and "walk" not in others
+    assert phases.index("walk") > phases.index("plan") and phases.count("robustness") == others.count("robustness")
+    walked, planned = result(targeted), result(untargeted)
+    assert planned.selected["rates"] == {"big": 0.9, "small": 0.2}
+    assert walked.both_met and walked.selected["rates"] == {"big": 0.9, "mid": 0.3}
+    assert walked.selected["memory_saving"] == pytest.approx(0.6)
+    assert planned.selected["memory_saving"] == pytest.approx(0.5222, abs=1e-4)
+    assert result(run(PrioritizedSampler(grid=GRID), interacting(0.6))).selected["rates"] == walked.selected["rates"]
+
+
+def test_the_walk_starts_only_when_the_budget_left_after_the_plan_covers_measuring_its_layers_alone():
+    """The walk needs big and mid (90% of each: 80% >= the 60% target); measuring them alone cost
+    two evaluations. With exactly that many images left after the plan it walks, with one image
+    less it extends the plan instead (and a walk that cannot finish would have starved it)."""
+    unlimited = run(BudgetAwareSampler(grid=GRID), interacting(0.6))
+    before = [t for t in unlimited.trials if t.user_attrs["phase"] in ("reference", "robustness", "plan")]
+    alone = [t for t in before if t.user_attrs["phase"] == "robustness" and t.user_attrs["layer"] in ("big", "mid")]
+    needed = sum(t.user_attrs["images_evaluated"] for t in before + alone)
+    for budget, walks in ((needed, True), (needed - 1, False)):
+        study = run(BudgetAwareSampler(grid=GRID, budget_images=budget), interacting(0.6))
+        phases = [t.user_attrs["phase"] for t in study.trials]
+        assert ("walk" in phases) is walks, (budget, phases)
+        assert walks or "extend" in phases
+
+
 def test_knapsack_is_exact_on_a_small_case():
     # (cost, saving) per rate; slack 1.0: a+c (0.5+0.5) beats b alone (1.0, less saving)
     options = (("a", ((0.5, (0.5, 10.0)),)), ("b", ((0.9, (1.0, 15.0)),)), ("c", ((0.5, (0.5, 10.0)),)))
@@ -86,23 +129,26 @@ def test_knapsack_is_exact_on_a_small_case():
     assert _knapsack(options, 0.0) == ()
 
 
-def test_two_threads_claim_distinct_configurations_and_select_the_same():
-    single = run(BudgetAwareSampler(grid=GRID))
-    shared = run(BudgetAwareSampler(grid=GRID, poll_interval=0.02), make(delay=0.002), n_jobs=2)
+@pytest.mark.parametrize("walks", [False, True])
+def test_two_threads_claim_distinct_configurations_and_select_the_same(walks):
+    objective = (lambda **kw: interacting(0.6, **kw)) if walks else make
+    single = run(BudgetAwareSampler(grid=GRID), objective())
+    shared = run(BudgetAwareSampler(grid=GRID, poll_interval=0.02), objective(delay=0.002), n_jobs=2)
     keys = [t.system_attrs["primesvt:claim"]["key"] for t in shared.trials if t.user_attrs["phase"] != "idle"]
     assert len(keys) == len(set(keys))
+    assert ("walk" in [t.user_attrs["phase"] for t in shared.trials]) is walks
     assert result(shared).selected["rates"] == result(single).selected["rates"]
 
 
-def test_resume_continues_the_plan():
+@pytest.mark.parametrize(("obj", "stop_after"), [(make(), 6), (interacting(0.6), 12)])  # 12: inside the walk
+def test_resume_continues_the_plan(obj, stop_after):
     storage = optuna.storages.InMemoryStorage()
-    obj = make()
     study = optuna.create_study(directions=obj.directions, sampler=BudgetAwareSampler(grid=GRID), storage=storage,
                                 study_name="s")
-    study.optimize(obj, n_trials=6)
+    study.optimize(obj, n_trials=stop_after)
     resumed = optuna.load_study(study_name="s", storage=storage, sampler=BudgetAwareSampler(grid=GRID))
     resumed.optimize(obj)
-    assert result(resumed).selected["rates"] == result(run(BudgetAwareSampler(grid=GRID))).selected["rates"]
+    assert result(resumed).selected["rates"] == result(run(BudgetAwareSampler(grid=GRID), obj)).selected["rates"]
 
 
 @pytest.mark.parametrize("cls", [PrioritizedSampler, BudgetAwareSampler, UniformSampler])

@@ -8,7 +8,8 @@ import math
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from ._claims import ACCEPTED, FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
+from ._claims import (ACCEPTED, FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, images_spent,
+                      rates_key)
 
 RESOLUTION = 200
 """The accuracy slack is split into this many units for the knapsack (exact to 0.5%)."""
@@ -28,7 +29,13 @@ class BudgetAwareSampler(ClaimSampler):
        it is backed off along the repair sequence (each step backs off the layer that buys the
        fewest bytes per unit of cost, alone at its bound, by one grid step, dropping it below the
        lowest) to the first step that passes.
-    4. *Extend*: every layer not in the accepted configuration is tried on top of it, the most
+    4. *Walk when the plan misses the memory target*: solo costs add up badly near the floor, so
+       the paper's walk runs from the bounds already measured (largest layer first, each at the
+       first rate up to its bound that passes on top of the walk's commits) until the target is
+       met. A walk that meets it replaces the plan as the configuration to extend (it stopped at
+       the target, so layers are left); one that does not leaves the plan. Without a target, or
+       when the plan meets it, there is no walk.
+    5. *Extend*: every layer not in the accepted configuration is tried on top of it, the most
        bytes per unit of cost first, at the highest rate up to its bound that still passes.
 
     Every search for "the first step that passes" (a bound, the repair, an extension) is
@@ -37,8 +44,8 @@ class BudgetAwareSampler(ClaimSampler):
     k: on digits-hard one step at a time spent 58.6k of an 80k-image budget on the bounds.
 
     Greedy largest-first can spend the whole budget on a large, fragile layer; this plans over all
-    the measurements first. It ignores the memory target while planning (it maximizes the saving);
-    a selection then comes from :func:`~primesvt_optuna.plugin.result.result` as for any policy.
+    the measurements first. It ignores the memory target while planning (it maximizes the saving)
+    and uses it only to decide step 4; a selection then comes from :func:`~primesvt_optuna.plugin.result.result` as for any policy.
     State lives in the study, workers and resume behave as for the other PrimeSVT samplers.
 
     Example:
@@ -103,6 +110,12 @@ class BudgetAwareSampler(ClaimSampler):
         if not known:
             return candidate or Wait("the planned configuration")
         config = {} if found is None else steps[found]
+        if _below_target(snap.trial_for(rates_key(config))) and self._walk_affordable(snap, layers, options, steps):
+            known, walked, candidate = _walk(snap, layers, bounds, self._grid)
+            if not known:
+                return candidate or Wait("the walk from the bounds")
+            if not _below_target(snap.trial_for(rates_key(walked))):
+                config = walked  # it stopped at the target, so layers are left to extend it with
         extra = sorted((p for p in bounds if p not in config and bounds[p] is not None),
                        key=lambda p: (-_value(options[p][bounds[p]]), -options[p][bounds[p]][1], p))
         for param in extra:  # extend, most bytes per point first, each layer from its bound down
@@ -113,6 +126,39 @@ class BudgetAwareSampler(ClaimSampler):
             if found is not None:
                 config = steps[found]
         return Done("plan verified and extended as far as the budget allows")
+
+    def _walk_affordable(self, snap: Snapshot, layers: list[tuple[str, int]],
+                         options: dict[str, dict[float, tuple[float, float]]], plan: list[dict[str, float]]) -> bool:
+        """Whether the walk may reach the memory target within the budget left after the plan.
+
+        The layers it needs are, largest first, those whose savings at their bounds (the most it
+        can commit; coupled layers save less together) first add up to the target; none can,
+        no walk. Its search on top of its commits is the one that found each bound alone, so it
+        is taken to cost what measuring those layers alone did: the images and trials left after
+        the reference, the bounds and the plan must cover that, or the budget goes to extending
+        the plan. Everything counted here is finished before the walk starts, so every worker
+        decides the same."""
+        reference = snap.trial_for(rates_key({}))
+        need, saved, prefix = float(reference.constraints["memory"]), 0.0, []
+        for param, _ in layers:
+            if options[param]:
+                prefix.append(param)
+                saved += options[param][max(options[param])][1]
+                if saved >= need:
+                    break
+        else:
+            return False
+        def evaluated(configs: list[dict[str, float]], phase: str) -> list[FrozenTrial]:
+            # by phase: a configuration the search skipped may be evaluated later, as a step of the walk
+            found = (snap.trial_for(rates_key(c)) for c in configs)
+            return [t for t in found if t is not None and t.user_attrs.get("phase") == phase]
+
+        solo = {param: evaluated([{param: rate} for rate in self._grid], "robustness") for param, _ in layers}
+        spent = [reference, *(t for trials in solo.values() for t in trials), *evaluated(plan, "plan")]
+        walk = [t for param in prefix for t in solo[param]]
+        images, trials = self._budget["budget_images"], self._budget["budget_trials"]
+        return ((images is None or images - sum(map(images_spent, spent)) >= sum(map(images_spent, walk)))
+                and (trials is None or trials - len(spent) >= len(walk)))
 
     def _options(self, snap: Snapshot, reference: FrozenTrial, param: str, size: int) -> dict[float, tuple[float, float]]:
         """{rate: (cost, saving)} of the rates of ``param`` that passed alone."""
@@ -165,6 +211,32 @@ def _gallop(snap: Snapshot, steps: list[dict[str, float]], phase: str, param: st
             i = (failed + passed) // 2
         else:
             return True, passed, None
+
+
+def _walk(snap: Snapshot, layers: list[tuple[str, int]], bounds: dict[str, float | None], grid: list[float]
+          ) -> tuple[bool, dict[str, float], Candidate | None]:
+    """(known, the walk's committed rates, the step to evaluate next): the paper's walk from the
+    measured bounds, largest layer first, each at the first rate up to its bound that passes on top
+    of the commits, until the memory target is met."""
+    committed: dict[str, float] = {}
+    for param, _ in layers:
+        if bounds[param] is None:
+            continue
+        steps = [{**committed, param: rate} for rate in sorted((r for r in grid if r <= bounds[param]), reverse=True)]
+        known, found, candidate = _gallop(snap, steps, "walk", param)
+        if not known:
+            return False, committed, candidate
+        if found is not None:
+            committed = steps[found]
+            if not _below_target(snap.trial_for(rates_key(committed))):
+                break
+    return True, committed, None
+
+
+def _below_target(trial: FrozenTrial | None) -> bool:
+    """The trial evaluated a configuration that misses a known memory target."""
+    violation = None if trial is None else trial.constraints.get("memory")
+    return violation is not None and violation > 0.0
 
 
 def _violation(trial: FrozenTrial) -> float:

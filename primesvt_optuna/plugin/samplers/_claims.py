@@ -76,6 +76,11 @@ def accuracy_outcome(trial: FrozenTrial) -> bool | None:
     return None
 
 
+def images_spent(trial: FrozenTrial) -> int:
+    """The images a trial passed forward: evaluated, and BatchNorm recalibration's."""
+    return int(trial.user_attrs.get("images_evaluated") or 0) + int(trial.user_attrs.get("images_recalibrated") or 0)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One configuration to evaluate, as claimed on a trial."""
@@ -440,8 +445,7 @@ class ClaimSampler(BaseSampler):
             return Done(f"trial budget spent ({trials_cap} trials)")
         if images is None:
             return None
-        cost = [int(t.user_attrs.get("images_evaluated") or 0) + int(t.user_attrs.get("images_recalibrated") or 0)
-                for t in trials if t.state.is_finished()]
+        cost = [images_spent(t) for t in trials if t.state.is_finished()]
         full = int(self._written_attr(study, "trial_images") or 0) or max(cost, default=0)
         reserved = sum(1 for t in planned if not t.state.is_finished())
         if not full:
