@@ -101,6 +101,9 @@ def test_budget_is_respected(comparison):
         assert (~replayed).sum() <= 8
         if record.policy in ("tpe", "nsga2"):  # the budget callback stops them at the image budget
             assert cost_curve(record).images.iloc[-1] < 3000 + 200
+        if record.policy == "budget-aware":  # told the budget, as by `search --budget-images`: never over it
+            assert record.attrs["primesvt:sampler"]["budget_images"] == 3000
+            assert cost_curve(record).images.iloc[-1] <= 3000
 
 
 def test_a_lazy_walk_pays_for_its_lookups_not_the_whole_sweep(tmp_path):

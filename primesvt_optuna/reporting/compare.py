@@ -107,6 +107,15 @@ def make_sampler(policy: str, seed: int, grid: Sequence[float], options: dict[st
     return cls(grid=grid, seed=seed, **options.get(policy, {}))
 
 
+def _options(spec: ComparisonSpec, policy: str) -> dict[str, Any]:
+    """The sampler options of ``spec``; budget-aware also gets the image budget, as ``primesvt
+    search --budget-images`` gives it: whether it walks depends on what is left (it then never
+    exceeds the budget, where the callback lets other studies finish the trial that spends it)."""
+    if policy != "budget-aware" or spec.budget_images is None:
+        return spec.sampler_options
+    return {**spec.sampler_options, policy: {**spec.sampler_options.get(policy, {}), "budget_images": spec.budget_images}}
+
+
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -213,7 +222,7 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
     objective = factory(robustness_cache=cache) if cache is not None else factory()
     name = study_name(spec.name, policy, seed)
     study = optuna.create_study(storage=open_storage(spec.storage), study_name=name, directions=objective.directions,
-                                sampler=make_sampler(policy, seed, objective.grid, spec.sampler_options),
+                                sampler=make_sampler(policy, seed, objective.grid, _options(spec, policy)),
                                 load_if_exists=True)
     study.set_user_attr("primesvt:compare", {"policy": policy, "seed": seed, "comparison": spec.name})
     if policy in ("tpe", "nsga2"):
