@@ -45,7 +45,8 @@ class BudgetAwareSampler(ClaimSampler):
 
     Greedy largest-first can spend the whole budget on a large, fragile layer; this plans over all
     the measurements first. It ignores the memory target while planning (it maximizes the saving)
-    and uses it only to decide step 4; a selection then comes from :func:`~primesvt_optuna.plugin.result.result` as for any policy.
+    and uses it only to decide step 4; a selection then comes from
+    :func:`~primesvt_optuna.plugin.result.result` as for any policy.
     State lives in the study, workers and resume behave as for the other PrimeSVT samplers.
 
     Example:
@@ -148,6 +149,7 @@ class BudgetAwareSampler(ClaimSampler):
                     break
         else:
             return False
+
         def evaluated(configs: list[dict[str, float]], phase: str) -> list[FrozenTrial]:
             # by phase: a configuration the search skipped may be evaluated later, as a step of the walk
             found = (snap.trial_for(rates_key(c)) for c in configs)
