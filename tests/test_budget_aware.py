@@ -91,7 +91,7 @@ def test_a_plan_below_the_memory_target_falls_back_on_the_walk_from_the_measured
     0.2: 52.2%) passes and misses the 60% target, and no extension on top of it passes beyond
     58.9% - 55.6%. Largest-first on top of its own commits finds big 0.9 + mid 0.3 (60.0%). With a
     target the sampler walks from the bounds it already measured (no layer measured alone again)
-    and extends the better of the two; without one it never walks."""
+    and, since the walk met the target, extends the walk's commit; without one it never walks."""
     targeted = run(BudgetAwareSampler(grid=GRID), interacting(0.6))
     untargeted = run(BudgetAwareSampler(grid=GRID), interacting(None))
     phases = [t.user_attrs["phase"] for t in targeted.trials]

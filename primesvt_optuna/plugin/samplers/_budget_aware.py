@@ -9,7 +9,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from ._claims import (ACCEPTED, FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, images_spent,
-                      rates_key)
+                      memory_met, rates_key)
 
 RESOLUTION = 200
 """The accuracy slack is split into this many units for the knapsack (exact to 0.5%)."""
@@ -111,11 +111,11 @@ class BudgetAwareSampler(ClaimSampler):
         if not known:
             return candidate or Wait("the planned configuration")
         config = {} if found is None else steps[found]
-        if _below_target(snap.trial_for(rates_key(config))) and self._walk_affordable(snap, layers, options, steps):
+        if memory_met(snap.trial_for(rates_key(config))) is False and self._walk_affordable(snap, layers, options, steps):
             known, walked, candidate = _walk(snap, layers, bounds, self._grid)
             if not known:
                 return candidate or Wait("the walk from the bounds")
-            if not _below_target(snap.trial_for(rates_key(walked))):
+            if memory_met(snap.trial_for(rates_key(walked))):
                 config = walked  # it stopped at the target, so layers are left to extend it with
         extra = sorted((p for p in bounds if p not in config and bounds[p] is not None),
                        key=lambda p: (-_value(options[p][bounds[p]]), -options[p][bounds[p]][1], p))
@@ -230,15 +230,9 @@ def _walk(snap: Snapshot, layers: list[tuple[str, int]], bounds: dict[str, float
             return False, committed, candidate
         if found is not None:
             committed = steps[found]
-            if not _below_target(snap.trial_for(rates_key(committed))):
+            if memory_met(snap.trial_for(rates_key(committed))):
                 break
     return True, committed, None
-
-
-def _below_target(trial: FrozenTrial | None) -> bool:
-    """The trial evaluated a configuration that misses a known memory target."""
-    violation = None if trial is None else trial.constraints.get("memory")
-    return violation is not None and violation > 0.0
 
 
 def _violation(trial: FrozenTrial) -> float:

@@ -76,6 +76,12 @@ def accuracy_outcome(trial: FrozenTrial) -> bool | None:
     return None
 
 
+def memory_met(trial: FrozenTrial | None) -> bool | None:
+    """Whether the trial's configuration meets the memory target; None: no trial, or no target."""
+    violation = None if trial is None else trial.constraints.get("memory")
+    return None if violation is None else violation <= 0.0
+
+
 def images_spent(trial: FrozenTrial) -> int:
     """The images a trial passed forward: evaluated, and BatchNorm recalibration's."""
     return int(trial.user_attrs.get("images_evaluated") or 0) + int(trial.user_attrs.get("images_recalibrated") or 0)

@@ -19,17 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.study import Study
-from optuna.trial import FrozenTrial
 
 from ...errors import PrimeSVTError
-from ._claims import ACCEPTED, FREE, HELD, REJECTED, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
-
-
-def _memory_met(trial: FrozenTrial | None) -> bool:
-    if trial is None:
-        return False
-    violation = trial.constraints.get("memory")
-    return violation is not None and violation <= 0.0
+from ._claims import (ACCEPTED, FREE, HELD, REJECTED, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait,
+                      memory_met, rates_key)
 
 
 @dataclass
@@ -128,7 +121,7 @@ class WalkSampler(ClaimSampler):
                         state.candidate = Candidate(key, "robustness", param, rate, {param: rate})
                         return state
         state.selected_trial = getattr(snap.trial_for(reference), "number", None)
-        if not self._walk_all and _memory_met(snap.trial_for(reference)):
+        if not self._walk_all and memory_met(snap.trial_for(reference)):
             state.done = state.memory_met = True
             return state
         for param in self._order(layers):
@@ -168,7 +161,7 @@ class WalkSampler(ClaimSampler):
                 state.commits.append(Commit(param, decided, state.selected_trial))
             else:
                 state.commits.append(Commit(param, 0.0, None))
-            if not self._walk_all and _memory_met(snap.trial_for(rates_key(state.committed))):
+            if not self._walk_all and memory_met(snap.trial_for(rates_key(state.committed))):
                 state.done = state.memory_met = True
                 return state
         state.done = True
