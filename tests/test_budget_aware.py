@@ -57,7 +57,8 @@ def test_a_plan_that_fails_is_repaired_by_backing_off_the_worst_bytes_per_point(
     repair sequence backs off the layer buying the fewest bytes per point (small) one grid step at
     a time until dropped, then the next (mid). The search probes steps 0, 1, 3, 7, 15 (doubling
     gaps) and halves back (11, 9, 10) to the first that passes, step 10: 8 evaluations where
-    step by step needs 11. The extension then tries small again."""
+    step by step needs 11. The extension then tries small again: at its bound, then at the lowest
+    rate, and both fail, so no rate between is tried."""
     obj = make(sensitivity={"big": 0.01, "mid": 0.01, "small": 0.01}, interaction=0.02)
     study = run(BudgetAwareSampler(grid=GRID), obj)
     phases = [t.user_attrs["phase"] for t in study.trials]
@@ -69,6 +70,7 @@ def test_a_plan_that_fails_is_repaired_by_backing_off_the_worst_bytes_per_point(
     assert plans == [repair[i] for i in (0, 1, 3, 7, 15, 11, 9, 10)]
     assert phases[0] == "reference" and phases.count("reference") == 1
     assert phases[len(phases) - phases[::-1].index("plan"):][:1] == ["extend"]
+    assert [t.params["rate:small"] for t in study.trials if t.user_attrs["phase"] == "extend"] == [0.9, 0.1]
     res = result(study)
     assert res.both_met and res.selected["rates"] == {"big": 0.9, "mid": 0.8}
     assert res.selected["accuracy_drop"] <= 0.03
@@ -259,6 +261,25 @@ def test_gallop_probes_doubling_gaps_then_halves_back(passing, probes, found):
     snap = _Statuses({r: ACCEPTED if passing is not None and r <= passing else REJECTED for r in GRID})
     assert _gallop(snap, steps, "robustness", "a") == (True, found, None)
     assert snap.asked == probes
+
+
+@pytest.mark.parametrize(("passing", "probes", "found"), [
+    (0.9, [0.9], 0),                                       # the bound holds on top: one evaluation
+    (None, [0.9, 0.1], None),                              # nothing passes: two evaluations, not five
+    (0.2, [0.9, 0.1, 0.8, 0.6, 0.2, 0.4, 0.3], 7),         # something passes: the same gallop after
+])
+def test_gallop_with_last_second_asks_the_lowest_step_after_the_first_fails(passing, probes, found):
+    steps = [{"a": r} for r in reversed(GRID)]
+    snap = _Statuses({r: ACCEPTED if passing is not None and r <= passing else REJECTED for r in GRID})
+    assert _gallop(snap, steps, "extend", "a", last_second=True) == (True, found, None)
+    assert list(dict.fromkeys(snap.asked)) == probes  # distinct configurations, in the order first asked
+
+
+def test_gallop_with_last_second_asks_for_the_lowest_step_next():
+    steps = [{"a": r} for r in reversed(GRID)]
+    known, found, candidate = _gallop(_Statuses({0.9: REJECTED}), steps, "extend", "a", last_second=True)
+    assert (known, found) == (False, None) and candidate.rates == {"a": 0.1} and candidate.phase == "extend"
+    assert _gallop(_Statuses({0.9: REJECTED, 0.1: HELD}), steps, "extend", "a", last_second=True) == (False, None, None)
 
 
 def test_gallop_asks_for_the_next_probe_and_waits_on_a_held_one():

@@ -36,7 +36,10 @@ class BudgetAwareSampler(ClaimSampler):
        the target, so layers are left); one that does not leaves the plan. Without a target, or
        when the plan meets it, there is no walk.
     5. *Extend*: every layer not in the accepted configuration is tried on top of it, the most
-       bytes per unit of cost first, at the highest rate up to its bound that still passes.
+       bytes per unit of cost first, at the highest rate up to its bound that still passes. On top
+       of a configuration near the floor most extensions pass at no rate, so when the bound fails
+       the lowest rate is tried next: two evaluations tell that nothing passes, where the gallop
+       needs five on a 9-rate grid.
 
     Every search for "the first step that passes" (a bound, the repair, an extension) is
     :func:`_gallop`: the first step, then doubling gaps, then halving back. It takes the steps to
@@ -121,7 +124,7 @@ class BudgetAwareSampler(ClaimSampler):
                        key=lambda p: (-_value(options[p][bounds[p]]), -options[p][bounds[p]][1], p))
         for param in extra:  # extend, most bytes per point first, each layer from its bound down
             steps = [{**config, param: rate} for rate in sorted((r for r in self._grid if r <= bounds[param]), reverse=True)]
-            known, found, candidate = _gallop(snap, steps, "extend", param)
+            known, found, candidate = _gallop(snap, steps, "extend", param, last_second=True)
             if not known:
                 return candidate or Wait(f"the extension by {param}")
             if found is not None:
@@ -175,8 +178,8 @@ class BudgetAwareSampler(ClaimSampler):
         return found
 
 
-def _gallop(snap: Snapshot, steps: list[dict[str, float]], phase: str, param: str | None = None
-            ) -> tuple[bool, int | None, Candidate | None]:
+def _gallop(snap: Snapshot, steps: list[dict[str, float]], phase: str, param: str | None = None,
+            last_second: bool = False) -> tuple[bool, int | None, Candidate | None]:
     """(known, index of the first step that passes or None when none does, the step to evaluate
     next: None while the step the search needs is held by another worker).
 
@@ -185,6 +188,8 @@ def _gallop(snap: Snapshot, steps: list[dict[str, float]], phase: str, param: st
     the gap back to the last failure. That is about 2 log2(k) evaluations where a step-by-step
     search would need k (a robustness bound at 0.2 of a 9-rate grid: 6 rather than 8); the first
     step is still tried first, so a robust layer or a plan that holds costs one evaluation.
+    ``last_second``: when the first step fails, the last is probed next, and if it fails too
+    nothing passes (two evaluations); if it passes, the gallop goes on as above.
     """
     def probe(i: int) -> str | Candidate:
         key = rates_key(steps[i])
@@ -194,6 +199,17 @@ def _gallop(snap: Snapshot, steps: list[dict[str, float]], phase: str, param: st
             return Candidate(key, phase, param, rate, dict(steps[i]))
         return status
 
+    if last_second and len(steps) > 1:  # nothing passes unless the last step does
+        for i in (0, len(steps) - 1):
+            status = probe(i)
+            if isinstance(status, Candidate):
+                return False, None, status
+            if status == HELD:
+                return False, None, None
+            if status == ACCEPTED:
+                break
+        else:
+            return True, None, None
     failed, passed, gap, i = -1, None, 1, 0
     while True:
         status = probe(i)
