@@ -287,3 +287,37 @@ def test_gallop_asks_for_the_next_probe_and_waits_on_a_held_one():
     known, found, candidate = _gallop(_Statuses({0.9: REJECTED, 0.8: REJECTED}), steps, "robustness", "a")
     assert (known, found) == (False, None) and candidate.rates == {"a": 0.6} and candidate.phase == "robustness"
     assert _gallop(_Statuses({0.9: REJECTED, 0.8: HELD}), steps, "robustness", "a") == (False, None, None)
+
+
+def many_layers(**kwargs) -> SyntheticObjective:
+    """Eight robust layers (each passes alone at 0.9, all together too), 1,000 images per evaluation."""
+    sizes = {f"l{i}": 1000 * (9 - i) for i in range(1, 9)}
+    return SyntheticObjective(sizes, **{"sensitivity": {n: 0.001 for n in sizes}, "max_accuracy_drop": 0.03,
+                                        "grid": GRID, "n_images": 1000, "batch_size": 1000, **kwargs})
+
+
+@pytest.mark.parametrize(("budget", "measured"), [(16_000, 8), (15_999, 7), (8_500, 4)])
+def test_bounds_get_half_the_budget_when_one_evaluation_per_layer_would_cost_more(budget, measured):
+    """8 layers x 1,000 images > half of 15,999: bound searches start, largest first, only until
+    half the budget is spent (the reference and 7 bounds: 8,000 images), then the plan runs on the
+    measured layers; at 16,000 every layer is measured. At 8,500 measuring every bound alone would
+    spend the budget before any plan (1,000 + 8 x 1,000); capped, the plan of the 4 largest runs."""
+    study = run(BudgetAwareSampler(grid=GRID, budget_images=budget), many_layers())
+    bounds = [t.user_attrs["layer"] for t in study.trials if t.user_attrs["phase"] == "robustness"]
+    assert bounds == [f"l{i}" for i in range(1, measured + 1)]
+    assert "plan" in [t.user_attrs["phase"] for t in study.trials]
+    assert result(study).selected["rates"] == {f"l{i}": 0.9 for i in range(1, measured + 1)}
+    assert sum(t.user_attrs.get("images_evaluated") or 0 for t in study.trials) <= budget
+
+
+def test_two_threads_cap_the_bounds_too():
+    """With two workers a bound search in flight when half the budget is reached still finishes,
+    so one layer more may be measured than one worker measures; none is claimed twice."""
+    study = run(BudgetAwareSampler(grid=GRID, budget_images=15_999, poll_interval=0.02), many_layers(delay=0.002),
+                n_jobs=2)
+    keys = [t.system_attrs["primesvt:claim"]["key"] for t in study.trials if t.user_attrs["phase"] != "idle"]
+    assert len(keys) == len(set(keys))
+    bounds = [t.user_attrs["layer"] for t in study.trials if t.user_attrs["phase"] == "robustness"]
+    assert sorted(bounds) in ([f"l{i}" for i in range(1, 8)], [f"l{i}" for i in range(1, 9)])
+    assert "plan" in [t.user_attrs["phase"] for t in study.trials]
+    assert sum(t.user_attrs.get("images_evaluated") or 0 for t in study.trials) <= 15_999

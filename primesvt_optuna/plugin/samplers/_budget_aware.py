@@ -21,6 +21,9 @@ class BudgetAwareSampler(ClaimSampler):
 
     1. Trial 0 is the unpruned reference; then each layer alone, for the highest grid rate that
        meets the ``accuracy`` constraint (its bound; K workers measure different layers at once).
+       When one full evaluation per layer would cost more than half the budget, bound searches
+       start only until half of it is spent, largest layer first; the smaller layers stay
+       unmeasured and out of the plan.
     2. *Plan*: from those single-layer trials, each layer's cost (how much of the accuracy slack it
        used alone: its ``accuracy`` constraint minus the reference's) and saving (from the
        ``memory`` constraint, else ``layer_sizes`` x rate); a multiple-choice knapsack (costs taken
@@ -85,8 +88,10 @@ class BudgetAwareSampler(ClaimSampler):
             return Wait("the reference trial (the layer table is not known yet)")
         if not layers:
             return Free()
-        pending = False
+        pending, capped = False, self._bounds_capped(study, snap, layers)
         for param, _ in layers:  # every layer's bound; idle workers measure the next layers meanwhile
+            if capped and all(snap.status(rates_key({param: rate})) == FREE for rate in self._grid):
+                break  # its search has not started, nor has any smaller layer's: they stay unmeasured
             known, _, candidate = _gallop(snap, [{param: rate} for rate in reversed(self._grid)], "robustness", param)
             if candidate is not None:
                 return candidate
@@ -130,6 +135,25 @@ class BudgetAwareSampler(ClaimSampler):
             if found is not None:
                 config = steps[found]
         return Done("plan verified and extended as far as the budget allows")
+
+    def _bounds_capped(self, study: Study, snap: Snapshot, layers: list[tuple[str, int]]) -> bool:
+        """Whether no further bound search may start: half the budget is spent on the reference
+        and the bounds, and one full evaluation per layer would cost more than that half.
+
+        A bound costs at least one evaluation (1.3 to 3 full evaluations' images in the
+        comparison's studies), so there the bounds alone would take the budget and nothing would
+        be planned (`digits-8-64` with recalibration: 45 layers at 871 images each against 50,000
+        images selected one layer alone). The largest layers, measured first, then get half of
+        the budget and the plan, its repair and extensions the other half. Both the cost and the
+        images spent only grow, so once capped a study stays capped."""
+        done = snap.finished()
+        images, trials = self._budget["budget_images"], self._budget["budget_trials"]
+        if trials is not None and 2 * len(layers) > trials and 2 * len(done) >= trials:
+            return True
+        if images is None:
+            return False
+        spent = [images_spent(t) for t in done]
+        return 2 * len(layers) * self._trial_cost(study, spent) > images and 2 * sum(spent) >= images
 
     def _walk_affordable(self, snap: Snapshot, layers: list[tuple[str, int]],
                          options: dict[str, dict[float, tuple[float, float]]], plan: list[dict[str, float]]) -> bool:

@@ -199,6 +199,10 @@ class Snapshot:
         found = self._outcomes.get(key)
         return None if found is None else found[0]
 
+    def finished(self) -> list[FrozenTrial]:
+        """The finished evaluations, one per configuration (its lowest-numbered trial)."""
+        return [trial for trial, _ in self._outcomes.values()]
+
 
 class ClaimSampler(BaseSampler):
     """Base of the PrimeSVT samplers: claims, waiting, fallback, settings kept in the study."""
@@ -452,13 +456,18 @@ class ClaimSampler(BaseSampler):
         if images is None:
             return None
         cost = [images_spent(t) for t in trials if t.state.is_finished()]
-        full = int(self._written_attr(study, "trial_images") or 0) or max(cost, default=0)
+        full = self._trial_cost(study, cost)
         reserved = sum(1 for t in planned if not t.state.is_finished())
         if not full:
             return Wait("the cost of one trial (the first trial to finish)") if reserved > 1 else None
         if sum(cost) + reserved * full > images:
             return Done(f"image budget spent ({sum(cost):,} of {images:,} images; one more full evaluation would exceed it)")
         return None
+
+    def _trial_cost(self, study: Study, finished: Sequence[int]) -> int:
+        """The most one evaluation costs in images: the objective's ``trial_images`` study
+        attribute, else the costliest of the ``finished`` trials' costs (0 while none is known)."""
+        return int(self._written_attr(study, "trial_images") or 0) or max(finished, default=0)
 
     def _cache(self, study: Study) -> _StudyCache:
         per_storage = self._studies.get(study._storage)
