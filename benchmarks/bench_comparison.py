@@ -11,6 +11,7 @@ A *cell* is one benchmark at one memory target; a *variant* is how its objective
   accuracy must meet the floor), for ``--variant-policies`` (default: prioritized, budget-aware).
 * ``recal``: BatchNorm recalibration on 512 training images per pruned model, same policies;
   the recalibration passes count against the image budget like evaluated images.
+* ``recal-confident``: both, for a recalibrated saving that should hold on held-out data.
 * ``nocut``: TPE and NSGA-II without the accuracy early cut (``early_cut = "off"``): a cut trial
   reaches Optuna as PRUNED, which its samplers learn little from, so this row shows what they do
   when every trial they sample is evaluated in full (on the same image budget, fewer trials).
@@ -56,6 +57,7 @@ VARIANTS = {  # name: (study config overrides, policies run by default)
     "main": ({}, POLICIES),
     "confident": ({"accept": "confident"}, DEFAULT_AND_NEW),
     "recal": ({"recalibrate_bn": 512}, DEFAULT_AND_NEW),
+    "recal-confident": ({"recalibrate_bn": 512, "accept": "confident"}, DEFAULT_AND_NEW),
     "nocut": ({"early_cut": "off"}, ("tpe", "nsga2")),
 }
 
