@@ -73,9 +73,10 @@ def uniform_rate_for(engine: Engine, target: float) -> float:
 
 
 def aligned_rates(engine: Engine, rate: float, multiple: int) -> dict[str, float]:
-    """Per-layer rates keeping, in each layer's first channel group, the multiple of ``multiple`` channels nearest to
-    what ``rate`` keeps (ties: fewer channels), at least one channel per head. A layer's kept
-    width is ``heads * kept_per_head``, so each head keeps a multiple of ``multiple / gcd``."""
+    """Per-layer rates keeping, in each layer's first channel group, the multiple of ``multiple``
+    channels nearest to what ``rate`` keeps (ties: fewer channels; never none). A layer's kept
+    width is ``heads * kept_per_head``, so each head keeps a multiple of ``multiple / gcd``;
+    a layer narrower than that step keeps the uniform rate."""
     rates = {}
     for name, spec in engine.specs.items():
         group = spec.groups[0]
@@ -141,23 +142,24 @@ def bench_model(preset: str, size: int, batch: int, args: argparse.Namespace, va
     started = time.perf_counter()
     predictor = FlopsPredictor(engine, image)
     predictor_setup_s = time.perf_counter() - started
-    variants: dict[object, torch.nn.Module] = {0.0: model}  # key: target, or (target, align)
-    rows: dict[object, dict] = {}
+    base = (0.0, 0)  # every model is keyed (target saving, align)
+    variants: dict[tuple[float, int], torch.nn.Module] = {base: model}
+    rows: dict[tuple[float, int], dict] = {}
     base_flops = count_flops(model, image)
     if base_flops != predictor.base_flops:
         raise AssertionError(f"{preset}: counted {base_flops} FLOPs, the meta copy {predictor.base_flops}")
     val_pass = timed(lambda: evaluate(model, val), args.repeats) if preset == "digits-2-64" and val is not None else None
-    rows[0.0] = {"model": preset, "target_saving": 0.0, "rate": 0.0, "align": 0, "memory_saving": 0.0,
+    rows[base] = {"model": preset, "target_saving": 0.0, "rate": 0.0, "align": 0, "memory_saving": 0.0,
                  "model_bytes": model_bytes(model), "prune_s": 0.0,
                  "prune_vs_val_pass": 0.0 if val_pass else None,
                  "flops": base_flops, "flops_predicted": predictor.base_flops, "predict_ms": None,
                  "flop_ratio": 1.0}
     for target in args.targets:
         rate = uniform_rate_for(engine, target)
-        kinds = [(target, 0, {l: rate for l in engine.layers})]
+        kinds = [(0, {l: rate for l in engine.layers})]
         if args.align:
-            kinds.append(((target, args.align), args.align, aligned_rates(engine, rate, args.align)))
-        for key, align, rates in kinds:
+            kinds.append((args.align, aligned_rates(engine, rate, args.align)))
+        for align, rates in kinds:
             prune_s = timed(lambda: engine.prune(rates), args.repeats)
             pruned = engine.prune(rates)
             started = time.perf_counter()
@@ -166,8 +168,8 @@ def bench_model(preset: str, size: int, batch: int, args: argparse.Namespace, va
             counted = count_flops(pruned, image)
             if predicted != counted:
                 raise AssertionError(f"{preset} at {target:.0%}: predicted {predicted} FLOPs, counted {counted}")
-            variants[key] = pruned
-            rows[key] = {"model": preset, "target_saving": target, "rate": rate, "align": align,
+            variants[target, align] = pruned
+            rows[target, align] = {"model": preset, "target_saving": target, "rate": rate, "align": align,
                          "memory_saving": 1 - model_bytes(pruned) / model_bytes(model),
                          "model_bytes": model_bytes(pruned), "prune_s": prune_s,
                          "prune_vs_val_pass": prune_s / val_pass if val_pass else None,
@@ -177,23 +179,23 @@ def bench_model(preset: str, size: int, batch: int, args: argparse.Namespace, va
     for m in variants.values():
         m.to(device)
         one_batch(m, x, device)  # warm-up (allocator, kernels)
-    walls: dict[object, list[float]] = {t: [] for t in variants}
-    cpus: dict[object, list[float]] = {t: [] for t in variants}
+    walls: dict[tuple[float, int], list[float]] = {k: [] for k in variants}
+    cpus: dict[tuple[float, int], list[float]] = {k: [] for k in variants}
     for _ in range(args.repeats):
-        for target, m in variants.items():
+        for key, m in variants.items():
             wall, cpu = one_batch(m, x, device)
-            walls[target].append(wall)
-            cpus[target].append(cpu)
-    base_wall, base_cpu, base_med = min(walls[0.0]), min(cpus[0.0]), statistics.median(walls[0.0])
+            walls[key].append(wall)
+            cpus[key].append(cpu)
+    base_wall, base_cpu, base_med = min(walls[base]), min(cpus[base]), statistics.median(walls[base])
     out = []
-    for target, row in rows.items():
-        speedup = base_wall / min(walls[target])
+    for key, row in rows.items():
+        speedup = base_wall / min(walls[key])
         row.update({
-            "images_per_s": batch / min(walls[target]), "speedup": speedup,
-            "speedup_cpu": base_cpu / min(cpus[target]) if device == "cpu" else None,
-            "speedup_median": base_med / statistics.median(walls[target]),
+            "images_per_s": batch / min(walls[key]), "speedup": speedup,
+            "speedup_cpu": base_cpu / min(cpus[key]) if device == "cpu" else None,
+            "speedup_median": base_med / statistics.median(walls[key]),
             "speedup_vs_flops": speedup / row["flop_ratio"],
-            "batch_s_min": min(walls[target]), "batch_s_median": statistics.median(walls[target]),
+            "batch_s_min": min(walls[key]), "batch_s_median": statistics.median(walls[key]),
             "input": f"{batch}x{channels}x{size}x{size}", "device": device, "repeats": args.repeats,
             "predictor_setup_s": round(predictor_setup_s, 3),
         })
