@@ -77,11 +77,17 @@ WORKER = "primesvt:worker"
 STALE = "primesvt:stale"
 CLAIM = "primesvt:claim"
 HEARTBEAT = "primesvt:heartbeat"
+SAMPLER = "primesvt:sampler"  # study attribute: written by the PrimeSVT samplers (their settings)
 
 DEFAULT_HEARTBEAT_INTERVAL = 30
 """Seconds between heartbeats; ``PRIMESVT_HEARTBEAT_INTERVAL`` overrides it."""
 DEFAULT_GRACE_PERIOD = 120
 """Seconds without a heartbeat before a trial counts as dead; ``PRIMESVT_GRACE_PERIOD`` overrides."""
+UNRECORDED_AFTER = 10
+"""Seconds a RUNNING trial of a PrimeSVT sampler's study may exist without a worker record or a
+claim before it counts as dead; ``PRIMESVT_UNRECORDED_AFTER`` overrides it. A live worker writes
+its record milliseconds after Optuna creates the trial (the sampler's ``before_trial``), so a
+trial without one after this long was created by a process that died in between."""
 DEFAULT_MAX_RETRY = 3
 SQLITE_BUSY_TIMEOUT = 120
 """Seconds a SQLite writer waits for the file lock: K workers poll one file."""
@@ -519,8 +525,9 @@ def _mark_stale(storage: BaseStorage, study_id: int, grace: float, heartbeat_age
     """The running trials of ``study_id`` that ``stale_reason`` finds stale, each with the reason
     recorded as ``primesvt:stale`` (Optuna's ``fail_stale_trials`` then fails them)."""
     stale = []
+    unrecorded = unrecorded_after(storage, study_id)
     for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = stale_reason(trial, grace, heartbeat_ages.get(trial._trial_id))
+        reason = stale_reason(trial, grace, heartbeat_ages.get(trial._trial_id), unrecorded)
         if reason is None:
             continue
         try:  # recorded before Optuna fails it, so the study says why
@@ -659,15 +666,21 @@ def _local_worker(trial: FrozenTrial) -> tuple[bool, str] | None:
     return True, described
 
 
-def stale_reason(trial: FrozenTrial, grace: float | None, heartbeat_age: float | None = None) -> str | None:
+def stale_reason(trial: FrozenTrial, grace: float | None, heartbeat_age: float | None = None,
+                 unrecorded: float | None = None) -> str | None:
     """Why a RUNNING trial can no longer finish, or None while it still can (the module docstring
     gives the rule). ``grace``: seconds without a sign of life after which a trial of another host
     (or with no worker record) is dead, None to judge only this host's trials; ``heartbeat_age``:
     seconds since its last heartbeat, None when it has never beaten (then its worker record and
-    creation time are its last signs of life)."""
+    creation time are its last signs of life); ``unrecorded``: in a PrimeSVT sampler's study,
+    seconds after its creation when a trial that has neither a worker record nor a claim is dead
+    (its process died between Optuna creating it and the sampler's first write)."""
     local = _local_worker(trial)
     if local is not None:
         return None if local[0] else f"its worker ({local[1]}) is gone"
+    if unrecorded is not None and _unrecorded_age(trial) > unrecorded:
+        return (f"no worker record {_unrecorded_age(trial):.0f} s after its creation (limit {unrecorded:g} s): "
+                "its process died before its sampler started")
     if grace is None:
         return None
     if heartbeat_age is not None:
@@ -688,21 +701,50 @@ def fail_stale_trials(study: Study, lease: float | None = None, states: Containe
     trials that went from RUNNING to FAIL during the call.
 
     Runs Optuna's heartbeat check (RDB and journal storages from ``open_storage``), then the
-    local-process check on any storage. ``lease`` additionally fails trials of other hosts with no
-    heartbeat or start for that many seconds (for storages opened without heartbeats). A resumed
-    walk sees these configurations free again and evaluates them.
+    local-process check on any storage, and, in a PrimeSVT sampler's study, the check for trials
+    with no worker record (``unrecorded_after``). ``lease`` additionally fails trials of other
+    hosts with no heartbeat or start for that many seconds (for storages opened without
+    heartbeats). A resumed walk sees these configurations free again and evaluates them.
     """
     failed = fail_heartbeat_stale(study)
     trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-    return sorted(failed + fail_if_stale(study, trials, lease, states))
+    unrecorded = unrecorded_after(study._storage, study._study_id)
+    return sorted(failed + fail_if_stale(study, trials, lease, states, unrecorded))
+
+
+class TrialTakenOver(PrimeSVTError):
+    """This worker's trial was failed by another process (it showed no sign of life for too long)
+    before this worker could record itself on it; the worker drops it and carries on."""
+
+
+def unrecorded_after(storage: BaseStorage, study_id: int) -> float | None:
+    """``UNRECORDED_AFTER`` (or ``PRIMESVT_UNRECORDED_AFTER``) in a study a PrimeSVT sampler runs,
+    whose every trial gets a worker record in the sampler's ``before_trial``; None in any other
+    study, whose trials may legitimately run without one."""
+    return unrecorded_limit() if SAMPLER in storage.get_study_user_attrs(study_id) else None
+
+
+def unrecorded_limit() -> float:
+    """Seconds a trial may go without a worker record: ``PRIMESVT_UNRECORDED_AFTER``, else
+    ``UNRECORDED_AFTER``."""
+    return float(_env_int("PRIMESVT_UNRECORDED_AFTER", UNRECORDED_AFTER))
+
+
+def _unrecorded_age(trial: FrozenTrial) -> float:
+    """Seconds since the creation of a trial that shows nothing of its worker (no worker record,
+    no claim, no parameter); 0 for any other trial, or one with no start time."""
+    if trial.system_attrs.get(WORKER) or trial.system_attrs.get(CLAIM) or trial.params or trial.datetime_start is None:
+        return 0.0
+    return time.time() - trial.datetime_start.timestamp()
 
 
 def fail_if_stale(study: Study, trials: Sequence[FrozenTrial], lease: float | None = None,
-                  states: Container[TrialState] = (TrialState.RUNNING,)) -> list[int]:
+                  states: Container[TrialState] = (TrialState.RUNNING,), unrecorded: float | None = None) -> list[int]:
     """Mark those of ``trials`` (an already read list) that can no longer finish as FAIL,
     recording why; cheap enough for a sampler to run before every decision. On this host that is
     a gone process; elsewhere, only on a storage without heartbeats (where ``fail_heartbeat_stale``
-    cannot tell), no sign of life for ``lease`` seconds."""
+    cannot tell), no sign of life for ``lease`` seconds; anywhere, with ``unrecorded`` seconds
+    given, a trial that got no worker record that long after its creation."""
     storage = study._storage
     lease = None if is_heartbeat_enabled(storage) else lease
     failed = []
@@ -710,7 +752,7 @@ def fail_if_stale(study: Study, trials: Sequence[FrozenTrial], lease: float | No
         if trial.state not in states:
             continue
         beat = trial.system_attrs.get(HEARTBEAT)
-        reason = stale_reason(trial, lease, None if beat is None else time.time() - float(beat))
+        reason = stale_reason(trial, lease, None if beat is None else time.time() - float(beat), unrecorded)
         if reason is None:
             continue
         try:

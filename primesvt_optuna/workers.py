@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import faults
 from .errors import PrimeSVTError
-from .storage import STALE, WORKER, fail_stale_trials, pids_comparable
+from .storage import STALE, WORKER, TrialTakenOver, fail_stale_trials, pids_comparable
 
 R = TypeVar("R")
 _logger = optuna.logging.get_logger(__name__)
@@ -203,6 +203,8 @@ def optimize(
                 with _sigint_ignored():
                     released = release_own_trials(study)
                 break
+            except TrialTakenOver as exc:
+                _logger.warning(f"{exc}; another worker evaluates its configuration. Dropped; carrying on.")
             except Exception:
                 lost = sorted(t.number for t in _own_trials(study) if STALE in t.system_attrs)
                 if not set(lost) - dropped:

@@ -9,6 +9,10 @@ Exit 0 and a JSON line when the walk finished; 130 with the resume hint after Ct
 (same claim machinery, another policy).
 ``PRIMESVT_FAKE_HOST`` makes the process record another host name, so stale-trial detection
 has to rely on heartbeats instead of the PID (a worker on another machine).
+``PRIMESVT_TEST_STORAGE`` runs one worker the way the README's API example does, with plain
+``study.optimize`` on a storage the user built instead of ``open_storage``'s: ``url`` (the URL
+string itself), ``rdb`` (``RDBStorage(url)``), ``rdb-heartbeat`` (``RDBStorage`` with Optuna's
+heartbeat) or ``journal`` (``JournalStorage(JournalFileBackend(path))``, from ``journal:///path``).
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import InMemoryStorage
+from optuna.storages import InMemoryStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 if os.environ.get("PRIMESVT_FAKE_HOST"):
     _host = os.environ["PRIMESVT_FAKE_HOST"]
     socket.gethostname = lambda: _host  # type: ignore[assignment]
 
+from primesvt_optuna import faults  # noqa: E402
 from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, SyntheticObjective  # noqa: E402
 from primesvt_optuna.plugin.result import result  # noqa: E402
 from primesvt_optuna.storage import open_storage  # noqa: E402
@@ -77,7 +83,31 @@ def work(url: str, name: str, delay: float, worker: int, barrier: tuple[str, int
     return optimize(study, make_objective(delay), worker=worker)
 
 
+def user_storage(url: str, mode: str) -> Any:
+    """The storage a user builds without ``open_storage`` (see the module docstring)."""
+    if mode == "url":
+        return url
+    if mode == "rdb":
+        return RDBStorage(url)
+    if mode == "rdb-heartbeat":
+        return RDBStorage(url, heartbeat_interval=1, grace_period=3)
+    if mode == "journal":
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal://")))
+    raise ValueError(f"PRIMESVT_TEST_STORAGE={mode!r}: use url, rdb, rdb-heartbeat or journal")
+
+
 def search(url: str, name: str, k: int, delay: float) -> list[WorkerReport]:
+    mode = os.environ.get("PRIMESVT_TEST_STORAGE")
+    if mode:  # the README's way: one process, plain study.optimize, the user's own storage
+        study, objective = create(user_storage(url, mode), name, make_sampler()), make_objective(delay)
+
+        def returned(trial: optuna.Trial) -> Any:  # the fault point workers.optimize has after the objective
+            values = objective(trial)
+            faults.hit("returned", trial.number)
+            return values
+
+        study.optimize(returned)
+        return [WorkerReport(0, os.getpid(), len(study.trials), False, [])]
     create(open_storage(url), name)
     with tempfile.TemporaryDirectory() as folder:
         barrier = (folder, k) if k > 1 else None

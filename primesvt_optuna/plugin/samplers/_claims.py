@@ -41,7 +41,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ... import faults
 from ...errors import PrimeSVTError
-from ...storage import STALE, fail_heartbeat_stale, fail_if_stale, keep_alive, set_trial_attrs, worker_info
+from ...storage import (
+    STALE, TrialTakenOver, fail_heartbeat_stale, fail_if_stale, keep_alive, set_trial_attrs, unrecorded_limit,
+    worker_info,
+)
 from ..constraints import CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, layer_of, normalize_grid
 
 _logger = optuna.logging.get_logger(__name__)
@@ -275,7 +278,7 @@ class ClaimSampler(BaseSampler):
             # RUNNING and undecided, and later trials would wait for it. (Already finished: another
             # process declared it stale while this one stalled; the original error tells why.)
             with contextlib.suppress(UpdateFinishedTrialError, RuntimeError):
-                study._storage.set_trial_system_attr(trial._trial_id, STALE, f"no configuration chosen: {exc!r}")
+                study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"no configuration chosen: {exc}")
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             raise
 
@@ -285,11 +288,19 @@ class ClaimSampler(BaseSampler):
             storage.set_trial_system_attr(trial._trial_id, WORKER, worker_info())
             self._claims[trial._trial_id] = trial.system_attrs[CLAIM]
             return
-        self.attach(study)
         recorded = trial.system_attrs.get(WORKER) or {}
         me = worker_info()
         if any(recorded.get(key) != me[key] for key in ("host", "pidns", "pid", "start")):
-            storage.set_trial_system_attr(trial._trial_id, WORKER, me)  # a storage that did not record it at creation
+            # a storage that did not record it at creation: first thing, since until then the
+            # trial shows nothing of its worker and is judged dead after ``unrecorded_limit()``
+            try:
+                storage.set_trial_system_attr(trial._trial_id, WORKER, me)
+            except UpdateFinishedTrialError:
+                raise TrialTakenOver(
+                    f"trial {trial.number} was failed by another process (no worker record for "
+                    f"{unrecorded_limit():g} s) while this worker stalled before its sampler started"
+                ) from None
+        self.attach(study)
         faults.hit("worker", trial.number)
         fixed = trial.system_attrs.get("fixed_params")
         if fixed is not None:  # enqueued by hand: record what it evaluates, so nobody repeats it
@@ -410,29 +421,32 @@ class ClaimSampler(BaseSampler):
 
     def _decide(self, study: Study, trial: FrozenTrial) -> Decision:
         """Wait until every lower-numbered running trial has decided, then take the first free
-        candidate; with none free but outcomes pending, wait (up to ``wait_timeout`` seconds)."""
-        deadline = time.monotonic() + self._wait_timeout
+        candidate; with none free but outcomes pending, wait. Waiting ``wait_timeout`` seconds
+        with no trial finishing meanwhile is an error naming the trial waited on."""
         delay = self._poll / 4
         next_heartbeat_check = time.monotonic()
         grace = getattr(getattr(study._storage, "_backend", study._storage), "grace_period", None)
         check_every = min(_HEARTBEAT_CHECK, grace / 3) if grace else _HEARTBEAT_CHECK
+        unrecorded = unrecorded_limit()
+        progress, deadline = -1, 0.0
         while True:
             trials = self._read(study)
-            if fail_if_stale(study, trials, self._stale_after):
+            if fail_if_stale(study, trials, self._stale_after, unrecorded=unrecorded):
                 continue
             snap = self._snapshot(study, trials, trial.number)
+            if len(self._cache(study).index.seen) != progress:  # a trial finished: the clock restarts
+                progress, deadline = len(self._cache(study).index.seen), time.monotonic() + self._wait_timeout
             if snap.undecided:
-                reason = f"trial {snap.undecided[0]} to choose its configuration"
+                awaited, reason = snap.undecided[0], f"trial {snap.undecided[0]} to choose its configuration"
             else:
                 decision = self._decision(study, snap)
                 if isinstance(decision, Candidate) and (limit := self._over_budget(study, trials, trial.number)):
                     decision = limit  # Done when spent, Wait while the cost of a trial is unknown
                 if not isinstance(decision, Wait):
                     return decision
-                reason = decision.reason
+                awaited, reason = min(snap.held.values(), default=None), decision.reason
             if time.monotonic() > deadline:
-                _logger.warning(f"Trial {trial.number}: gave up after waiting {self._wait_timeout:g} s for {reason}.")
-                return Done(f"waited {self._wait_timeout:g} s for {reason}")
+                raise PrimeSVTError(_gave_up(trial.number, self._wait_timeout, reason, awaited, trials))
             # Optuna beats and checks heartbeats only around the objective: while planning, this
             # trial must show it is alive, and dead trials of other hosts must be failed here.
             keep_alive(study, trial._trial_id)
@@ -559,3 +573,14 @@ def _fit(name: str, rate: float, distribution: BaseDistribution) -> Any:
         f"the sampler planned rate {rate:g} for {name!r}, which its distribution {distribution} cannot "
         "express: give the objective and the sampler the same rate grid"
     )
+
+
+def _gave_up(me: int, timeout: float, reason: str, awaited: int | None, trials: Sequence[FrozenTrial]) -> str:
+    """The one line a walk ends with when it waited ``timeout`` seconds with no trial finishing."""
+    worker = next((t.system_attrs.get(WORKER) for t in trials if t.number == awaited), None) or {}
+    held = "" if awaited is None else f", held by trial {awaited}" + (
+        f" (worker pid {worker.get('pid')} on {worker.get('host')})" if worker else " (no worker record)")
+    return (f"trial {me} waited {timeout:g} s with no trial finishing, for {reason}{held}: if that worker is "
+            "dead, fail its trial (primesvt_optuna.storage.fail_stale_trials(study, lease=SECONDS), or open the "
+            "storage with primesvt_optuna.storage.open_storage for heartbeats) and run again; if it is alive, "
+            "pass a larger wait_timeout")
