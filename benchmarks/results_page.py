@@ -41,6 +41,7 @@ PAGE = ROOT / "docs" / "results.md"
 IMAGES = ROOT / "docs" / "img"
 MANIFEST = RESULTS / "MANIFEST.csv"
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+COMPARISON_CSV = re.compile(r"comparison/comparison(?:-(?P<tag>[^/]+))?\.csv")  # the tag of a side run
 NOT_RESULTS = (".db", ".db-journal", ".db-shm", ".db-wal", ".svg")  # storages and SVGs are not committed
 
 Frames = Mapping[str, pd.DataFrame]
@@ -103,11 +104,10 @@ def ordered(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison(frames: Frames) -> pd.DataFrame:
-    """Every comparison row of every comparison CSV the spec reads (side runs such as the
-    uncapped one excluded: they have their own table)."""
-    rows = pd.concat([f for p, f in frames.items() if re.fullmatch(r"comparison/comparison[^/]*\.csv", p)
-                      and "uncapped" not in p], ignore_index=True)
-    return ordered(rows)
+    """The rows of the comparison CSVs a spec reads; a later CSV's row replaces an earlier one's
+    of the same cell, variant and policy (a re-run into a new CSV supersedes what it re-ran)."""
+    rows = pd.concat([f for p, f in frames.items() if COMPARISON_CSV.fullmatch(p)], ignore_index=True)
+    return ordered(rows.drop_duplicates(["benchmark", "target", "variant", "policy"], keep="last"))
 
 
 def saving_met(r: pd.Series) -> str:
@@ -548,11 +548,11 @@ def provenance(frame: pd.DataFrame | None) -> dict[str, str]:
     if "commit" in frame:  # a git commit (lazy_sweep's ``commit`` is the walk's committed rates)
         out["commit"] = "; ".join(c for c in dict.fromkeys(frame["commit"].dropna().astype(str))
                                   if re.fullmatch(r"[0-9a-f]{7,40}", c))
-    parts = [c for c in ("cpu", "cores", "gpu", "torch") if c in frame]
+    labels = {"cpu": "{}", "cores": "{} cores", "gpu": "{}", "torch": "torch {}"}
+    parts = [c for c in labels if c in frame]
     if parts:
-        machines = frame[parts].dropna(how="all").astype(str).agg(
-            lambda r: ", ".join(f"{v} {'cores' if c == 'cores' else ''}".strip() for c, v in r.items() if v != "nan"),
-            axis=1)
+        machines = frame[parts].astype(str).agg(
+            lambda r: ", ".join(labels[c].format(v) for c, v in r.items() if v != "nan"), axis=1)
         out["machine"] = "; ".join(dict.fromkeys(machines))
     if "date" in frame:
         days = sorted(frame["date"].dropna().astype(str).str[:10].unique())
@@ -562,7 +562,7 @@ def provenance(frame: pd.DataFrame | None) -> dict[str, str]:
 
 def cell_folders(frames: Frames) -> dict[str, pd.DataFrame]:
     """Each comparison cell folder's rows of the comparison CSVs (their machine and dates)."""
-    rows = pd.concat([f.assign(_tag="uncapped" if "uncapped" in p else "") for p, f in frames.items()])
+    rows = pd.concat([f.assign(_tag=COMPARISON_CSV.fullmatch(p).group("tag") or "") for p, f in frames.items()])
     names = [study_prefix(b, t, v, g) for b, t, v, g in zip(rows.benchmark, rows.target, rows.variant, rows._tag)]
     return {name: group for name, group in rows.groupby(names)}
 
@@ -575,14 +575,14 @@ def manifest() -> pd.DataFrame:
     for path in result_files():
         rel = path.relative_to(RESULTS).as_posix()
         frame = pd.read_csv(path) if path.suffix == ".csv" else None
-        folder = rel.split("/")[1] if rel.count("/") == 2 else None
+        folder = rel.split("/")[1] if rel.startswith("comparison/") and rel.count("/") == 2 else None
         if folder is not None:  # a comparison cell's report: what the cell's rows of the comparison CSVs say
             group = cells[folder]
             r = group.iloc[0]
             script = "bench_comparison.py"
             command = f"python benchmarks/bench_comparison.py {r.benchmark}:{r.target:g} --variants {r.variant}" + (
                 f" --max-trials {int(r.max_trials)}" if int(r.max_trials) != 1500 else "") + (
-                " --policies tpe nsga2 --tag uncapped" if r._tag else "")
+                f" --policies {' '.join(group.policy)} --tag {r._tag}" if r._tag else "")
             known = provenance(group)
         else:
             script, template = next((s, c) for pattern, s, c in PRODUCERS if Path(rel).match(pattern))
