@@ -1,4 +1,9 @@
-"""One CSV writer for the benchmark scripts: every row carries the machine it was measured on."""
+"""Where the benchmark scripts write, and one CSV writer: every row carries the machine it was measured on.
+
+Result files live in one folder per question (``comparison``, ``finetune``, ``search_cost``,
+``reliability``, ``speed``, ``engine``), so a reader finds what answers a question in one place;
+``benchmarks/results/MANIFEST.csv`` says which script and command wrote each file.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def write_rows(rows: Sequence[Mapping[str, Any]], path: Path, info: Mapping[str, Any]) -> None:

@@ -25,8 +25,8 @@ one was hit); every selection is evaluated on the test split once its study ends
 
 Writes benchmarks/results/comparison/<cell>[-<variant>]/ (table, runs, figures, from storage via
 ``primesvt report``'s code) and one row per policy and variant in
-benchmarks/results/comparison.csv (machine recorded); the studies stay in
-benchmarks/results/comparison-<benchmark>.db for ``primesvt dashboard`` and ``primesvt report``.
+benchmarks/results/comparison/comparison.csv (machine recorded); the studies stay in
+benchmarks/results/comparison/comparison-<benchmark>.db for ``primesvt dashboard`` and ``primesvt report``.
 Rerunning resumes: finished studies are kept. ``--policies tpe nsga2 --tag uncapped`` runs part of
 a cell as a side run (studies ``<cell>-uncapped/...``, rows in ``comparison-uncapped.csv``), e.g.
 to lift a trial cap without touching the cell's rows.
@@ -46,7 +46,7 @@ from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparis
 from primesvt_optuna.reporting.compare import WALK_POLICIES, copy_sweep, machine, run_sweep
 from primesvt_optuna.reporting.frames import POLICIES
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "comparison"
 BENCHMARKS = {  # name: (study config, checkpoint, image budget per study)
     "digits": ("studies/digits.toml", "digits-2-64", 40_000),
     "digits-hard": ("studies/digits.toml", "digits-hard-2-64", 80_000),
@@ -94,7 +94,7 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
     if not args.report_only:
         run_comparison(spec, cfg.objective)
     wall = math.nan if args.report_only else time.perf_counter() - started
-    report = build_report(spec.storage, RESULTS / "comparison" / name, name)
+    report = build_report(spec.storage, RESULTS / name, name)
     print(report.display.to_string(index=False), flush=True)
     capped = report.runs.groupby("policy", sort=False).trials.max() >= args.max_trials
     return report.table.assign(

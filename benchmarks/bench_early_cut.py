@@ -28,16 +28,16 @@ Four measurements:
   every image (the lower bound of any schedule), after the default schedule's batches and after
   plain batches. An exact cut cannot fire before ``total * (1 - floor)`` images are wrong.
 
-    python benchmarks/bench_early_cut.py --storage sqlite:///benchmarks/results/comparison-digits.db --prefix digits-t15
+    python benchmarks/bench_early_cut.py --storage sqlite:///benchmarks/results/comparison/comparison-digits.db --prefix digits-t15
     python benchmarks/bench_early_cut.py --rerun prioritized [--checkpoint digits-2-64]
     python benchmarks/bench_early_cut.py --schedule tpe prioritized --memory-target 0.15 --tpe-trials 100 \
-        --checkpoints digits-2-64 --output benchmarks/results/early_cut-schedule-digits.csv
+        --checkpoints digits-2-64 --output benchmarks/results/search_cost/early_cut-schedule-digits.csv
     python benchmarks/bench_early_cut.py --schedule tpe prioritized --memory-target 0.15 --tpe-trials 60 \
         --max-trials 60 --survivors 8 --checkpoints digits-hard-2-64 \
-        --output benchmarks/results/early_cut-schedule-digits-hard.csv
-    python benchmarks/bench_early_cut.py --oracle --oracle-random 40 --output benchmarks/results/early_cut-oracle.csv
+        --output benchmarks/results/search_cost/early_cut-schedule-digits-hard.csv
+    python benchmarks/bench_early_cut.py --oracle --oracle-random 40 --output benchmarks/results/search_cost/early_cut-oracle.csv
 
-Writes benchmarks/results/early_cut.csv by default (machine recorded; ``--output``: the committed
+Writes benchmarks/results/search_cost/early_cut.csv by default (machine recorded; ``--output``: the committed
 results are early_cut-<tag>-<benchmark>.csv, early_cut-rerun.csv, early_cut-schedule-<benchmark>.csv
 and early_cut-oracle.csv).
 """
@@ -65,9 +65,9 @@ from primesvt_optuna.plugin.result import result
 from primesvt_optuna.reporting.table import selected_trial
 from primesvt_optuna.storage import open_storage
 
-from _results import write_rows
+from _results import RESULTS, write_rows
 
-OUT = Path(__file__).resolve().parent / "results" / "early_cut.csv"
+OUT = RESULTS / "search_cost" / "early_cut.csv"
 CUTS = {
     "none": None,
     "exact": ConstraintPruner(),

@@ -12,12 +12,12 @@ validation accuracy *after* fine-tuning is within the accuracy budget: fine-tuni
 accuracy, so a search that never fine-tunes can lose to it, and the table says so when it does.
 
     python benchmarks/bench_finetune.py STORAGE --prefix digits [--checkpoint digits-2-64] [--epochs 3]
-    python benchmarks/bench_finetune.py --rates-from benchmarks/results/finetune-final-digits-t15.csv ...
+    python benchmarks/bench_finetune.py --rates-from benchmarks/results/finetune/finetune-best-digits-t15.csv ...
 
 ``--rates-from`` re-measures the selections an earlier run recorded (its ``rates`` column) when the
 comparison's storage is not at hand.
 
-Writes benchmarks/results/finetune.csv by default (machine recorded; ``--output``: the committed
+Writes benchmarks/results/finetune/finetune.csv by default (machine recorded; ``--output``: the committed
 results are finetune-<tag>-<benchmark>[-lr<lr>].csv).
 """
 
@@ -40,9 +40,9 @@ from primesvt_optuna.reporting.compare import machine
 from primesvt_optuna.reporting.frames import REPORT_ATTR, load_studies
 from primesvt_optuna.training import evaluate, finetune
 
-from _results import write_rows
+from _results import RESULTS, write_rows
 
-OUT = Path(__file__).resolve().parent / "results" / "finetune.csv"
+OUT = RESULTS / "finetune" / "finetune.csv"
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 

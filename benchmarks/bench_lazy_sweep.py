@@ -22,8 +22,8 @@ commit or more; the summary reports both selections' savings.
     python benchmarks/bench_lazy_sweep.py [--config studies/digits.toml] [--targets 0.15 0.4]
         [--benchmark digits=digits-2-64 digits-hard=digits-hard-2-64] [--seeds 3] [--tpe-images 20000]
 
-Writes benchmarks/results/lazy_sweep.csv (per study) and lazy_sweep-summary.csv (per cell and
-policy; machine recorded); the studies stay in benchmarks/results/lazy_sweep-*.db (``--tag T``: lazy_sweep-T*).
+Writes benchmarks/results/search_cost/lazy_sweep.csv (per study) and lazy_sweep-summary.csv (per cell and
+policy; machine recorded); the studies stay in benchmarks/results/search_cost/lazy_sweep-*.db (``--tag T``: lazy_sweep-T*).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from primesvt_optuna.reporting.compare import WALK_POLICIES, copy_sweep, machine
 from primesvt_optuna.reporting.table import runs_table
 from primesvt_optuna.storage import open_storage
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "search_cost"
 DEFAULT = ["digits=digits-2-64", "digits-hard=digits-hard-2-64"]
 DETERMINISTIC = ("prioritized", "smallest-first")  # the walk is the same for every seed
 

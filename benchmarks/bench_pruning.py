@@ -25,8 +25,8 @@ as 1,669. Its memory saving is close to the target, not equal: compare its ``spe
 The load average is recorded before and after (``load_start``, ``load_end``) with the machine.
 
 Usage: python benchmarks/bench_pruning.py [--models digits-2-64,spikformer-8-512] [--big-size 224]
-       [--big-batch 4] [--repeats 5] [--device cpu|cuda] [--out benchmarks/results/pruning.csv]
-Writes benchmarks/results/pruning.csv (or --out).
+       [--big-batch 4] [--repeats 5] [--device cpu|cuda] [--out benchmarks/results/speed/pruning.csv]
+Writes benchmarks/results/speed/pruning.csv (or --out).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import torch
 from spikingjelly.activation_based import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_rows  # noqa: E402
+from _results import RESULTS, write_rows  # noqa: E402
 
 from primesvt_optuna.data import load_splits, make_spec  # noqa: E402
 from primesvt_optuna.models import build_model, resolve_config  # noqa: E402
@@ -56,7 +56,7 @@ from primesvt_optuna.pruning.flops import FlopsPredictor, count_flops  # noqa: E
 from primesvt_optuna.reporting.compare import machine  # noqa: E402
 from primesvt_optuna.training import evaluate  # noqa: E402
 
-OUT = Path(__file__).parent / "results" / "pruning.csv"
+OUT = RESULTS / "speed" / "pruning.csv"
 TARGETS = (0.25, 0.5, 0.75)
 
 

@@ -6,7 +6,7 @@
 ``--hog K`` starts K busy-loop processes (one per core: a `stress`-like load) for the whole run
 and stops them at the end. Every run is one ``pytest -q -p no:cacheprovider`` in a subprocess;
 its exit code, pass/fail/skip counts, wall time and the 1-minute load average at its end are
-written to ``benchmarks/results/reliability-<tag>.csv`` with the machine after every run, and the
+written to ``benchmarks/results/reliability/reliability-<tag>.csv`` with the machine after every run, and the
 run stops at the first failure unless ``--keep-going``.
 """
 
@@ -22,11 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_rows  # noqa: E402
+from _results import RESULTS, write_rows  # noqa: E402
 
 from primesvt_optuna.reporting.compare import machine  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _spin() -> None:
@@ -48,7 +46,7 @@ def main() -> int:
     parser.add_argument("--keep-going", action="store_true")
     args = parser.parse_args()
     tag = args.tag or re.sub(r"[^a-z0-9]+", "-", " ".join(args.tests).lower()).strip("-")
-    out = RESULTS / f"reliability-{tag}.csv"
+    out = RESULTS / "reliability" / f"reliability-{tag}.csv"
     hogs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.hog)]
     for hog in hogs:
         hog.start()

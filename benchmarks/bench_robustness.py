@@ -16,7 +16,7 @@ shared against separate, same tables checked.
 the smaller operations, which gain less from a second thread; CPU seconds also count the threads'
 spin-waits).
 
-Writes benchmarks/results/robustness_sharing.csv by default.
+Writes benchmarks/results/search_cost/robustness_sharing.csv by default.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import torch
 from primesvt_optuna.cli import main as cli
 from primesvt_optuna.reporting.compare import machine
 
-from _results import write_rows
+from _results import RESULTS, write_rows
 
-OUT = Path(__file__).resolve().parent / "results" / "robustness_sharing.csv"
+OUT = RESULTS / "search_cost" / "robustness_sharing.csv"
 
 
 def run_once(args: argparse.Namespace, share: bool, folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:

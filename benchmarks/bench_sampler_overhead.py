@@ -19,7 +19,7 @@ decision, timed alone in the same run.
 
     python benchmarks/bench_sampler_overhead.py [--prefill 1000] [--trials 30]
 
-Writes benchmarks/results/sampler_overhead.csv (machine recorded).
+Writes benchmarks/results/search_cost/sampler_overhead.csv (machine recorded).
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ from primesvt_optuna.plugin import (
 from primesvt_optuna.reporting.compare import machine
 from primesvt_optuna.storage import open_storage, set_trial_attrs
 
-OUT = Path(__file__).resolve().parent / "results" / "sampler_overhead.csv"
+from _results import RESULTS
+
+OUT = RESULTS / "search_cost" / "sampler_overhead.csv"
 LAYERS = {f"layer{i:02d}": 1000 + 500 * (i % 7) + 37 * i for i in range(30)}
 
 

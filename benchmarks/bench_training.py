@@ -1,6 +1,6 @@
 """Training time per epoch and evaluation throughput of each small preset on this machine.
 
-Writes benchmarks/results/training.csv with the machine recorded (CPU model, cores, threads,
+Writes benchmarks/results/speed/training.csv with the machine recorded (CPU model, cores, threads,
 torch version, and the 1-minute load average: other processes on a shared machine slow every
 number here). Run: ``python benchmarks/bench_training.py [--presets a b] [--steps N]``.
 """
@@ -22,10 +22,10 @@ from primesvt_optuna.pruning import model_bytes
 from primesvt_optuna.reporting.compare import machine
 from primesvt_optuna.training import evaluate
 
-from _results import write_rows
+from _results import RESULTS, write_rows
 
 SMALL = [name for name, c in PRESETS.items() if c["in_channels"] == 1]
-OUT = Path(__file__).resolve().parent / "results" / "training.csv"
+OUT = RESULTS / "speed" / "training.csv"
 
 
 def bench(name: str, steps: int, batch_size: int) -> dict:

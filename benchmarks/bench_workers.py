@@ -1,5 +1,5 @@
 """Wall time of one PrimeSVT walk against the number of worker processes K (1, 2, 4) on SQLite, a
-journal file and PostgreSQL; writes benchmarks/results/workers.csv with the machine recorded.
+journal file and PostgreSQL; writes benchmarks/results/search_cost/workers.csv with the machine recorded.
 
 The objective is the SyntheticObjective with a sleep of DELAY seconds per batch of 100 images
 (10 batches: ``10 * DELAY`` s per fully evaluated trial; the exact early cut stops rejected ones
@@ -31,12 +31,12 @@ from primesvt_optuna.storage import describe_storage, open_storage
 from primesvt_optuna.reporting.compare import machine
 from primesvt_optuna.workers import WorkerReport, optimize, run_workers
 
-from _results import write_rows
+from _results import RESULTS, write_rows
 
 SIZES = {"fc1": 4000, "fc2": 4000, "qkv": 1500, "proj": 500, "head": 300}
 SENSITIVITY = {"fc1": 0.05, "fc2": 0.2, "qkv": 0.1, "proj": 0.5, "head": 0.3}
 GRID = (0.2, 0.4, 0.6, 0.8)
-RESULTS = Path(__file__).resolve().parent / "results" / "workers.csv"
+OUT = RESULTS / "search_cost" / "workers.csv"
 
 
 def _objective(delay: float) -> SyntheticObjective:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.05, help="seconds slept per batch of 100 images")
     parser.add_argument("--postgres", default=os.environ.get("PRIMESVT_TEST_POSTGRES_URL"))
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=OUT)
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -5,7 +5,7 @@ multi-step mode, the mode the model runs in) which channels it couples, compare 
 model's structure requires, then let Torch-Pruning remove that group and see whether the model
 still runs. Needs `pip install torch-pruning==1.6.1` (not a dependency of the package).
 
-Usage: python benchmarks/torch_pruning_check.py   (writes benchmarks/results/torch_pruning.csv)
+Usage: python benchmarks/torch_pruning_check.py   (writes benchmarks/results/engine/torch_pruning.csv)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from spikingjelly.activation_based import functional
 
 from primesvt_optuna.models import build_model
 
-OUT = Path(__file__).parent / "results" / "torch_pruning.csv"
+OUT = Path(__file__).parent / "results" / "engine" / "torch_pruning.csv"
 # layer -> the modules a structurally correct removal of one of its output channels must touch
 EXPECTED = {
     "patch_embed.rpe_conv": {"patch_embed.rpe_conv", "patch_embed.rpe_bn"},

@@ -17,7 +17,7 @@
 #   3. benchmarks/bench_pruning.py on the device: Spikformer-8-512 at batch 32, prune time and
 #      throughput before/after at 25/50/75% memory saving;
 #   4. the same search with two worker processes sharing the one GPU.
-# and writes one CSV (--out; default benchmarks/results/gpu_check.csv, or a temp file in --dry-run).
+# and writes one CSV (--out; default benchmarks/results/engine/gpu_check.csv, or a temp file in --dry-run).
 # Exit status: 0 every check passed, 1 a check failed or ran out of time, 2 the set-up failed.
 set -uo pipefail
 
@@ -369,7 +369,7 @@ if [ "$MODE" = dry-run ]; then
   [ -d "$WHEELS" ] || WHEELS=$WORK/no-wheels
 else
   DEVICE=${DEVICE:-cuda}
-  OUT=${OUT:-$REPO/benchmarks/results/gpu_check.csv}
+  OUT=${OUT:-$REPO/benchmarks/results/engine/gpu_check.csv}
 fi
 RECORDS=$WORK/records.jsonl
 SITE=$WORK/site
