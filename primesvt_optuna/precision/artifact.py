@@ -27,7 +27,7 @@ from ..errors import PrimeSVTError
 from ..models import resolve_config
 from ..pruning.memory import QUANT_ATTR, SCALE_DTYPE, model_bytes, packed_row_bytes
 from ..pruning.structure import structure_of
-from .quantize import QuantState, QuantTensor, qmax
+from .quant import QuantState, QuantTensor, qmax
 
 QUANT_FORMAT = "primesvt-quant/1"
 QUANT_REQUIRED = ("format", "model_config", "structure", "data", "metrics", "params", "model_bytes", "meta",

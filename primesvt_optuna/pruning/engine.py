@@ -44,11 +44,11 @@ class Engine:
     """
 
     def __init__(self, model: nn.Module, prune_embed: bool = False) -> None:
-        if structure_of(model) is not None:
-            raise PrimeSVTError("this model is already pruned: build the engine on the original (unpruned) model")
         if getattr(model, QUANT_ATTR, None) is not None:
             raise PrimeSVTError("this model is quantized: prune and search the float checkpoint it came from, "
                                 "then quantize the selection")
+        if structure_of(model) is not None:
+            raise PrimeSVTError("this model is already pruned: build the engine on the original (unpruned) model")
         self.model = model
         self.prune_embed = prune_embed
         specs = layer_specs(model, prune_embed)
