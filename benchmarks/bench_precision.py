@@ -10,13 +10,19 @@ Modes (each writes one CSV into benchmarks/results/precision/, machine columns o
 * ``fold``: BatchNorm folded into the preceding Conv/Linear of every prunable layer (weights
   scaled by gamma / sqrt(var + eps), the rest into the BN's shift), in float and at int8/int4:
   accuracy beside the unfolded model and the bytes a folded deployment would drop.
+* ``finetune``: ``precision.finetune_quantized`` of int2-everywhere and int4-with-int2-MLP
+  selections of ``digits-2-64`` (squared-error clip), scales fixed or refitted every step:
+  accuracy before and after, wall time, and whether precisions and bytes were kept.
 * ``kernels``: the int8/int4-quantized ``digits-2-64`` and ``digits-8-64`` run with their
   quantized Linear layers on ``torch.ao.nn.quantized.dynamic.Linear`` (int8 weights holding the
   searched integers and scales; activations quantized per tensor at run time), the rest float:
-  accuracy, wall time of a validation pass (best of interleaved rounds), resident weight bytes,
-  peak activation bytes, and the peak RSS of a fresh process that loads and runs each model.
+  accuracy, wall time of a validation pass (best and median of interleaved rounds), the bytes the
+  weights occupy while running, and the peak activation bytes of one batch
+  (``pruning.memory.deployment_memory``). A process's RSS is not reported: imports alone peak at
+  ~470 MB, beside models of 0.1-2 MB.
 
-Usage: python benchmarks/bench_precision.py uniform|fold|kernels [--checkpoints a,b] [--repeats 5]
+Usage: python benchmarks/bench_precision.py uniform|fold|finetune|kernels [--checkpoints a,b] [--repeats 5]
+       [--epochs 3]
 """
 
 from __future__ import annotations
@@ -27,8 +33,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import contextlib
-import json
-import resource
 import subprocess
 import sys
 import time
@@ -167,6 +171,35 @@ def run_fold(names: list[str]) -> list[dict]:
     return rows
 
 
+def run_finetune(names: list[str], epochs: int) -> list[dict]:
+    from primesvt_optuna.precision import finetune_quantized, quant_state
+
+    rows = []
+    for name in names:
+        model, ckpt = load_checkpoint(shipped(name))
+        engine, splits = Engine(model), load_splits(ckpt["data"])
+        picks = selections(engine)
+        for label in ("int2", "int4+int2-mlp"):
+            rates, precisions = picks[label]
+            for scales in ("fixed", "refit"):
+                qmodel, _ = quantize(model, precisions, rule="mse")
+                before = (evaluate(qmodel, splits.val), evaluate(qmodel, splits.test), model_bytes(qmodel))
+                start = time.perf_counter()
+                out = finetune_quantized(qmodel, splits, scales=scales, epochs=epochs, seed=0, progress=False)
+                rows.append({
+                    "checkpoint": name, "selection": label, "scales": scales, "epochs": epochs,
+                    "kept_epoch": out["kept_epoch"], "model_bytes": before[2],
+                    "bytes_kept": model_bytes(qmodel) == before[2],
+                    "precisions_kept": quant_state(qmodel).precisions == precisions,
+                    "val_before": round(before[0], 4), "test_before": round(before[1], 4),
+                    "val_after": round(evaluate(qmodel, splits.val), 4),
+                    "test_after": round(evaluate(qmodel, splits.test), 4),
+                    "seconds": round(time.perf_counter() - start, 1),
+                })
+                print(rows[-1], flush=True)
+    return rows
+
+
 class DynamicInt8(nn.Module):
     """A quantized Linear on PyTorch's dynamic int8 kernel, with the searched integers and scales."""
 
@@ -221,17 +254,6 @@ def build_variant(name: str, variant: str) -> tuple[nn.Module, dict]:
     return (int8_kernels(qmodel)[0] if kernel == "kernel" else qmodel), ckpt
 
 
-def child_rss(name: str, variant: str, batch: int) -> None:
-    """Run in a fresh process: peak RSS after loading a model and one inference of ``batch`` images."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model, ckpt = build_variant(name, variant)
-    x = torch.stack([load_splits(ckpt["data"]).val[i][0] for i in range(batch)])
-    with torch.inference_mode():
-        model(x)
-    functional.reset_net(model)
-    print(json.dumps({"rss_before_kib": before, "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-
-
 def run_kernels(names: list[str], repeats: int, batch: int) -> list[dict]:
     rows = []
     variants = ("float", "int8-dequantized", "int8-kernel", "int4-dequantized", "int4-kernel")
@@ -245,14 +267,7 @@ def run_kernels(names: list[str], repeats: int, batch: int) -> list[dict]:
                 evaluate(m, splits.val, batch_size=batch)
                 timings[v].append(time.perf_counter() - start)
         for v, m in models.items():
-            rss = json.loads(subprocess.run(
-                [sys.executable, __file__, "child", "--checkpoints", name, "--variant", v, "--batch", str(batch)],
-                capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-            try:
-                peak_act = deployment_memory(m, tuple(splits.val[0][0].shape), batch)["peak_activation_bytes"]
-            except Exception as exc:  # quantized kernels may not run under the dispatch-mode tracker
-                print(f"{name} {v}: no activation measurement ({type(exc).__name__})", file=sys.stderr)
-                peak_act = None
+            peak_act = deployment_memory(m, tuple(splits.val[0][0].shape), batch)["peak_activation_bytes"]
             rows.append({
                 "checkpoint": name, "variant": v,
                 "int8_kernel_layers": 0 if v == "float" else sum(
@@ -263,8 +278,8 @@ def run_kernels(names: list[str], repeats: int, batch: int) -> list[dict]:
                 "val_pass_best_s": round(min(timings[v]), 4),
                 "val_pass_median_s": round(sorted(timings[v])[len(timings[v]) // 2], 4),
                 "speedup_vs_float": round(min(timings["float"]) / min(timings[v]), 3),
-                "peak_activation_bytes": peak_act, "batch_size": batch,
-                "process_peak_rss_kib": rss["rss_peak_kib"], "process_rss_before_model_kib": rss["rss_before_kib"],
+                "peak_activation_bytes": peak_act,
+                "peak_bytes": resident_weight_bytes(m) + peak_act, "batch_size": batch,
             })
             print(rows[-1], flush=True)
     return rows
@@ -272,18 +287,21 @@ def run_kernels(names: list[str], repeats: int, batch: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("uniform", "fold", "kernels", "child"))
+    parser.add_argument("mode", choices=("uniform", "fold", "finetune", "kernels"))
     parser.add_argument("--checkpoints", default=None, help="comma-separated shipped names (default: per mode)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--variant", default="float", help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (mode finetune)")
     args = parser.parse_args()
-    default = KERNEL_CHECKPOINTS if args.mode in ("kernels", "child") else shipped_names()
+    default = {"kernels": KERNEL_CHECKPOINTS, "finetune": ("digits-2-64",)}.get(
+        args.mode, shipped_names())
     names = args.checkpoints.split(",") if args.checkpoints else list(default)
-    if args.mode == "child":
-        return child_rss(names[0], args.variant, args.batch)
-    run = {"uniform": run_uniform, "fold": run_fold}.get(args.mode)
-    rows = run(names) if run else run_kernels(names, args.repeats, args.batch)
+    if args.mode == "kernels":
+        rows = run_kernels(names, args.repeats, args.batch)
+    elif args.mode == "finetune":
+        rows = run_finetune(names, args.epochs)
+    else:
+        rows = {"uniform": run_uniform, "fold": run_fold}[args.mode](names)
     write_rows(rows, OUT / f"{args.mode}.csv", info())
     print(f"wrote {OUT / f'{args.mode}.csv'}")
 
