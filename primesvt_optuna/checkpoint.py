@@ -82,12 +82,12 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` and everything needed to rebuild and re-evaluate it; returns the path."""
     from .pruning import model_bytes  # the engine's byte count, so checkpoints and studies agree
+    from .pruning.memory import QUANT_ATTR
 
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise PrimeSVTError(f"checkpoint path {path} is a folder: give a file name such as {path / 'model.pt'}")
-    if path.exists() and not force:
-        raise PrimeSVTError(f"{path} exists: pass --force (force=True) to overwrite it")
+    if getattr(model, QUANT_ATTR, None) is not None:
+        raise PrimeSVTError("this model is quantized: write it with primesvt_optuna.precision.save_quantized "
+                            "(a float checkpoint would not hold its integer weights)")
+
     payload = {
         "format": FORMAT,
         "model_config": resolve_config(model_config),
@@ -99,6 +99,17 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
+    return write_atomic(path, payload, force=force)
+
+
+def write_atomic(path: str | os.PathLike, payload: dict[str, Any], *, force: bool = False) -> Path:
+    """``torch.save`` ``payload`` to ``path`` atomically (temporary file, fsync, rename); refuses a
+    folder, and an existing file unless ``force``. Returns the path."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise PrimeSVTError(f"checkpoint path {path} is a folder: give a file name such as {path / 'model.pt'}")
+    if path.exists() and not force:
+        raise PrimeSVTError(f"{path} exists: pass --force (force=True) to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -173,14 +184,46 @@ def load_state_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], sou
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model (eval mode, on ``device``) and the checkpoint dict."""
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, quantized: bool | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model (eval mode, on ``device``) and the checkpoint dict.
+
+    A quantized checkpoint (``precision.save_quantized``) gives the model with its dequantized
+    weights (what it computes with) and its ``QuantState``; its dict holds ``precisions``.
+    ``quantized=False`` requires a float checkpoint (searching and pruning start from one),
+    ``True`` a quantized one; ``None`` takes either.
+    """
+    from .precision.artifact import QUANT_FORMAT, restore
+
     path = Path(path).expanduser()
     ckpt = _read(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    kind = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if kind not in (FORMAT, QUANT_FORMAT):
         raise PrimeSVTError(f"{path} is not a primesvt checkpoint (format {FORMAT!r} expected)")
+    if kind == QUANT_FORMAT and quantized is False:
+        raise PrimeSVTError(f"{path} is a quantized checkpoint ({_precisions(ckpt)}): "
+                            "this needs the float checkpoint it was quantized from")
+    if kind == FORMAT and quantized:
+        raise PrimeSVTError(f"{path} is a float checkpoint, not a quantized one: quantize it with "
+                            "primesvt_optuna.precision.quantize and write it with save_quantized")
+    if kind == QUANT_FORMAT:
+        model, ckpt = restore(ckpt, path)
+        return model.to(device).eval(), ckpt
     if missing := [k for k in REQUIRED if k not in ckpt]:
         raise PrimeSVTError(f"checkpoint {path} lacks {', '.join(missing)}: it is damaged or from another tool")
+    model = build_structured(ckpt, path)
+    load_state_strict(model, ckpt["state_dict"], f"checkpoint {path}")
+    return model.to(device).eval(), ckpt
+
+
+def _precisions(ckpt: dict[str, Any]) -> str:
+    values = ckpt.get("precisions")
+    return ", ".join(sorted(set(map(str, values.values())))) if isinstance(values, dict) and values else "no layer"
+
+
+def build_structured(ckpt: dict[str, Any], path: Path) -> nn.Module:
+    """A fresh model of the checkpoint's config, pruned to its structure (weights still random)."""
     try:
         model = build_model(ckpt["model_config"])
     except PrimeSVTError as exc:
@@ -189,8 +232,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         from .pruning import apply_structure
 
         model = apply_structure(model, ckpt["structure"])
-    load_state_strict(model, ckpt["state_dict"], f"checkpoint {path}")
-    return model.to(device).eval(), ckpt
+    return model
 
 
 def load_original(path: str | os.PathLike, model_config: dict[str, Any]) -> nn.Module:

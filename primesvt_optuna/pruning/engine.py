@@ -23,9 +23,9 @@ import torch.nn as nn
 
 from ..errors import PrimeSVTError
 from .adapters import layer_specs
-from .memory import model_bytes
+from .memory import QUANT_ATTR, model_bytes, state_bytes
 from .spec import ChannelGroup, LayerSpec
-from .structure import INDEX_DTYPE, apply_structure, cut_tensors, structure_of
+from .structure import GATHER_BUFFER, INDEX_DTYPE, SCATTER_BUFFER, apply_structure, cut_tensors, structure_of
 
 ENGINE_VERSION = "1"
 _EPS = 1e-9
@@ -44,6 +44,9 @@ class Engine:
     """
 
     def __init__(self, model: nn.Module, prune_embed: bool = False) -> None:
+        if getattr(model, QUANT_ATTR, None) is not None:
+            raise PrimeSVTError("this model is quantized: prune and search the float checkpoint it came from, "
+                                "then quantize the selection")
         if structure_of(model) is not None:
             raise PrimeSVTError("this model is already pruned: build the engine on the original (unpruned) model")
         self.model = model
@@ -89,19 +92,25 @@ class Engine:
         return out
 
     # ---------------------------------------------------------------- memory
-    def predict_bytes(self, rates: Mapping[str, float]) -> int:
-        """Model bytes of the pruned model, computed from shapes alone (equals the measured bytes)."""
+    def pruned_shapes(self, rates: Mapping[str, float]) -> dict[str, tuple[tuple[int, ...], int]]:
+        """``{state-dict name: (shape, itemsize)}`` of the pruned model, kept-index buffers included,
+        computed from shapes alone (what ``predict_bytes`` and the precision package count)."""
         shapes = {k: list(s) for k, (s, _) in self._state.items()}
-        extra = 0
+        index_item = torch.tensor([], dtype=INDEX_DTYPE).element_size()
+        out: dict[str, tuple[tuple[int, ...], int]] = {}
         for name, counts in self.removed(rates).items():
             spec = self.specs[name]
             for group, count in zip(spec.groups, counts):
-                index_sites = len(group.scatter) + len(group.gather)
-                extra += index_sites * (group.channels - count) * torch.tensor([], dtype=INDEX_DTYPE).element_size()
+                for site, buffer in [(s, SCATTER_BUFFER) for s in group.scatter] + [(s, GATHER_BUFFER) for s in group.gather]:
+                    out[f"{site.module}.{buffer}"] = ((group.channels - count,), index_item)
             for cut, tensor, axis in self._cuts[name]:
                 group_count = next(c for g, c in zip(spec.groups, counts) if cut in g.cuts)
                 shapes[tensor][axis] -= group_count
-        return extra + sum(math.prod(shapes[k]) * item for k, (_, item) in self._state.items())
+        return {**{k: (tuple(shapes[k]), item) for k, (_, item) in self._state.items()}, **out}
+
+    def predict_bytes(self, rates: Mapping[str, float]) -> int:
+        """Model bytes of the pruned model, computed from shapes alone (equals the measured bytes)."""
+        return state_bytes(self.pruned_shapes(rates))
 
     def memory_saving(self, rates: Mapping[str, float]) -> float:
         """Fraction of the model's bytes these rates save."""
