@@ -486,6 +486,7 @@ PRODUCERS = (
     ("search_cost/sampler_overhead*.csv", "bench_sampler_overhead.py",
      "python benchmarks/bench_sampler_overhead.py --output benchmarks/results/search_cost/{stem}.csv"),
     ("search_cost/compare_cli-digits.csv", "primesvt compare", "{command} (from a fresh clone, timed)"),
+    ("precision/*.csv", "bench_precision.py", "python benchmarks/bench_precision.py {stem}"),
     ("search_cost/robustness_sharing.csv", "bench_robustness.py", "python benchmarks/bench_robustness.py"),
     ("search_cost/workers.csv", "bench_workers.py", "python benchmarks/bench_workers.py"),
     ("reliability/*.csv", "bench_reliability.py",

@@ -50,12 +50,13 @@ def torch_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def iter_eval(
+def iter_correct(
     model: nn.Module, dataset: Dataset, *, batch_size: int = EVAL_BATCH_SIZE, device: str | torch.device = "cpu",
     batches: Sequence[Sequence[int]] | None = None,
-) -> Iterator[tuple[int, int]]:
-    """``(correct_in_batch, batch_size)`` batch by batch, in a fixed order (lets callers stop early);
-    ``batches``: the dataset indices of each batch instead (a schedule of growing batches)."""
+) -> Iterator[torch.Tensor]:
+    """Per-image correctness (a bool tensor per batch), in a fixed order; ``batches``: the dataset
+    indices of each batch instead (a schedule of growing batches). Eval mode, no autograd, neuron
+    state reset after every batch."""
     dev = torch_device(device)
     loader = (DataLoader(dataset, batch_sampler=batches, num_workers=0) if batches is not None
               else DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0))
@@ -68,10 +69,19 @@ def iter_eval(
                     logits = model(x.to(dev))
                 finally:
                     functional.reset_net(model)
-                yield int((logits.argmax(1).cpu() == y).sum()), len(y)
+                yield logits.argmax(1).cpu() == y
     finally:
         functional.reset_net(model)
         model.train(was_training)
+
+
+def iter_eval(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = EVAL_BATCH_SIZE, device: str | torch.device = "cpu",
+    batches: Sequence[Sequence[int]] | None = None,
+) -> Iterator[tuple[int, int]]:
+    """``(correct_in_batch, batch_size)`` batch by batch (lets callers stop early); see ``iter_correct``."""
+    for right in iter_correct(model, dataset, batch_size=batch_size, device=device, batches=batches):
+        yield int(right.sum()), len(right)
 
 
 def evaluate(

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, SyntheticObjective, UniformSampler
+from _paper_rule import PruningObjective, SyntheticObjective  # noqa: E402,F811 (the point rule)
 from primesvt_optuna.plugin.result import result
 from primesvt_optuna.plugin.samplers._budget_aware import _gallop, _knapsack
 from primesvt_optuna.plugin.samplers._claims import ACCEPTED, FREE, HELD, REJECTED

@@ -161,4 +161,4 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Both constraints met" in done.stdout, done.stdout
     printed = done.stdout.strip().splitlines()[-1]
-    assert printed == "{'fc1': 0.7, 'fc2': 0.1}", f"the README's comment promises {{'fc1': 0.7, 'fc2': 0.1}}, got {printed}"
+    assert printed == "{'fc1': 0.9}", f"the README's comment promises {{'fc1': 0.9}}, got {printed}"

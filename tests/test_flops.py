@@ -134,7 +134,7 @@ def test_residual_writes_by_index_equal_the_hook_path(preset: str, size: int) ->
 # ----- the objective's FLOPs constraint ---------------------------------------------------------------
 
 def test_flops_target_is_a_recorded_constraint() -> None:
-    from primesvt_optuna.plugin import PruningObjective
+    from _paper_rule import PruningObjective
 
     objective = PruningObjective("digits-2-64", memory_target=0.1, flops_target=0.3, eval_images=48,
                                  first_batch=None, pruner=None)

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.plugin import ConstraintPruner, PrioritizedSampler, PruningObjective, SyntheticObjective, rate_param
+from _paper_rule import PruningObjective, SyntheticObjective  # noqa: E402,F811 (the point rule)
 from primesvt_optuna.plugin.pruner import batch_schedule, looks_of, wilson_upper
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -198,6 +199,6 @@ def test_the_evaluation_order_is_seeded_and_shared_by_every_trial_and_process():
     assert PruningObjective("digits-2-64", first_batch=32, seed=1).eval_order != order
     assert PruningObjective("digits-2-64", first_batch=None).eval_order is None  # plain batches, subset order
     code = ("from primesvt_optuna.plugin import PruningObjective; "
-            "print(PruningObjective('digits-2-64', first_batch=32).eval_order)")
+            "print(PruningObjective('digits-2-64', first_batch=32, accept='point').eval_order)")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert other.strip() == str(order)

@@ -17,6 +17,7 @@ from primesvt_optuna.data import load_splits, make_spec
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.models import build_model
 from primesvt_optuna.plugin import PrioritizedSampler, PruningObjective
+from _paper_rule import PruningObjective, SyntheticObjective  # noqa: E402,F811 (the point rule)
 from primesvt_optuna.pruning import Engine
 from primesvt_optuna.pruning.recalibrate import BATCH_SIZE, batchnorms, recalibrate_bn, recalibration_set
 from primesvt_optuna.training import evaluate

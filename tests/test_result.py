@@ -14,6 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.plugin import PrioritizedSampler, SyntheticObjective
+from _paper_rule import PruningObjective, SyntheticObjective  # noqa: E402,F811 (the point rule)
 from primesvt_optuna.plugin.constraints import (
     Constraints,
     clopper_pearson_lower,

@@ -19,6 +19,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from primesvt_optuna import plugin
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.plugin import (
     BudgetAwareSampler,
@@ -29,6 +30,7 @@ from primesvt_optuna.plugin import (
     SyntheticObjective,
     UniformSampler,
 )
+from _paper_rule import PruningObjective, SyntheticObjective  # noqa: E402,F811 (the point rule)
 from primesvt_optuna.plugin.constraints import CLAIM, WORKER
 from primesvt_optuna.plugin.samplers._claims import FinishedIndex
 from primesvt_optuna.plugin.result import result
@@ -311,8 +313,9 @@ import sys, optuna
 from primesvt_optuna.plugin import PrioritizedSampler, SyntheticObjective
 from primesvt_optuna.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
+settings = dict(accept="point")
 storage = open_storage(sys.argv[1])
-settings = {settings!r}
+settings.update({settings!r})
 obj = SyntheticObjective({sizes!r}, delay=float(sys.argv[2]), **settings)
 sampler = PrioritizedSampler(grid=settings.get("grid", {grid!r}), poll_interval=0.05)
 study = optuna.load_study(study_name="s", storage=storage, sampler=sampler)
@@ -391,7 +394,7 @@ def test_killed_worker_on_journal_storage_is_detected_and_its_trial_redone(tmp_p
 
 
 @pytest.mark.parametrize(
-    "cls", [PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, SyntheticObjective],
+    "cls", [PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, plugin.SyntheticObjective],
     ids=lambda c: c.__name__,
 )
 def test_docstring_examples_run(cls):
@@ -410,7 +413,6 @@ def test_lazy_and_full_sweep_commit_identical_rates_on_digits_tiny(policy):
 
     from primesvt_optuna.data import make_spec
     from primesvt_optuna.models import build_model
-    from primesvt_optuna.plugin import PruningObjective
 
     torch.manual_seed(0)
     model = build_model({"preset": "digits-tiny"})

@@ -3,7 +3,10 @@
 A data spec is a plain dict saved in every checkpoint, so a checkpoint alone finds its data again:
 ``{"name": "digits"|"digits-hard"|"cifar10"|"cifar100"|"imagefolder", "path": str|None,
 "img_size": int, "seed": int}``. ``seed`` fixes the split, not the training run: models trained
-with different seeds are evaluated on the same images.
+with different seeds are evaluated on the same images. An optional ``"resplit": int`` pools the
+validation and test images and draws them again with that seed (same sizes, stratified, grouped by
+source image; ``primesvt_optuna.acceptance.split.resplit``): the benchmarks' seeds re-draw what a
+user's next data would change.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class Splits:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def make_spec(name: str, *, path: str | None = None, img_size: int, seed: int = 0) -> dict[str, Any]:
+def make_spec(name: str, *, path: str | None = None, img_size: int, seed: int = 0,
+              resplit: int | None = None) -> dict[str, Any]:
     """A validated data spec; embedded sets take no path, the others need one."""
     if name not in NAMES:
         raise PrimeSVTError(f"unknown data set {name!r}: choose one of {', '.join(NAMES)}")
@@ -46,7 +50,12 @@ def make_spec(name: str, *, path: str | None = None, img_size: int, seed: int = 
         raise PrimeSVTError(f"img_size must be at least 8, got {img_size}")
     if not 0 <= int(seed) < 2**32:
         raise PrimeSVTError(f"the data split seed must be in 0..2**32-1, got {seed}")
-    return {"name": name, "path": None if path is None else str(path), "img_size": int(img_size), "seed": int(seed)}
+    spec = {"name": name, "path": None if path is None else str(path), "img_size": int(img_size), "seed": int(seed)}
+    if resplit is not None:
+        if isinstance(resplit, bool) or not isinstance(resplit, int) or not 0 <= resplit < 2**32:
+            raise PrimeSVTError(f"resplit is a seed in 0..2**32-1, got {resplit!r}")
+        spec["resplit"] = resplit
+    return spec
 
 
 def check_fits(splits: Splits, model_config: dict[str, Any], source: str, img_size: int | None = None) -> None:
@@ -67,7 +76,18 @@ def check_fits(splits: Splits, model_config: dict[str, Any], source: str, img_si
 
 def load_splits(spec: dict[str, Any]) -> Splits:
     """The train/val/test splits that ``spec`` describes (the same images for the same spec)."""
-    spec = make_spec(spec["name"], path=spec.get("path"), img_size=spec["img_size"], seed=spec.get("seed", 0))
+    spec = make_spec(spec["name"], path=spec.get("path"), img_size=spec["img_size"], seed=spec.get("seed", 0),
+                     resplit=spec.get("resplit"))
+    splits = _load(spec)
+    if spec.get("resplit") is None:
+        return splits
+    from ..acceptance.split import resplit
+
+    val, test = resplit(splits.val, splits.test, spec["resplit"])
+    return Splits(splits.train, val, test, splits.num_classes, splits.in_channels)
+
+
+def _load(spec: dict[str, Any]) -> Splits:
     name, path, size, seed = spec["name"], spec["path"], spec["img_size"], spec["seed"]
     if name == "digits":
         from .digits import load_digits_splits

@@ -4,9 +4,13 @@ default rate grid, the user's accuracy/memory constraints and the attribute keys
 Constraint values follow Optuna's convention (feasible when <= 0) and are fractions, so that
 Optuna's samplers, which sum violations across keys, weigh accuracy and memory alike.
 
-Two acceptance rules decide the accuracy constraint (``Constraints.accept``):
+Three acceptance rules decide the accuracy constraint (``Constraints.accept``):
 
-* ``"point"`` (default, the paper's): ``accuracy = floor - measured accuracy``;
+* ``"confirmed"`` (the objectives' and the command line's default): the search steps by the point
+  rule on the search part of the evaluation images, and what the study delivers is confirmed on a
+  held-back part with a paired bound on the drop (``primesvt_optuna.acceptance``);
+* ``"point"`` (the paper's; a record without ``accept`` means it): ``accuracy = floor - measured
+  accuracy``;
 * ``"confident"``: ``accuracy = floor - L``, where ``L`` is a one-sided lower confidence bound, at
   level ``confidence`` (0.95 by default), of the accuracy measured on ``n`` evaluation images
   (``k = round(accuracy * n)`` of them right): the exact binomial (Clopper-Pearson) bound, the
@@ -86,7 +90,7 @@ def parse_bytes(value: int | float | str) -> int:
     return int(float(number) * _UNITS[unit.lower() if unit else None])
 
 
-ACCEPT_RULES = ("point", "confident")
+ACCEPT_RULES = ("point", "confident", "confirmed")
 INTERVALS = ("clopper-pearson", "wilson")
 DEFAULT_ACCEPT_CONFIDENCE = 0.95
 
@@ -208,6 +212,16 @@ class Constraints:
     def confident(self) -> bool:
         return self.accept == "confident"
 
+    @property
+    def confirmed(self) -> bool:
+        return self.accept == "confirmed"
+
+    @property
+    def allowed_drop(self) -> float | None:
+        """The drop the accuracy constraint allows below the unpruned model (None for a
+        ``min_accuracy`` floor, whose allowance depends on the measured base)."""
+        return self.max_accuracy_drop
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Constraints:
         known = {"max_accuracy_drop", "min_accuracy", "memory_target", "memory_budget", "accept", "confidence",
@@ -227,11 +241,13 @@ class Constraints:
 
     def to_dict(self) -> dict[str, Any]:
         """The four constraint values, and the acceptance settings only when they are not the
-        default point rule (so studies recorded before the rule existed still resume)."""
+        point rule (so studies recorded before the other rules existed still resume)."""
         data = asdict(self)
-        if not self.confident:
+        if self.accept == "point":
             for key in ("accept", "confidence", "interval"):
                 del data[key]
+        elif self.confirmed:
+            del data["interval"]
         return data
 
     def check_model(self, base_bytes: int) -> None:
@@ -311,6 +327,8 @@ class Constraints:
         if self.confident:
             acc += (f" (accepted when the one-sided {100 * self.confidence:g}% "
                     f"{'Clopper-Pearson' if self.interval == 'clopper-pearson' else 'Wilson'} lower bound meets it)")
+        elif self.confirmed:
+            acc += f" (confirmed at {100 * self.confidence:g}% on held-back images)"
         return f"{acc}; {mem}"
 
 

@@ -21,6 +21,14 @@ by one piece of code:
 
 A trial whose evaluation raises or yields NaN returns NaN, so Optuna records it as FAIL (with
 ``fail_reason``) and carries on; the walk treats it as a rejected rate.
+
+Under ``accept="confirmed"`` (the default) the evaluation images are split into a search part,
+which every search trial is evaluated on, and a held-back confirmation part. A trial with phase
+``confirm`` (planned by the sampler's ladder, :mod:`primesvt_optuna.acceptance.confirm`) evaluates
+its configuration on the confirmation part instead, image by image, and records the paired
+verdict against the unpruned model's confirmation trial: ``confirmed``, ``confirm_bound``,
+``confirm_accuracy``, ``confirm_base_accuracy``, ``confirm_discordant``, ``confirm_images``, and
+the unpruned model's per-image correctness (``confirm_correct``, hex of packed bits) on its own.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from optuna.study import Study
 from optuna.trial import Trial, TrialState
 
 from .. import faults
+from ..acceptance.confirm import CONFIRM, DEFAULT_HOLDOUT, check_holdout, check_share, confirm_key, judge
 from ..errors import PrimeSVTError
 from .constraints import CLAIM, DEFAULT_GRID, STUDY_PREFIX, WORKER, Constraints, normalize_grid, rate_param
 from .pruner import DEFAULT_FIRST_BATCH, ConstraintPruner, Cut, batch_schedule, looks_of
@@ -117,6 +126,22 @@ class RateObjective:
     batch_size: int
     first_batch: int | None = None
 
+    def confirm_correct(self, rates: Mapping[str, float]) -> Sequence[bool]:
+        """Per-image correctness of ``rates`` on the confirmation part (confirmed acceptance)."""
+        raise NotImplementedError
+
+    @property
+    def confirm_images(self) -> int:
+        """Images of the confirmation part (0 when nothing is held back)."""
+        return 0
+
+    def check_confirmation(self) -> None:
+        """Refuse, before any work, a confirmation part too small to confirm anything."""
+        if self.constraints.confirmed:
+            check_holdout(self.holdout, self.confirm_images, self.constraints, self.constraints.confidence)
+
+    holdout: float = 0.0
+
     @property
     def schedule(self) -> list[int]:
         """Sizes of the evaluation batches, in order: the early cut looks after each one."""
@@ -153,6 +178,7 @@ class RateObjective:
             "constraints": self.constraints.to_dict(),
             "checkpoint_sha256": self.identity,
             "pruner": self.pruner.describe() if self.pruner is not None else None,
+            **({"holdout": self.holdout} if self.constraints.confirmed else {}),
         }
 
     @property
@@ -163,8 +189,13 @@ class RateObjective:
         return self.eval_images + self.recalibration_images(layer)
 
     def informative_attrs(self) -> dict[str, Any]:
-        """Study attributes written once and not compared (e.g. where a file was found)."""
-        return {"eval_schedule": self.schedule_attrs(), "trial_images": self.trial_images}
+        """Study attributes written once and not compared (e.g. where a file was found); with
+        confirmation, what one confirmation costs (``confirm_images``, recalibration included)."""
+        attrs: dict[str, Any] = {"eval_schedule": self.schedule_attrs(), "trial_images": self.trial_images}
+        if self.constraints.confirmed:
+            layer = {self.layers[0][0]: self.grid[-1]} if self.layers else {}
+            attrs["confirm_images"] = self.confirm_images + self.recalibration_images(layer)
+        return attrs
 
     def attach(self, study: Study) -> None:
         """Record this objective's settings on ``study``; refuse a study made with other ones."""
@@ -212,6 +243,8 @@ class RateObjective:
             storage.set_trial_system_attr(tid, WORKER, worker_info())
         rates = {name: rate for name, _ in self.layers if (rate := round(self.suggest(trial, name), 6)) > 0}
         reference = not rates
+        if storage.get_trial_user_attrs(tid).get("phase") == CONFIRM:
+            return self._confirm(trial, rates, started)
         if "phase" not in storage.get_trial_user_attrs(tid):
             trial.set_user_attr("phase", "reference" if reference else "search")
         complete = not reference and claim.get("complete", True)
@@ -268,6 +301,64 @@ class RateObjective:
         )
         self._record(trial, attrs)
         return saving if self.single_objective else (accuracy, float(model_bytes))
+
+    def _confirm(self, trial: Trial, rates: dict[str, float], started: float) -> float | tuple[float, float]:
+        """A confirmation trial: the configuration on the held-back images, judged against the
+        unpruned model's confirmation (see the module docs)."""
+        from ..plugin.samplers._claims import rates_key
+
+        attrs: dict[str, Any] = {"confirm_key": confirm_key(rates_key({rate_param(k): v for k, v in rates.items()}))}
+        try:
+            if not self.constraints.confirmed:
+                raise PrimeSVTError(f"trial {trial.number} asks for a confirmation, but this objective's acceptance "
+                                    f"is {self.constraints.accept!r}: give it accept='confirmed'")
+            model_bytes = int(self.predict_bytes(rates))
+            saving = 1.0 - model_bytes / self.base_bytes
+            memory = self.constraints.memory_violation(saving, self.base_bytes)
+            attrs.update(model_bytes=model_bytes, memory_saving=saving, constraint_memory=memory,
+                         images_recalibrated=self.recalibration_images(rates))
+            correct = [bool(x) for x in self.confirm_correct(rates)]
+            attrs["images_evaluated"] = len(correct)
+            if not rates:
+                reference, violation = correct, 0.0
+                attrs["confirm_correct"] = _pack(correct)
+            else:
+                reference = self._confirmed_reference(trial.study)
+                if reference is None:  # planned out of order (enqueued by hand): evaluate it here
+                    reference = [bool(x) for x in self.confirm_correct({})]
+                    attrs["images_evaluated"] += len(reference)
+                verdict = judge(reference, correct, self.constraints, self.constraints.confidence)
+                attrs.update(verdict.attrs())
+                if self.constraints.min_accuracy is not None:
+                    violation = round(self.constraints.min_accuracy - verdict.bound, 12)
+                else:
+                    violation = round(verdict.bound - self.constraints.max_accuracy_drop, 12)
+                violation = min(violation, 0.0) if verdict.passed else max(violation, 1e-12)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a confirmation that cannot run rejects its rung
+            return self._fail(trial, f"{type(exc).__name__}: {exc}", attrs, started)
+        accuracy = sum(correct) / len(correct)
+        trial.set_constraint("accuracy", violation)
+        if memory is not None:
+            trial.set_constraint("memory", memory)
+        attrs.update(accuracy=accuracy, accuracy_drop=round(sum(reference) / len(reference) - accuracy, 12),
+                     constraint_accuracy=violation, wall_time=round(time.perf_counter() - started, 4),
+                     feasible=violation <= 0 and (memory is None or memory <= 0))
+        self._record(trial, attrs)
+        return saving if self.single_objective else (accuracy, float(model_bytes))
+
+    def _confirmed_reference(self, study: Study) -> list[bool] | None:
+        """The unpruned model's per-image correctness on the confirmation part, from its
+        confirmation trial (None while there is none)."""
+        from ..plugin.samplers._claims import rates_key
+
+        key = confirm_key(rates_key({}))
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("confirm_key") == key and "confirm_correct" in t.user_attrs:
+                return _unpack(t.user_attrs["confirm_correct"])
+        return None
 
     # ----- internals ----------------------------------------------------------------------------
     def _pruner(self, study: Study) -> ConstraintPruner | None:
@@ -409,6 +500,20 @@ class RateObjective:
             trial.set_user_attr(key, value)
 
 
+def _pack(bits: Sequence[bool]) -> str:
+    """Per-image correctness as ``<count>:<hex of the bits packed 8 a byte>`` (a study attribute)."""
+    import numpy as np
+
+    return f"{len(bits)}:{np.packbits(np.asarray(bits, dtype=bool)).tobytes().hex()}"
+
+
+def _unpack(text: str) -> list[bool]:
+    import numpy as np
+
+    count, _, data = text.partition(":")
+    return [bool(x) for x in np.unpackbits(np.frombuffer(bytes.fromhex(data), dtype=np.uint8))[: int(count)]]
+
+
 class _Interrupted(Exception):
     """A failure that says nothing about the configuration (the walk will retry it)."""
 
@@ -465,9 +570,15 @@ class PruningObjective(RateObjective):
         pruner: the early cut (default: memory pre-check and exact accuracy cut); None: no cut.
         robustness_cache: ``{(layer, rate): accuracy}`` from a cached robustness table measured on
             the same evaluation subset; single-layer trials it covers are filled without evaluation.
-        accept: ``"point"`` (default) accepts a configuration whose measured accuracy meets the floor;
-            ``"confident"`` only when its one-sided lower confidence bound at ``confidence`` does
-            (``interval``: ``"clopper-pearson"``, exact binomial, or ``"wilson"``).
+        accept: ``"confirmed"`` (default): the search steps on ``1 - holdout`` of the evaluation
+            images by the point rule, and the delivery is confirmed on the other ``holdout`` at
+            ``confidence`` (see the module docs and :mod:`primesvt_optuna.acceptance`);
+            ``"point"`` (the paper's rule) accepts a configuration whose measured accuracy meets the
+            floor on every evaluation image; ``"confident"`` only when its one-sided lower
+            confidence bound at ``confidence`` does (``interval``: ``"clopper-pearson"``, exact
+            binomial, or ``"wilson"``).
+        holdout: under confirmed acceptance, the share of the evaluation images held back for
+            confirmation (stratified by class, whole source images, seeded by ``seed``).
         recalibrate_bn: before evaluating a pruned configuration, re-estimate the BatchNorm
             statistics on this many training images (EagleEye's adaptive BN; seeded by ``seed``,
             batches of 64, see :mod:`primesvt_optuna.pruning.recalibrate`); 0 (default): off. The
@@ -503,9 +614,10 @@ class PruningObjective(RateObjective):
         prune_embed: bool = False,
         robustness_cache: Mapping[tuple[str, float], float] | None = None,
         wait_timeout: float = 3600.0,
-        accept: str = "point",
+        accept: str = "confirmed",
         confidence: float = 0.95,
         interval: str = "clopper-pearson",
+        holdout: float = DEFAULT_HOLDOUT,
         recalibrate_bn: int = 0,
         flops_target: float | None = None,
     ) -> None:
@@ -537,6 +649,12 @@ class PruningObjective(RateObjective):
             check_fits(self.splits, ckpt["model_config"], str(path), (self.data_spec or {}).get("img_size"))
         self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
         self.eval_set = subset(self.splits.val, eval_images, seed)
+        self.confirm_set = None
+        if accept == "confirmed":
+            from ..acceptance.split import search_confirm
+
+            self.holdout = check_share(holdout)
+            self.eval_set, self.confirm_set = search_confirm(self.eval_set, self.holdout, seed)
         self.batch_size = batch_size
         self.first_batch = None if first_batch is None or first_batch >= batch_size else int(first_batch)
         batch_schedule(1, self.batch_size, self.first_batch)  # validates both sizes
@@ -569,6 +687,7 @@ class PruningObjective(RateObjective):
             constraints=constraints, grid=grid, pruner=pruner, single_objective=single_objective,
             identity=identity, robustness_cache=robustness_cache, wait_timeout=wait_timeout,
         )
+        self.check_confirmation()
 
     def study_attrs(self) -> dict[str, Any]:
         # prune_embed first: it changes the layer table, and the refusal should name the cause
@@ -615,6 +734,21 @@ class PruningObjective(RateObjective):
     @property
     def eval_images(self) -> int:
         return len(self.eval_set)
+
+    @property
+    def confirm_images(self) -> int:
+        return 0 if self.confirm_set is None else len(self.confirm_set)
+
+    def confirm_correct(self, rates: Mapping[str, float]) -> Sequence[bool]:
+        import torch
+
+        from ..training import iter_correct
+
+        model = self.engine.prune(rates) if rates else copy.deepcopy(self.engine.model)
+        self.recalibrate(model.to(self.device), rates)
+        parts = list(iter_correct(model.to(self.device), self.confirm_set, batch_size=self.batch_size,
+                                  device=self.device))
+        return torch.cat(parts).tolist()
 
     def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[int, int]]:
         from ..training import iter_eval

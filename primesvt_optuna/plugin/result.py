@@ -11,6 +11,13 @@ walk tried and passed over, can save more and still meet both constraints. The r
 so (``walk_commit`` holds the commit, ``selected["walk_commit"]`` is False, and the message names
 both). When no trial meets both constraints, a walk's commit is kept; for the other policies the
 accuracy-feasible trial with the fewest bytes is selected; both are flagged as not meeting both.
+
+Under confirmed acceptance (the default) the study *delivers* what its confirmation ladder
+confirmed (:mod:`primesvt_optuna.acceptance.confirm`): the last rung that passed, with its bound
+(``selected["confirmation"]``). When no rung passed, or the one that did misses the memory target,
+the constraints cannot both be met at the stated confidence: nothing meets both, ``closest`` lists
+the confirmed trade-offs (every rung with its bound), and the search's own best is kept as
+``selected`` for reference, flagged ``confirmed: False``.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import pandas as pd
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from .constraints import RATE_PREFIX, STUDY_PREFIX, layer_of
+from ..acceptance.confirm import Ladder, is_confirmation, study_ladder
+from .constraints import RATE_PREFIX, STUDY_PREFIX, Constraints, layer_of
 from .samplers import WalkSampler, from_settings
+from .samplers._claims import _claimed_rates, rates_key
 
 COLUMNS = [
     "trial", "state", "phase", "layer", "rate", "accuracy", "accuracy_drop", "model_bytes", "memory_saving",
@@ -123,8 +132,16 @@ class Result:
                 w = self.walk_commit
                 lines += ["", f"Not the walk's commit: the walk committed trial {w['trial']} "
                               f"({_pct(w['memory_saving'])} saved at {_pct(w['accuracy'])})."]
+        if "rung" in self.closest.columns and len(self.closest):
+            lines += ["", "## Confirmed trade-offs", "", "| rung | trial | memory saving | accuracy (held out) | "
+                      "bound | confirmed |", "|---|---|---|---|---|---|"]
+            for _, r in self.closest.iterrows():
+                confirmed = {True: "yes", False: "no"}.get(r["confirmed"], "not evaluated")
+                bound = "n/a" if r["bound"] is None or r["bound"] != r["bound"] else f"{r['bound']:.4f}"
+                lines.append(f"| {r['rung']} | {r['trial']} | {_pct(r['memory_saving'])} | "
+                             f"{_pct(None if r['accuracy'] != r['accuracy'] else r['accuracy'])} | {bound} | {confirmed} |")
         for title, frame in (("Feasible Pareto front", self.front), ("Closest trade-offs", self.closest)):
-            if len(frame):
+            if len(frame) and "rung" not in frame.columns:
                 lines += ["", f"## {title}", "", "| trial | accuracy | model bytes | memory saving | violation |",
                           "|---|---|---|---|---|"]
                 for _, r in frame.iterrows():
@@ -153,9 +170,11 @@ def result(study: Study) -> Result:
     attrs = study.user_attrs
     settings = attrs.get(f"{STUDY_PREFIX}sampler")
     policy = attrs.get(f"{STUDY_PREFIX}policy")
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    every = study.get_trials(deepcopy=False)
+    trials = {t.number: t for t in every if not is_confirmation(t)}
     frame = trials_frame(study)
-    complete = frame[frame["state"] == "COMPLETE"].dropna(subset=["accuracy", "model_bytes"])
+    search_frame = frame[frame["phase"] != "confirm"]
+    complete = search_frame[search_frame["state"] == "COMPLETE"].dropna(subset=["accuracy", "model_bytes"])
 
     finished = True
     walk: FrozenTrial | None = None
@@ -174,7 +193,19 @@ def result(study: Study) -> Result:
     front = _front(feasible) if len(feasible) else feasible
     both_met = chosen is not None and _feasible(chosen)
     closest = complete.iloc[0:0]
-    if not both_met and len(complete):
+    constraints = Constraints.from_dict(attrs.get(f"{STUDY_PREFIX}constraints") or {"max_accuracy_drop": 0.03})
+    base = attrs.get(f"{STUDY_PREFIX}base_accuracy")
+    ladder: Ladder | None = None
+    if constraints.confirmed and base is not None:
+        ladder = study_ladder(every, _claimed_rates)
+        finished = finished and ladder.done
+        delivered = ladder.delivered
+        if delivered is not None:
+            chosen = delivered.trial
+        both_met = delivered is not None and _feasible(delivered.trial)
+        if not both_met:
+            closest = _confirmed_frame(ladder)
+    elif not both_met and len(complete):
         closest = _front(complete).assign(
             violation=lambda f: f["constraint_accuracy"].clip(lower=0).fillna(0)
             + f["constraint_memory"].clip(lower=0).fillna(0)
@@ -192,6 +223,8 @@ def result(study: Study) -> Result:
         }
         if "accuracy_lower_bound" in a:
             selected["accuracy_lower_bound"] = a["accuracy_lower_bound"]
+        if ladder is not None:
+            selected["confirmation"] = _confirmation(ladder, constraints)
         if is_walk:
             selected["walk_commit"] = walk is not None and chosen.number == walk.number
     walk_commit = None
@@ -213,7 +246,9 @@ def result(study: Study) -> Result:
     if recalibration:
         stats["recalibrate_bn"] = recalibration
     message = _message(selected, both_met, finished, attrs)
-    if selected is not None and walk_commit is not None and not selected["walk_commit"]:
+    if ladder is not None:
+        message = _confirmed_message(selected, both_met, finished, constraints, ladder)
+    if ladder is None and selected is not None and walk_commit is not None and not selected["walk_commit"]:
         message += (
             f" (trial {selected['trial']}, the best configuration the study evaluated; the walk committed "
             f"trial {walk_commit['trial']}, which saves {_pct(walk_commit['memory_saving'])} at "
@@ -224,6 +259,55 @@ def result(study: Study) -> Result:
         selected=selected, both_met=both_met, finished=finished,
         message=message, front=front, closest=closest, stats=stats, walk_commit=walk_commit,
     )
+
+
+def _confirmation(ladder: Ladder, constraints: Constraints) -> dict[str, Any]:
+    """What the ladder says of the delivery: the confirming trial, its bound and what it was
+    measured on (``confirmed`` False when nothing passed)."""
+    rung = ladder.delivered
+    info: dict[str, Any] = {"confirmed": rung is not None, "confidence": constraints.confidence,
+                            "rungs": len(ladder.rungs)}
+    if rung is not None:
+        trial = ladder.confirmations[rung.number]
+        a = trial.user_attrs
+        info.update(trial=trial.number, rung=rung.number, bound=a.get("confirm_bound"),
+                    accuracy=a.get("confirm_accuracy"), base_accuracy=a.get("confirm_base_accuracy"),
+                    discordant=a.get("confirm_discordant"), images=a.get("confirm_images"),
+                    bound_kind="accuracy lower bound" if constraints.min_accuracy is not None else "drop upper bound")
+    return info
+
+
+def _confirmed_frame(ladder: Ladder) -> pd.DataFrame:
+    """Every rung confirmed so far: its search trial, saving, confirmation accuracy and bound."""
+    rows = []
+    for rung in ladder.rungs:
+        trial = ladder.confirmations.get(rung.number)
+        a = trial.user_attrs if trial is not None else {}
+        rows.append({"trial": rung.trial.number, "rung": rung.number, "accuracy": a.get("confirm_accuracy"),
+                     "model_bytes": rung.trial.user_attrs.get("model_bytes"), "memory_saving": rung.saving,
+                     "bound": a.get("confirm_bound"), "confirmed": ladder.verdict(rung),
+                     "violation": max(0.0, float(trial.constraints.get("accuracy", 0.0))) if trial else None})
+    return pd.DataFrame(rows, columns=["trial", "rung", "accuracy", "model_bytes", "memory_saving", "bound",
+                                       "confirmed", "violation"])
+
+
+def _confirmed_message(selected: dict[str, Any] | None, both_met: bool, finished: bool, constraints: Constraints,
+                       ladder: Ladder) -> str:
+    prefix = "" if finished else "Search not finished; so far: "
+    level = f"{100 * constraints.confidence:g}%"
+    if selected is None:
+        return prefix + "no configuration evaluated yet (the reference trial has not completed)"
+    info = selected.get("confirmation") or {}
+    if both_met:
+        bound = (f"accuracy at least {_pct(info['bound'])}" if constraints.min_accuracy is not None
+                 else f"drop at most {_pts(info['bound'])} points")
+        return prefix + (f"Both constraints met at {level}: saves {_pct(selected['memory_saving'])} of the model "
+                         f"bytes, {bound} on {info['images']} held-out images (measured on the search images: "
+                         f"{_pct(selected['accuracy'])}, drop {_pts(selected['accuracy_drop'])} points)")
+    tried = ", ".join(f"rung {r.number} ({_pct(r.saving)}): {'passed' if ladder.verdict(r) else 'failed'}"
+                      for r in ladder.rungs if ladder.verdict(r) is not None) or "no rung confirmed"
+    return prefix + (f"The constraints cannot both be met at {level}: {tried}. See the closest confirmed "
+                     "trade-offs.")
 
 
 def select(trials: Iterable[FrozenTrial], walk: FrozenTrial | None = None, is_walk: bool = False) -> FrozenTrial | None:

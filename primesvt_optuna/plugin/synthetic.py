@@ -8,11 +8,20 @@ Accuracy of a rate vector ``r``::
 
     base_accuracy - sum_l sensitivity[l] * r_l**2 - interaction * sum_{l<m} r_l * r_m
 
-rounded to whole images out of ``n_images``. The images are evaluated in the same batch schedule
-as a real objective's (``first_batch``, then doubling the images seen, up to ``batch_size``;
-``first_batch=None``: plain batches); which ones are right is a fixed pseudo-random pattern (a
-seeded order, the same for every trial), so the exact early cut behaves as on real data. Bytes
-are 4 per parameter: ``other_params`` stay, each layer keeps ``round(size * (1 - r))``.
+rounded to whole images out of the search images (``n_images``, less the ``holdout`` share held
+back for confirmation under ``accept="confirmed"``). The images are evaluated in the same batch
+schedule as a real objective's (``first_batch``, then doubling the images seen, up to
+``batch_size``; ``first_batch=None``: plain batches); which ones are right is a fixed pseudo-random
+pattern (a seeded order, the same for every trial), so the exact early cut behaves as on real
+data, and a pruned configuration is right on a subset of the images the unpruned model gets right.
+Bytes are 4 per parameter: ``other_params`` stay, each layer keeps ``round(size * (1 - r))``.
+
+With ``noise`` the objective simulates sampling error instead: the formula is the *true* accuracy,
+and each image's correctness is drawn, the same for a configuration every time it is evaluated.
+The unpruned model is right on image ``i`` with probability ``base_accuracy``; a configuration
+whose true drop is ``d`` is wrong where the unpruned model is right with probability
+``(d + noise) / base_accuracy`` and right where it is wrong with probability
+``noise / (1 - base_accuracy)``: disagreement rates ``d + noise`` and ``noise``, true drop ``d``.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..acceptance.confirm import DEFAULT_HOLDOUT, check_share
 from .constraints import DEFAULT_GRID, Constraints
 from .objective import RateObjective
 from .pruner import DEFAULT_FIRST_BATCH, ConstraintPruner, batch_schedule
@@ -57,6 +67,8 @@ class SyntheticObjective(RateObjective):
         fail, nan: ``(layer, rate)`` pairs whose configurations raise / yield NaN.
         batch_size, first_batch: the batch schedule (see ``PruningObjective``).
         delay: seconds slept per batch (to simulate slow evaluations in multi-worker tests).
+        accept, confidence, holdout: the acceptance rule (see ``PruningObjective``).
+        noise, noise_seed: simulate per-image sampling error (see the module docs).
     """
 
     def __init__(
@@ -82,8 +94,16 @@ class SyntheticObjective(RateObjective):
         delay: float = 0.0,
         robustness_cache: Mapping[tuple[str, float], float] | None = None,
         wait_timeout: float = 3600.0,
+        accept: str = "confirmed",
+        confidence: float = 0.95,
+        holdout: float = DEFAULT_HOLDOUT,
+        noise: float | None = None,
+        noise_seed: int = 0,
     ) -> None:
         self.sizes = dict(layer_sizes)
+        self.holdout = check_share(holdout) if accept == "confirmed" else 0.0
+        self.n_confirm = round(self.holdout * n_images)
+        self.noise, self.noise_seed = noise, int(noise_seed)
         self.sensitivity = {name: 0.1 for name in self.sizes} | dict(sensitivity or {})
         self.base_accuracy = base_accuracy
         self.interaction = interaction
@@ -95,15 +115,18 @@ class SyntheticObjective(RateObjective):
         self.fail = {(layer, round(rate, 6)) for layer, rate in fail}
         self.nan = {(layer, round(rate, 6)) for layer, rate in nan}
         self.delay = delay
-        self._order = np.random.RandomState(0).permutation(n_images)
+        self._order = np.random.RandomState(0).permutation(n_images - self.n_confirm)
+        self._confirm_order = np.random.RandomState(1).permutation(self.n_confirm)
         settings = {
             "sizes": self.sizes, "sensitivity": self.sensitivity, "base": base_accuracy, "interaction": interaction,
             "other": other_params, "n": n_images, "fail": sorted(self.fail), "nan": sorted(self.nan),
+            **({"noise": noise, "noise_seed": self.noise_seed} if noise is not None else {}),
         }
         identity = "synthetic:" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         constraints = Constraints.from_dict({
             "max_accuracy_drop": max_accuracy_drop if min_accuracy is None else None,
             "min_accuracy": min_accuracy, "memory_target": memory_target, "memory_budget": memory_budget,
+            "accept": accept, "confidence": confidence,
         })
         layers = sorted(self.sizes.items(), key=lambda kv: -kv[1])
         super().__init__(
@@ -111,15 +134,21 @@ class SyntheticObjective(RateObjective):
             grid=grid, pruner=pruner, single_objective=single_objective, identity=identity,
             robustness_cache=robustness_cache, wait_timeout=wait_timeout,
         )
+        self.check_confirmation()
 
-    def accuracy(self, rates: Mapping[str, float]) -> float:
-        """The exact accuracy (whole images) the objective will measure for ``rates``."""
+    def true_accuracy(self, rates: Mapping[str, float]) -> float:
+        """The formula's accuracy of ``rates`` (see the module docs)."""
         values = [rates.get(name, 0.0) for name in self.sizes]
         loss = sum(self.sensitivity[n] * r * r for n, r in zip(self.sizes, values))
         loss += self.interaction * sum(
             values[i] * values[j] for i in range(len(values)) for j in range(i + 1, len(values))
         )
-        return round(min(1.0, max(0.0, self.base_accuracy - loss)) * self.n_images) / self.n_images
+        return min(1.0, max(0.0, self.base_accuracy - loss))
+
+    def accuracy(self, rates: Mapping[str, float]) -> float:
+        """The exact accuracy (whole search images) the objective will measure for ``rates``
+        without ``noise``."""
+        return round(self.true_accuracy(rates) * self.eval_images) / self.eval_images
 
     def predict_bytes(self, rates: Mapping[str, float]) -> int:
         kept = sum(round(size * (1.0 - rates.get(name, 0.0))) for name, size in self.sizes.items())
@@ -127,14 +156,45 @@ class SyntheticObjective(RateObjective):
 
     @property
     def eval_images(self) -> int:
-        return self.n_images
+        return self.n_images - self.n_confirm
 
-    def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[Any, int]]:
+    @property
+    def confirm_images(self) -> int:
+        return self.n_confirm
+
+    def _simulated(self, rates: Mapping[str, float], images: slice) -> np.ndarray:
+        """Per-image correctness under ``noise`` (see the module docs) on ``images`` of all
+        ``n_images``: the same draw for a configuration every time."""
+        reference = np.random.default_rng([self.noise_seed, 0]).random(self.n_images) < self.base_accuracy
+        if not rates:
+            return reference[images]
+        key = json.dumps(sorted((k, round(v, 6)) for k, v in rates.items() if v > 0))
+        stream = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+        u = np.random.default_rng([self.noise_seed, 1, stream]).random(self.n_images)
+        drop = self.base_accuracy - self.true_accuracy(rates)
+        lose = min(1.0, (drop + self.noise) / self.base_accuracy)
+        gain = min(1.0, self.noise / (1.0 - self.base_accuracy))
+        return np.where(reference, u >= lose, u < gain)[images]
+
+    def confirm_correct(self, rates: Mapping[str, float]) -> Sequence[bool]:
+        self._check_fail(rates)
+        if self.noise is not None:
+            return self._simulated(rates, slice(self.eval_images, None)).tolist()
+        accuracy = self.true_accuracy(rates) if rates else self.base_accuracy
+        return (self._confirm_order < round(accuracy * self.n_confirm)).tolist()
+
+    def _check_fail(self, rates: Mapping[str, float]) -> set[tuple[str, float]]:
         items = {(name, round(rate, 6)) for name, rate in rates.items()}
         if items & self.fail:
             raise RuntimeError(f"synthetic failure at {sorted(items & self.fail)}")
-        right = round(self.accuracy(rates) * self.n_images)
-        correct = self._order < right
+        return items
+
+    def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[Any, int]]:
+        items = self._check_fail(rates)
+        if self.noise is not None:
+            correct = self._simulated(rates, slice(0, self.eval_images))
+        else:
+            correct = self._order < round(self.accuracy(rates) * self.eval_images)
         start = 0
         for size in self.schedule:
             if self.delay:

@@ -119,7 +119,7 @@ class BudgetAwareSampler(ClaimSampler):
         if not known:
             return candidate or Wait("the planned configuration")
         config = {} if found is None else steps[found]
-        if memory_met(snap.trial_for(rates_key(config))) is False and self._walk_affordable(snap, layers, options, steps):
+        if memory_met(snap.trial_for(rates_key(config))) is False and self._walk_affordable(study, snap, layers, options, steps):
             known, walked, candidate = _walk(snap, layers, bounds, self._grid)
             if not known:
                 return candidate or Wait("the walk from the bounds")
@@ -147,7 +147,7 @@ class BudgetAwareSampler(ClaimSampler):
         the budget and the plan, its repair and extensions the other half. Both the cost and the
         images spent only grow, so once capped a study stays capped."""
         done = snap.finished()
-        images, trials = self._budget["budget_images"], self._budget["budget_trials"]
+        images, trials = self._search_budget(study)
         if trials is not None and 2 * len(layers) > trials and 2 * len(done) >= trials:
             return True
         if images is None:
@@ -155,7 +155,7 @@ class BudgetAwareSampler(ClaimSampler):
         spent = [images_spent(t) for t in done]
         return 2 * len(layers) * self._trial_cost(study, spent) > images and 2 * sum(spent) >= images
 
-    def _walk_affordable(self, snap: Snapshot, layers: list[tuple[str, int]],
+    def _walk_affordable(self, study: Study, snap: Snapshot, layers: list[tuple[str, int]],
                          options: dict[str, dict[float, tuple[float, float]]], plan: list[dict[str, float]]) -> bool:
         """Whether the walk may reach the memory target within the budget left after the plan.
 
@@ -185,7 +185,7 @@ class BudgetAwareSampler(ClaimSampler):
         solo = {param: evaluated([{param: rate} for rate in self._grid], "robustness") for param, _ in layers}
         spent = [reference, *(t for trials in solo.values() for t in trials), *evaluated(plan, "plan")]
         walk = [t for param in prefix for t in solo[param]]
-        images, trials = self._budget["budget_images"], self._budget["budget_trials"]
+        images, trials = self._search_budget(study)
         return ((images is None or images - sum(map(images_spent, spent)) >= sum(map(images_spent, walk)))
                 and (trials is None or trials - len(spent) >= len(walk)))
 

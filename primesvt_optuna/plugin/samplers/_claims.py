@@ -45,7 +45,10 @@ from ...storage import (
     STALE, TrialTakenOver, fail_heartbeat_stale, fail_if_stale, keep_alive, set_trial_attrs, unrecorded_limit,
     worker_info,
 )
-from ..constraints import CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, layer_of, normalize_grid
+from ...acceptance.confirm import CONFIRM, KEY_PREFIX, RUNGS, confirm_key, ladder
+from ..constraints import (
+    CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, Constraints, layer_of, normalize_grid,
+)
 
 _logger = optuna.logging.get_logger(__name__)
 
@@ -101,11 +104,13 @@ class Candidate:
     rates: dict[str, float] = field(default_factory=dict)
     uniform: float | None = None  # UniformSampler: the rate of every layer
     complete: bool = False  # a complete configuration: may be cut for memory before evaluation
+    rung: int | None = None  # a confirmation: its rung of the ladder (None: the unpruned model)
 
     def claim(self) -> dict[str, Any]:
         return {
             "key": self.key, "phase": self.phase, "layer": self.layer, "rate": self.rate,
             "rates": self.rates, "uniform": self.uniform, "complete": self.complete,
+            **({"rung": self.rung} if self.rung is not None else {}),
         }
 
 
@@ -203,8 +208,9 @@ class Snapshot:
         return None if found is None else found[0]
 
     def finished(self) -> list[FrozenTrial]:
-        """The finished evaluations, one per configuration (its lowest-numbered trial)."""
-        return [trial for trial, _ in self._outcomes.values()]
+        """The finished search evaluations, one per configuration (its lowest-numbered trial);
+        confirmations (claim keys ``confirm:...``) are not search evaluations."""
+        return [trial for key, (trial, _) in self._outcomes.items() if not key.startswith(KEY_PREFIX)]
 
 
 class ClaimSampler(BaseSampler):
@@ -362,8 +368,9 @@ class ClaimSampler(BaseSampler):
 
     # ----- public helpers -----------------------------------------------------------------------
     def is_exhausted(self, study: Study) -> bool:
-        """True when the policy has nothing left to evaluate in ``study``."""
-        return isinstance(self._decision(study, self._snapshot(study, self._read(study), None)), Done)
+        """True when the policy has nothing left to evaluate in ``study`` (within its budget)."""
+        trials = self._read(study)
+        return isinstance(self._budgeted(study, self._snapshot(study, trials, None), trials, -1), Done)
 
     # ----- internals ----------------------------------------------------------------------------
     def _decision(self, study: Study, snap: Snapshot) -> Decision:
@@ -374,7 +381,37 @@ class ClaimSampler(BaseSampler):
             reason = reference.user_attrs.get("fail_reason") or "no reason recorded"
             return Done(f"the unpruned reference, trial {reference.number}, failed ({reason}): "
                         "fix that and start a new study", failed=True)
-        return self._next(study, snap)
+        decision = self._next(study, snap)
+        if isinstance(decision, Done) and not decision.failed and (constraints := self._confirming(study)):
+            return self._confirmation(study, snap, constraints, decision)
+        return decision
+
+    def _confirming(self, study: Study) -> Constraints | None:
+        """The study's constraints when its acceptance rule is ``confirmed``, else None."""
+        recorded = self._written_attr(study, "constraints")
+        if not recorded or recorded.get("accept") != "confirmed":
+            return None
+        return Constraints.from_dict(recorded)
+
+    def _confirmation(self, study: Study, snap: Snapshot, constraints: Constraints, searched: Done) -> Decision:
+        """After the policy's search: the unpruned model, then the ladder's rungs, on the held-back
+        images (``primesvt_optuna.acceptance.confirm``), one at a time, stopping at the first rung
+        that fails."""
+        if self._written_attr(study, "base_accuracy") is None:
+            return searched  # no reference accuracy: nothing was searched
+        steps = [({}, None), *((r.rates, r.number) for r in ladder(snap.finished(), _claimed_rates))]
+        for rates, rung in steps:
+            key = confirm_key(rates_key(rates))
+            status = snap.status(key)
+            if status == FREE:
+                return Candidate(key, CONFIRM, rates=rates, rung=rung)
+            if status == HELD:
+                return Wait(f"the confirmation of {'the unpruned model' if rung is None else f'rung {rung}'}")
+            if status == REJECTED:
+                if rung is None:
+                    return Done("the unpruned model's confirmation failed", failed=True)
+                break
+        return Done(f"{searched.reason}; confirmation done")
 
     def _is_rate(self, param: str) -> bool:
         return param.startswith(RATE_PREFIX) or (self._layer_sizes is not None and param in self._layer_sizes)
@@ -415,8 +452,10 @@ class ClaimSampler(BaseSampler):
     def _write_claim(self, study: Study, trial: FrozenTrial, candidate: Candidate) -> None:
         claim = candidate.claim()
         layer = layer_of(candidate.layer) if candidate.layer else None
-        set_trial_attrs(study._storage, trial._trial_id, {CLAIM: claim},
-                        {"phase": candidate.phase, "layer": layer, "rate": candidate.rate})
+        user = {"phase": candidate.phase, "layer": layer, "rate": candidate.rate}
+        if candidate.phase == CONFIRM:
+            user.update(confirm_key=candidate.key, rung=candidate.rung)
+        set_trial_attrs(study._storage, trial._trial_id, {CLAIM: claim}, user)
         self._claims[trial._trial_id] = claim
 
     def _decide(self, study: Study, trial: FrozenTrial) -> Decision:
@@ -439,9 +478,7 @@ class ClaimSampler(BaseSampler):
             if snap.undecided:
                 awaited, reason = snap.undecided[0], f"trial {snap.undecided[0]} to choose its configuration"
             else:
-                decision = self._decision(study, snap)
-                if isinstance(decision, Candidate) and (limit := self._over_budget(study, trials, trial.number)):
-                    decision = limit  # Done when spent, Wait while the cost of a trial is unknown
+                decision = self._budgeted(study, snap, trials, trial.number)
                 if not isinstance(decision, Wait):
                     return decision
                 awaited, reason = min(snap.held.values(), default=None), decision.reason
@@ -457,26 +494,54 @@ class ClaimSampler(BaseSampler):
             time.sleep(delay)
             delay = min(delay * 1.5, self._poll)
 
-    def _over_budget(self, study: Study, trials: Sequence[FrozenTrial], me: int) -> Done | Wait | None:
+    def _budgeted(self, study: Study, snap: Snapshot, trials: Sequence[FrozenTrial], me: int) -> Decision:
+        """The next step within the budget: Done when spent, Wait while the cost of a trial is
+        unknown; a search whose budget is spent goes on to its confirmation, which has its own."""
+        decision = self._decision(study, snap)
+        if not isinstance(decision, Candidate):
+            return decision
+        limit = self._over_budget(study, trials, me, decision.phase == CONFIRM)
+        if isinstance(limit, Done) and decision.phase != CONFIRM and (constraints := self._confirming(study)):
+            decision = self._confirmation(study, snap, constraints, limit)
+            if not isinstance(decision, Candidate):
+                return decision
+            limit = self._over_budget(study, trials, me, True)
+        return limit or decision
+
+    def _over_budget(self, study: Study, trials: Sequence[FrozenTrial], me: int,
+                     confirming: bool = False) -> Done | Wait | None:
         """Done when one more evaluation would break the user's budget; None when it fits. Images:
         what finished trials spent (evaluation and BatchNorm recalibration, also of failed and cut
         trials) plus, for every running trial and this one, the most one trial costs, so the total
         never exceeds the budget. That cost is the objective's ``trial_images`` study attribute,
-        else the costliest finished trial; while neither is known, only one trial runs (Wait)."""
-        images, trials_cap = self._budget["budget_images"], self._budget["budget_trials"]
+        else the costliest finished trial; while neither is known, only one trial runs (Wait).
+        Under confirmed acceptance the search leaves room for the confirmations (the unpruned
+        model and every rung: ``RUNGS + 1`` trials of ``confirm_images`` each)."""
+        images, trials_cap = (self._budget["budget_images"], self._budget["budget_trials"]) if confirming \
+            else self._search_budget(study)
         planned = [t for t in trials if (t.system_attrs.get(CLAIM) or {}).get("key") or t.number == me]
         if trials_cap is not None and len(planned) > trials_cap:
-            return Done(f"trial budget spent ({trials_cap} trials)")
+            return Done(f"trial budget spent ({len(planned) - 1} trials)")
         if images is None:
             return None
         cost = [images_spent(t) for t in trials if t.state.is_finished()]
-        full = self._trial_cost(study, cost)
+        full = int(self._written_attr(study, "confirm_images") or 0) if confirming else self._trial_cost(study, cost)
         reserved = sum(1 for t in planned if not t.state.is_finished())
         if not full:
             return Wait("the cost of one trial (the first trial to finish)") if reserved > 1 else None
         if sum(cost) + reserved * full > images:
             return Done(f"image budget spent ({sum(cost):,} of {images:,} images; one more full evaluation would exceed it)")
         return None
+
+    def _search_budget(self, study: Study) -> tuple[int | None, int | None]:
+        """The images and trials the search may spend: the user's budget, less what confirmation
+        needs under confirmed acceptance (the unpruned model and every rung: ``RUNGS + 1``
+        trials of the objective's ``confirm_images`` each)."""
+        images, trials = self._budget["budget_images"], self._budget["budget_trials"]
+        if not self._confirming(study):
+            return images, trials
+        reserve = (RUNGS + 1) * int(self._written_attr(study, "confirm_images") or 0)
+        return (None if images is None else images - reserve), (None if trials is None else trials - RUNGS - 1)
 
     def _trial_cost(self, study: Study, finished: Sequence[int]) -> int:
         """The most one evaluation costs in images: the objective's ``trial_images`` study
@@ -584,3 +649,12 @@ def _gave_up(me: int, timeout: float, reason: str, awaited: int | None, trials: 
             "dead, fail its trial (primesvt_optuna.storage.fail_stale_trials(study, lease=SECONDS), or open the "
             "storage with primesvt_optuna.storage.open_storage for heartbeats) and run again; if it is alive, "
             "pass a larger wait_timeout")
+
+
+def _claimed_rates(trial: FrozenTrial) -> dict[str, float]:
+    """The configuration a finished trial evaluated: its claim's rates (every PrimeSVT trial has
+    one), else its rate parameters."""
+    claim = trial.system_attrs.get(CLAIM) or {}
+    if claim.get("rates") and claim.get("key"):
+        return {p: float(r) for p, r in claim["rates"].items() if float(r) > 0}
+    return {p: float(v) for p, v in trial.params.items() if p.startswith(RATE_PREFIX) and float(v) > 0}

@@ -1,0 +1,238 @@
+"""Confirmation: what a study delivers must meet the accuracy constraint on images that played no
+part in choosing it, at a stated confidence.
+
+The search (any policy) steps on the *search* part of the evaluation images under the point rule.
+Its candidates are then confirmed on the held-back *confirmation* part, in a ladder fixed by the
+search data alone, before any confirmation image is seen:
+
+* the candidates are the search trials that meet the accuracy constraint by the point rule; their
+  savings span from the memory target (0 without one) to the largest, ``s_max``;
+* rung ``j`` of ``RUNGS`` (``j = 1 .. RUNGS``) is the candidate with the smallest search drop among
+  those saving at least ``s_j = target + (s_max - target) (j - 1) / (RUNGS - 1)`` (ties: more
+  saving, then lower trial number): rung 1 is the safest configuration that meets the memory
+  target, rung ``RUNGS`` the point rule's own selection; rungs that repeat a configuration are one
+  rung (when no candidate meets the target, the ladder spans all of them);
+* the unpruned model is evaluated on the confirmation part first, then the rungs from the first
+  (the safest) upwards, each with the paired bound of :mod:`.bounds` at ``confidence``; the
+  ladder stops at the first rung that fails and delivers the last one that passed.
+
+Testing a fixed sequence and stopping at the first failure is the fixed-sequence procedure: the
+chance that any rung whose true drop exceeds the budget passes is at most ``1 - confidence``
+overall, with no correction for the number of rungs. Under a ``min_accuracy`` constraint a rung
+passes when the exact (Clopper-Pearson) lower bound of its confirmation accuracy meets the floor.
+
+Everything here is derived from trials in storage: a confirmation is a trial with phase
+``confirm`` and a claim key ``confirm:<configuration>``, so K workers, a resume, reports and the
+dashboard all see the same ladder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import PrimeSVTError
+from .bounds import drop_upper_bound, min_images
+
+CONFIRM = "confirm"
+KEY_PREFIX = "confirm:"
+RUNGS = 4
+DEFAULT_HOLDOUT = 0.5
+MIN_RUNG_IMAGES = 30  # below this the paired bound's normal approximation is not to be trusted
+
+
+def confirm_key(search_key: str) -> str:
+    """The claim key of the confirmation of a configuration (its search key, prefixed)."""
+    return KEY_PREFIX + search_key
+
+
+def is_confirmation(trial: FrozenTrial) -> bool:
+    return trial.user_attrs.get("phase") == CONFIRM
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of the ladder: a search trial to confirm."""
+
+    number: int  # 1 .. RUNGS
+    trial: FrozenTrial
+    rates: dict[str, float]
+
+    @property
+    def saving(self) -> float:
+        return float(self.trial.user_attrs["memory_saving"])
+
+
+def _search_ok(trial: FrozenTrial) -> bool:
+    a = trial.user_attrs
+    return (trial.state == TrialState.COMPLETE and not is_confirmation(trial) and a.get("accuracy_drop") is not None
+            and a.get("model_bytes") is not None and trial.constraints.get("accuracy", math.inf) <= 0)
+
+
+def _memory_met(trial: FrozenTrial) -> bool:
+    violation = trial.constraints.get("memory")
+    return violation is None or violation <= 0
+
+
+def ladder(search_trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial], dict[str, float]],
+           rungs: int = RUNGS) -> list[Rung]:
+    """The rungs to confirm, safest first (see module docs)."""
+    pool = [t for t in search_trials if _search_ok(t) and rates_of(t)]
+    if any(_memory_met(t) for t in pool):
+        pool = [t for t in pool if _memory_met(t)]
+    if not pool:
+        return []
+    savings = [float(t.user_attrs["memory_saving"]) for t in pool]
+    low, high = min(savings), max(savings)
+    chosen: list[Rung] = []
+    for j in range(1, rungs + 1):
+        least = low + (high - low) * (j - 1) / max(1, rungs - 1) - 1e-12
+        fits = [t for t in pool if float(t.user_attrs["memory_saving"]) >= least]
+        best = min(fits, key=lambda t: (float(t.user_attrs["accuracy_drop"]), t.user_attrs["model_bytes"], t.number))
+        if chosen and rates_of(chosen[-1].trial) == rates_of(best):
+            chosen[-1] = Rung(j, chosen[-1].trial, chosen[-1].rates)
+            continue
+        chosen.append(Rung(j, best, rates_of(best)))
+    return chosen
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the confirmation of one configuration found."""
+
+    passed: bool
+    bound: float  # upper bound of the drop (points as a fraction), or lower bound of the accuracy
+    accuracy: float
+    base_accuracy: float
+    discordant: tuple[int, int]  # (b, c): right only unpruned, right only pruned
+    images: int
+
+    def attrs(self) -> dict[str, Any]:
+        return {"confirmed": self.passed, "confirm_bound": self.bound, "confirm_accuracy": self.accuracy,
+                "confirm_base_accuracy": self.base_accuracy, "confirm_discordant": list(self.discordant),
+                "confirm_images": self.images}
+
+
+def judge(reference: Sequence[bool], pruned: Sequence[bool], constraints: Any, confidence: float) -> Verdict:
+    """The paired verdict of ``pruned`` against ``reference`` (per-image correctness on the same
+    confirmation images) under the accuracy constraint."""
+    n = len(reference)
+    if n != len(pruned) or n == 0:
+        raise PrimeSVTError(f"confirmation needs the same images for both models, got {n} and {len(pruned)}")
+    b = sum(1 for r, p in zip(reference, pruned) if r and not p)
+    c = sum(1 for r, p in zip(reference, pruned) if p and not r)
+    accuracy, base = sum(map(bool, pruned)) / n, sum(map(bool, reference)) / n
+    if constraints.min_accuracy is not None:
+        from ..plugin.constraints import clopper_pearson_lower
+
+        bound = clopper_pearson_lower(int(sum(map(bool, pruned))), n, confidence)
+        return Verdict(bound >= constraints.min_accuracy - 1e-12, bound, accuracy, base, (b, c), n)
+    bound = drop_upper_bound(b, c, n, confidence)
+    return Verdict(bound <= constraints.max_accuracy_drop + 1e-12, bound, accuracy, base, (b, c), n)
+
+
+@dataclass
+class Ladder:
+    """The ladder of a study as storage holds it: every rung with its confirmation trial (None
+    while not evaluated), and what it delivers."""
+
+    rungs: list[Rung]
+    reference: FrozenTrial | None
+    confirmations: dict[int, FrozenTrial] = field(default_factory=dict)  # rung number -> trial
+
+    def verdict(self, rung: Rung) -> bool | None:
+        trial = self.confirmations.get(rung.number)
+        if trial is None:
+            return None
+        return bool(trial.user_attrs.get("confirmed")) if trial.state == TrialState.COMPLETE else False
+
+    @property
+    def delivered(self) -> Rung | None:
+        """The last rung that passed before the first that failed."""
+        last = None
+        for rung in self.rungs:
+            verdict = self.verdict(rung)
+            if verdict is not True:
+                break
+            last = rung
+        return last
+
+    @property
+    def done(self) -> bool:
+        """Every rung that can still change the delivery has its verdict."""
+        if not self.rungs:
+            return True
+        if self.reference is None:
+            return False
+        for rung in self.rungs:
+            verdict = self.verdict(rung)
+            if verdict is None:
+                return False
+            if verdict is False:
+                return True
+        return True
+
+    def next_rung(self) -> Rung | None:
+        """The first rung without a verdict, when every rung before it passed."""
+        for rung in self.rungs:
+            verdict = self.verdict(rung)
+            if verdict is None:
+                return rung
+            if verdict is False:
+                return None
+        return None
+
+
+def study_ladder(trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial], dict[str, float]], rungs: int = RUNGS) -> Ladder:
+    """The ladder replayed from a study's trials: the rungs from the search trials (one per
+    configuration, its lowest-numbered finished trial) and each rung's confirmation; a
+    confirmation that died without an outcome (killed, interrupted) is none."""
+    trials = sorted(trials, key=lambda t: t.number)
+    search: dict[str, FrozenTrial] = {}
+    for t in trials:
+        if not is_confirmation(t) and t.state.is_finished():
+            search.setdefault(key_of_rates(rates_of(t)), t)
+    steps = ladder(search.values(), rates_of, rungs)
+    finished: dict[str, FrozenTrial] = {}
+    for t in trials:
+        if is_confirmation(t) and t.state.is_finished() and not t.user_attrs.get("interrupted") and (
+                t.state != TrialState.FAIL or "fail_reason" in t.user_attrs):
+            finished.setdefault(t.user_attrs.get("confirm_key") or "", t)
+    reference = finished.get(confirm_key(key_of_rates({})))
+    found = {r.number: finished[k] for r in steps if (k := confirm_key(key_of_rates(r.rates))) in finished}
+    return Ladder(steps, reference, found)
+
+
+def key_of_rates(rates: Mapping[str, float]) -> str:
+    """The search key of a configuration (the claim machinery's ``rates_key``)."""
+    from ..plugin.samplers._claims import rates_key
+
+    return rates_key(rates)
+
+
+def check_share(holdout: float) -> float:
+    """The held-back share, refused with one line when it is not a fraction strictly inside (0, 1)."""
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0.0 < holdout < 1.0:
+        raise PrimeSVTError(f"holdout is the share of the evaluation images held back for confirmation and must "
+                            f"lie in (0, 1), got {holdout!r}")
+    return float(holdout)
+
+
+def check_holdout(holdout: float, confirm_images: int, constraints: Any, confidence: float) -> None:
+    """Refuse, before any work, a held-back share or a confirmation part that cannot confirm
+    anything: a model that agrees with the unpruned one on every image must be able to pass."""
+    check_share(holdout)
+    if not 0.5 < confidence < 1.0:
+        raise PrimeSVTError(f"confidence must lie in (0.5, 1), got {confidence}")
+    need = MIN_RUNG_IMAGES
+    if constraints.max_accuracy_drop is not None:
+        need = max(need, min_images(constraints.max_accuracy_drop, confidence))
+    if confirm_images < need:
+        raise PrimeSVTError(
+            f"the confirmation part has {confirm_images} images, too few to confirm anything at "
+            f"{100 * confidence:g}% (at least {need} needed for this accuracy budget): raise holdout, give more "
+            "evaluation images, or accept a larger drop")
