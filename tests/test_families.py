@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import optuna
 import pytest
 import torch
 import torch.nn as nn
@@ -14,7 +15,15 @@ from spikingjelly.activation_based.model.qkformer import QKFormer
 from spikingjelly.activation_based.model.spike_driven_transformer import SpikeDrivenTransformer
 from spikingjelly.activation_based.model.spikformer import Spikformer
 
+from primesvt_optuna.data import Splits
+from primesvt_optuna.data._common import TensorImages
+from primesvt_optuna.plugin.objective import PruningObjective
+from primesvt_optuna.plugin.result import result
+from primesvt_optuna.plugin.samplers import (
+    BudgetAwareSampler, PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler,
+)
 from primesvt_optuna.pruning import Engine, masked_reference, model_bytes, removed_per_head, structure_of
+from primesvt_optuna.pruning.robustness import SharedPrefixEvaluator, robustness_sweep
 
 from test_engine import lively, run
 
@@ -136,3 +145,38 @@ def test_channel_that_contributes_nothing_is_removed_without_changing_the_output
             assert removed_per_head(group, rates[layer]) == 1
             assert sorted(set(range(group.channels)) - set(kept)) == [h * per_head for h in range(group.heads)]
     assert torch.equal(run(pruned, x), base), f"{family}: max diff {(run(pruned, x) - base).abs().max()}"
+
+
+def _random_splits(size: int, n: int = 24) -> Splits:
+    g = torch.Generator().manual_seed(3)
+    images = TensorImages(torch.rand(n, 2, size, size, generator=g) * 3, torch.randint(0, 5, (n,), generator=g))
+    return Splits(images, images, images, num_classes=5, in_channels=2)
+
+
+@pytest.mark.parametrize(("family", "sampler"), [
+    ("spike-driven", PrioritizedSampler), ("qkformer-token", BudgetAwareSampler), ("maxformer", SmallestFirstSampler),
+    ("spikformer", RandomOrderSampler), ("qkformer-channel", UniformSampler)])
+def test_objective_and_every_sampler_take_spikingjelly_models_as_built(family: str, sampler: type) -> None:
+    """spikingjelly's ``Spikformer`` returns logits per time step; the objective averages them."""
+    model, x = build(family)
+    splits = _random_splits(x.shape[-1])
+    objective = PruningObjective(model=model.float(), data=splits, eval_images=12, batch_size=12, grid=[0.5],
+                                 max_accuracy_drop=0.99, memory_target=0.2)
+    study = optuna.create_study(directions=objective.directions, sampler=sampler(grid=[0.5]))
+    study.optimize(objective, n_trials=40)
+    selected = result(study).selected
+    assert selected["rates"] and model_bytes(objective.engine.prune(selected["rates"])) == selected["model_bytes"]
+
+
+@pytest.mark.parametrize("family", ["spike-driven", "qkformer-token", "maxformer-cifar", "spikformer"])
+def test_robustness_sweep_shares_prefixes_exactly_on_every_family(family: str) -> None:
+    model, x = build(family)
+    model = model.float()
+    engine = Engine(model)
+    splits = _random_splits(x.shape[-1], n=8)
+    layers = engine.layers[:3] + engine.layers[-2:]
+    shared = robustness_sweep(engine, SharedPrefixEvaluator(splits.val, batch_size=4), grid=[0.3, 0.7],
+                              layers=layers, progress=False)
+    alone = robustness_sweep(engine, SharedPrefixEvaluator(splits.val, batch_size=4, share=False), grid=[0.3, 0.7],
+                             layers=layers, progress=False)
+    assert shared["accuracy"].tolist() == alone["accuracy"].tolist() and len(shared) == 2 * len(layers)
