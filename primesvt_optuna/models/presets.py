@@ -14,6 +14,7 @@ so a checkpoint alone rebuilds its model. ``resolve_config`` fills in the preset
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import torch.nn as nn
@@ -116,7 +117,9 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     config = dict(config)
     name = config.pop("preset", None)
     if name is not None and name not in PRESETS:
-        raise PrimeSVTError(f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}")
+        close = difflib.get_close_matches(str(name), PRESETS, n=3)
+        raise PrimeSVTError(f"unknown preset {name!r}: " + (f"did you mean {', '.join(close)}? " if close else "")
+                            + f"`primesvt info --list` lists all {len(PRESETS)}")
     resolved = {**PRESETS.get(name, {}), **config}
     family = resolved.get("family")
     if family not in _KEYS:
