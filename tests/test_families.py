@@ -16,6 +16,7 @@ from spikingjelly.activation_based.model.spike_driven_transformer import SpikeDr
 from spikingjelly.activation_based.model.spikformer import Spikformer
 
 from primesvt_optuna.data import Splits
+from primesvt_optuna.models import PRESETS, build_model
 from primesvt_optuna.data._common import TensorImages
 from primesvt_optuna.plugin.objective import PruningObjective
 from primesvt_optuna.plugin.result import result
@@ -180,3 +181,14 @@ def test_robustness_sweep_shares_prefixes_exactly_on_every_family(family: str) -
     alone = robustness_sweep(engine, SharedPrefixEvaluator(splits.val, batch_size=4, share=False), grid=[0.3, 0.7],
                              layers=layers, progress=False)
     assert shared["accuracy"].tolist() == alone["accuracy"].tolist() and len(shared) == 2 * len(layers)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_prunable_layers_hold_at_least_90_percent_of_the_bytes_outside_the_head(preset: str) -> None:
+    with torch.device("meta"):
+        model = build_model({"preset": preset})
+    engine = Engine(model)
+    state = model.state_dict()
+    head = sum(t.numel() * t.element_size() for k, t in state.items() if k.split(".")[-2] == "head")
+    prunable = sum(engine.layer_params.values()) * 4
+    assert head > 0 and prunable / (engine.base_bytes - head) >= 0.9
