@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import random
 import re
 from pathlib import Path
 
@@ -13,10 +12,9 @@ import pytest
 import torch
 
 from primesvt_optuna.errors import PrimeSVTError
-from primesvt_optuna.pruning import Engine, adapters, masked_reference, model_bytes, structure_of
+from primesvt_optuna.pruning import Engine, adapters
 
-from test_engine import run
-from test_families import firing, spike_rate
+from test_families import check_exact_while_spiking, firing
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "engine.md"
 
@@ -46,21 +44,7 @@ def test_unseen_model_is_refused_naming_the_module_then_pruned_exactly_once_its_
     torch.manual_seed(0)
     model = namespace["TinySViT"]()
     x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
-    model = firing(model.double(), x)
-    rate, silent = spike_rate(model, x)
-    assert 0.05 < rate < 0.7 and not silent
-    engine = Engine(model)
-    base = run(model, x)
-    changed = False
-    for seed in range(3):
-        rng = random.Random(seed)
-        rates = {layer: rng.choice([0.0, 0.25, 0.5, 0.75]) for layer in engine.layers}
-        pruned = engine.prune(rates)
-        out, ref = run(pruned, x), run(masked_reference(engine, structure_of(pruned)), x)
-        assert torch.allclose(out, ref, rtol=0, atol=1e-9), (out - ref).abs().max()
-        assert model_bytes(pruned) == engine.predict_bytes(rates)
-        changed |= not torch.allclose(out, base)
-    assert changed
+    engine = check_exact_while_spiking(firing(model.double(), x), x, "TinySViT")
     dw = engine.prune({"blocks.0.1.fc1+dw": 0.5}).blocks[0][1].dw
     assert dw.weight.shape == (64, 1, 3, 3) and dw.groups == dw.in_channels == dw.out_channels == 64
 
