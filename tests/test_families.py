@@ -24,6 +24,7 @@ from primesvt_optuna.plugin.samplers import (
     BudgetAwareSampler, PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler,
 )
 from primesvt_optuna.pruning import Engine, masked_reference, model_bytes, removed_per_head, structure_of
+from primesvt_optuna.pruning.flops import FlopsPredictor, count_flops
 from primesvt_optuna.pruning.robustness import SharedPrefixEvaluator, robustness_sweep
 
 from test_engine import lively, run
@@ -196,3 +197,15 @@ def test_prunable_layers_hold_at_least_90_percent_of_the_bytes_outside_the_head(
     head = sum(t.numel() * t.element_size() for k, t in state.items() if k.split(".")[-2] == "head")
     prunable = sum(engine.layer_params.values()) * 4
     assert head > 0 and prunable / (engine.base_bytes - head) >= 0.9
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_flops_are_predicted_exactly_without_building(family: str) -> None:
+    make, size = FAMILIES[family]
+    torch.manual_seed(0)
+    engine = Engine(make().eval())
+    predictor = FlopsPredictor(engine, (2, size, size))
+    rng = random.Random(0)
+    rates = {layer: rng.choice([0.0, 0.25, 0.5]) for layer in engine.layers}
+    assert predictor.analytic
+    assert predictor.predict(rates) == count_flops(engine.prune(rates), (2, size, size)) < predictor.base_flops
