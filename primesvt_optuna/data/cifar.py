@@ -8,7 +8,7 @@ usual case, a checkpoint trained elsewhere on all 50,000 training images.
 
 The batches are pickles, and unpickling may call any importable function, so a file a user points
 at could run code. ``read_batch`` unpickles with only the globals a CIFAR batch holds (numpy's
-array reconstruction and dtype, and ``_codecs.encode``, with which Python 3 writes bytes at
+array and scalar reconstruction and dtype, and ``_codecs.encode``, with which Python 3 writes bytes at
 protocols 0-2); anything else is refused with one line before it is called.
 """
 
@@ -62,6 +62,7 @@ SAFE_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),  # numpy integers as labels
     ("_codecs", "encode"),
 }
 

@@ -49,7 +49,6 @@ class Room:
     descend: bool = False
     prune_embed: bool = False
     width_agnostic: type[nn.Module] | None = None
-    family: str = ""
 
 
 ROOMS: dict[type, Room] = {}
@@ -63,12 +62,6 @@ def register(cls: type, room: Room) -> None:
 def room_of(module: nn.Module) -> Room | None:
     """The room of the module's exact class (a subclass may compute something else: no room)."""
     return ROOMS.get(type(module))
-
-
-def family_of(model: nn.Module) -> str:
-    """The family name of the model's room, or its class name."""
-    room = room_of(model)
-    return room.family if room and room.family else type(model).__name__
 
 
 def with_prefix(spec: LayerSpec, prefix: str) -> LayerSpec:

@@ -63,7 +63,7 @@ class WidthAgnosticCifarSSA(mxf._MaxCifarSSA):
         return self.proj(self.attn_lif(x.transpose(3, 4).reshape(t, n, c, length)))
 
 
-register(mxf.MaxFormer, Room(nothing, keep=("head",), descend=True, family="maxformer"))
+register(mxf.MaxFormer, Room(nothing, keep=("head",), descend=True))
 register(mxf._MaxCifarEmbed, Room(cifar_embed))
 register(mxf._MaxEmbedInit, Room(embed_init))
 register(mxf._MaxEmbedStage, Room(embed_stage))

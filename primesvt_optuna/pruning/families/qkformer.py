@@ -69,7 +69,7 @@ def mlp(m: qkf._MLP, prune_embed: bool = False) -> list[LayerSpec]:
     return [filters(m, "fc1", "bn1", "lif1", readers=("fc2",), role="mlp"), filters(m, "fc2", "bn2", "lif2", writes=True)]
 
 
-register(qkf.QKFormer, Room(nothing, keep=("head",), descend=True, family="qkformer"))
+register(qkf.QKFormer, Room(nothing, keep=("head",), descend=True))
 register(qkf._PatchEmbedInit, Room(embed_init))
 register(qkf._PatchEmbedStage, Room(embed_stage))
 for cls in (QKAttention, TokenQKAttention, ChannelQKAttention):

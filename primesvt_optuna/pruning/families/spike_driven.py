@@ -69,7 +69,7 @@ class WidthAgnosticSDSA(SpikeDrivenSelfAttention):
         return self.proj_bn(self.proj_conv(x)) + identity
 
 
-register(sdt.SpikeDrivenTransformer, Room(nothing, keep=("head",), descend=True, family="spike-driven"))
+register(sdt.SpikeDrivenTransformer, Room(nothing, keep=("head",), descend=True))
 register(sdt._PatchEmbed, Room(patch_embed))
 register(SpikeDrivenSelfAttention, Room(sdsa, width_agnostic=WidthAgnosticSDSA))
 register(sdt._MLP, Room(membrane_mlp))

@@ -159,7 +159,7 @@ def sj_spikformer_layers(net: SJNet, prune_embed: bool = False) -> list[LayerSpe
     return layers
 
 
-register(Spikformer, Room(spikformer_layers, keep=("head",), prune_embed=True, family="spikformer"))
-register(SJNet, Room(sj_spikformer_layers, keep=("head",), prune_embed=True, family="sj-spikformer"))
+register(Spikformer, Room(spikformer_layers, keep=("head",), prune_embed=True))
+register(SJNet, Room(sj_spikformer_layers, keep=("head",), prune_embed=True))
 register(SJSpikformer, Room(lambda m, embed: [with_prefix(s, "net.") for s in sj_spikformer_layers(m.net, embed)],
-                            keep=("net.head",), prune_embed=True, family="sj-spikformer"))
+                            keep=("net.head",), prune_embed=True))
