@@ -33,6 +33,9 @@ from test_engine import lively, run
 FAMILIES = {
     "spike-driven": (lambda: SpikeDrivenTransformer(T=2, in_channels=2, num_classes=5, embed_dims=32, num_heads=2,
                                                     depths=2, pooling_stat="0011"), 16),
+    "spike-driven-plif": (lambda: SpikeDrivenTransformer(T=2, in_channels=2, num_classes=5, embed_dims=32, num_heads=2,
+                                                         depths=1, pooling_stat="0011",
+                                                         spiking_neuron=neuron.ParametricLIFNode), 16),
     "spike-driven-mlp1": (lambda: SpikeDrivenTransformer(T=2, in_channels=2, num_classes=5, embed_dims=16, num_heads=2,
                                                          depths=1, mlp_ratio=1.0, pooling_stat="0101"), 16),
     "qkformer-token": (lambda: QKFormer(T=2, in_channels=2, num_classes=5, embed_dims=32, num_heads=(1, 2, 2),

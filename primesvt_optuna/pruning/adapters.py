@@ -10,7 +10,8 @@ module per model family; ``register`` adds a user's.
 ``layer_specs`` walks the module tree from the root: a module whose exact class has a room is
 described by it (and, for a room with ``descend=True``, its children are walked too); any other
 module's children are walked. Every module that holds parameters or buffers must end up in a
-layer's cuts or in a room's ``keep``; the first one that does not is named in a ``PrimeSVTError``,
+layer's cuts or in a room's ``keep`` (single numbers, such as a parametric neuron's time constant,
+have no channel and need neither); the first one that does not is named in a ``PrimeSVTError``,
 so a model part no rule understands is never silently left out or pruned wrong.
 
 Why this is exact wherever a room is used: a branch whose outputs are cut writes its kept
@@ -85,9 +86,12 @@ def _walk(module: nn.Module, prefix: str, prune_embed: bool, specs: list[LayerSp
         _walk(child, f"{prefix}{name}.", prune_embed, specs, keep)
 
 
-def _holds_state(module: nn.Module) -> bool:
-    return any(p is not None for p in module._parameters.values()) or any(
-        b is not None and n not in module._non_persistent_buffers_set for n, b in module._buffers.items())
+def _holds_channels(module: nn.Module) -> bool:
+    """Whether the module's own parameters or persistent buffers could hold per-channel values
+    (a single number, such as a parametric LIF neuron's time constant, has no channel to cut)."""
+    tensors = [p for p in module._parameters.values() if p is not None] + [
+        b for n, b in module._buffers.items() if b is not None and n not in module._non_persistent_buffers_set]
+    return any(t.numel() > 1 for t in tensors)
 
 
 def layer_specs(model: nn.Module, prune_embed: bool = False) -> list[LayerSpec]:
@@ -110,7 +114,7 @@ def layer_specs(model: nn.Module, prune_embed: bool = False) -> list[LayerSpec]:
                                         f"does not have: its pruning rule does not fit this model ({HELP})")
             covered.update(c.module for c in group.cuts)
     for name, module in modules.items():
-        if name not in covered and _holds_state(module):
+        if name not in covered and _holds_channels(module):
             raise PrimeSVTError(
                 f"cannot prune {type(model).__name__}: module {name!r} ({type(module).__name__}) is in no prunable "
                 f"layer and no pruning rule covers it; register a Room for its block with "
