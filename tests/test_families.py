@@ -171,10 +171,10 @@ def test_objective_and_every_sampler_take_spikingjelly_models_as_built(family: s
     """spikingjelly's ``Spikformer`` returns logits per time step; the objective averages them."""
     model, x = build(family)
     splits = _random_splits(x.shape[-1])
-    objective = PruningObjective(model=model.float(), data=splits, eval_images=12, batch_size=12, grid=[0.5],
+    objective = PruningObjective(model=model.float(), data=splits, eval_images=8, batch_size=8, grid=[0.5],
                                  max_accuracy_drop=0.99, memory_target=0.2)
     study = optuna.create_study(directions=objective.directions, sampler=sampler(grid=[0.5]))
-    study.optimize(objective, n_trials=40)
+    study.optimize(objective, n_trials=25)
     selected = result(study).selected
     assert selected["rates"] and model_bytes(objective.engine.prune(selected["rates"])) == selected["model_bytes"]
 
@@ -184,7 +184,7 @@ def test_robustness_sweep_shares_prefixes_exactly_on_every_family(family: str) -
     model, x = build(family)
     model = model.float()
     engine = Engine(model)
-    splits = _random_splits(x.shape[-1], n=8)
+    splits = _random_splits(x.shape[-1], n=4)
     shared = robustness_sweep(engine, SharedPrefixEvaluator(splits.val, batch_size=4), grid=[0.5], progress=False)
     alone = robustness_sweep(engine, SharedPrefixEvaluator(splits.val, batch_size=4, share=False), grid=[0.5],
                              progress=False)
