@@ -16,6 +16,7 @@ from spikingjelly.activation_based.model.spike_driven_transformer import SpikeDr
 from spikingjelly.activation_based.model.spikformer import Spikformer
 
 from primesvt_optuna.data import Splits
+from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.models import PRESETS, build_model
 from primesvt_optuna.data._common import TensorImages
 from primesvt_optuna.plugin.objective import PruningObjective
@@ -212,3 +213,10 @@ def test_flops_are_predicted_exactly_without_building(family: str) -> None:
     rates = {layer: rng.choice([0.0, 0.25, 0.5]) for layer in engine.layers}
     assert predictor.analytic
     assert predictor.predict(rates) == count_flops(engine.prune(rates), (2, size, size)) < predictor.base_flops
+
+
+def test_prune_embed_is_refused_where_streams_differ_in_width() -> None:
+    model, _ = build("qkformer-token")
+    with pytest.raises(PrimeSVTError, match=r"^prune_embed .* not supported for QKFormer"):
+        Engine(model, prune_embed=True)
+    assert "embed_dim" in Engine(build("spikformer")[0], prune_embed=True).layers  # spikingjelly's Spikformer: one stream
