@@ -22,10 +22,18 @@ channels nearest to what the uniform rate keeps (per layer rates, ``align`` = N 
 matrix kernels tile widths that are multiples of 8 better, and uniform rates leave widths such
 as 1,669. Its memory saving is close to the target, not equal: compare its ``speedup_vs_flops``.
 
+For the large presets the validation pass the prune time is compared with is 256 images at
+``--big-size`` with T=4: one forward pass of ``--big-batch`` images (the same batch the
+throughput uses, its fastest of ``--repeats``) scaled to 256 images (``val_pass_s``,
+``val_pass_basis``), since a full 256-image pass at 224x224 takes minutes on a shared 2-core CPU.
+``--prune-only`` skips the FLOP counts and the throughput rounds (prune time against the
+validation pass only): that is how the other families' 8-512-sized presets (``sdt-8-512``,
+``qkformer-10-512``, ``maxformer-10-512``) are measured.
+
 The load average is recorded before and after (``load_start``, ``load_end``) with the machine.
 
 Usage: python benchmarks/bench_pruning.py [--models digits-2-64,spikformer-8-512] [--big-size 224]
-       [--big-batch 4] [--repeats 5] [--device cpu|cuda] [--out benchmarks/results/speed/pruning.csv]
+       [--big-batch 4] [--repeats 5] [--device cpu|cuda] [--prune-only] [--out benchmarks/results/speed/pruning.csv]
 Writes benchmarks/results/speed/pruning.csv (or --out).
 """
 
@@ -58,6 +66,7 @@ from primesvt_optuna.training import evaluate  # noqa: E402
 
 OUT = RESULTS / "speed" / "pruning.csv"
 TARGETS = (0.25, 0.5, 0.75)
+VAL_IMAGES = 256  # the validation pass prune time is measured against, for the large presets
 
 
 def uniform_rate_for(engine: Engine, target: float) -> float:
@@ -139,6 +148,9 @@ def bench_model(preset: str, size: int, batch: int, args: argparse.Namespace, va
     image = (channels, size, size)
     model = build_model({"preset": preset}).eval()
     engine = Engine(model)
+    x = torch.rand(batch, *image, device=device)
+    if args.prune_only:
+        return prune_only(preset, engine, model, x, args)
     started = time.perf_counter()
     predictor = FlopsPredictor(engine, image)
     predictor_setup_s = time.perf_counter() - started
@@ -175,7 +187,6 @@ def bench_model(preset: str, size: int, batch: int, args: argparse.Namespace, va
                          "prune_vs_val_pass": prune_s / val_pass if val_pass else None,
                          "flops": counted, "flops_predicted": predicted, "predict_ms": round(predict_ms, 2),
                          "flop_ratio": base_flops / counted}
-    x = torch.rand(batch, *image, device=device)
     for m in variants.values():
         m.to(device)
         one_batch(m, x, device)  # warm-up (allocator, kernels)
@@ -206,6 +217,29 @@ def bench_model(preset: str, size: int, batch: int, args: argparse.Namespace, va
     return out
 
 
+def prune_only(preset: str, engine: Engine, model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> list[dict]:
+    """Prune time at each target against one 256-image validation pass, scaled from ``x``'s batch."""
+    model.to(args.device)
+    one_batch(model, x, args.device)  # warm-up
+    batch_s = min(one_batch(model, x, args.device)[0] for _ in range(args.repeats))
+    val_pass = batch_s * VAL_IMAGES / len(x)
+    rows = []
+    for target in args.targets:
+        rate = uniform_rate_for(engine, target)
+        rates = {l: rate for l in engine.layers}
+        prune_s = timed(lambda: engine.prune(rates), args.repeats)
+        pruned = engine.prune(rates)
+        row = {"model": preset, "target_saving": target, "rate": rate, "align": 0, "layers": len(engine.layers),
+               "memory_saving": 1 - model_bytes(pruned) / model_bytes(model), "model_bytes": model_bytes(pruned),
+               "predicted_bytes_equal": engine.predict_bytes(rates) == model_bytes(pruned), "prune_s": prune_s,
+               "val_pass_s": val_pass, "val_pass_basis": f"{len(x)} images x {VAL_IMAGES // len(x)}",
+               "prune_vs_val_pass": prune_s / val_pass, "input": "x".join(map(str, x.shape)), "device": args.device,
+               "repeats": args.repeats}
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="digits-2-64,spikformer-8-512",
@@ -221,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave glibc's allocator as it is (large tensors mmap'd and page-faulted per batch)")
     parser.add_argument("--align", type=int, default=0,
                         help="also time models whose layers keep a multiple of N channels (0: off)")
+    parser.add_argument("--prune-only", action="store_true",
+                        help="prune time against the validation pass only (no FLOP counts, no throughput rounds)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     allocator = "default" if args.default_malloc else keep_heap()

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .errors import PrimeSVTError
 from .models import build_model, resolve_config
+from .models.official_names import to_preset_names
 
 FORMAT = "primesvt/1"
 REQUIRED = ("format", "model_config", "structure", "data", "metrics", "params", "model_bytes", "state_dict", "meta")
@@ -236,9 +237,11 @@ def build_structured(ckpt: dict[str, Any], path: Path) -> nn.Module:
 
 
 def load_original(path: str | os.PathLike, model_config: dict[str, Any]) -> nn.Module:
-    """A model of ``model_config`` with the weights of a checkpoint saved by the original Spikformer
-    code: a raw state dict or one under ``model``/``state_dict``, ``module.`` prefixes and the unused
-    ``block.*.norm1/norm2`` LayerNorm keys dropped, then loaded strictly."""
+    """A model of ``model_config`` with the weights of a checkpoint saved by the original code of its
+    family (Spikformer; Spike-Driven Transformer and QKFormer, renamed by ``models.official_names``)
+    or by spikingjelly's own classes: a raw state dict or one under ``model``/``state_dict``,
+    ``module.`` prefixes and the unused ``block.*.norm1/norm2`` LayerNorm keys dropped, then loaded
+    strictly."""
     path = Path(path).expanduser()
     raw = _read(path)
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
@@ -251,5 +254,6 @@ def load_original(path: str | os.PathLike, model_config: dict[str, Any]) -> nn.M
     state = {k.removeprefix("module."): v for k, v in raw.items()}
     state = {k: v for k, v in state.items() if not _UNUSED_ORIGINAL.match(k)}
     model = build_model(model_config)
+    state = to_preset_names(state, resolve_config(model_config)["family"], model.state_dict())
     load_state_strict(model, state, f"original checkpoint {path}")
     return model.eval()

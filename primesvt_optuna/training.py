@@ -28,6 +28,12 @@ from .errors import PrimeSVTError
 EVAL_BATCH_SIZE = 256
 
 
+def class_scores(output: torch.Tensor) -> torch.Tensor:
+    """``[B, classes]`` logits of a model's output: spikingjelly's built-in ``Spikformer`` returns
+    one set per time step (``[T, B, classes]``), averaged here as its wrapper does."""
+    return output.mean(0) if output.dim() == 3 else output
+
+
 def machine() -> dict[str, Any]:
     """Where timings come from: CPU model, cores, torch version and threads."""
     cpu = platform.processor() or platform.machine()
@@ -66,7 +72,7 @@ def iter_correct(
         with torch.inference_mode():
             for x, y in loader:
                 try:
-                    logits = model(x.to(dev))
+                    logits = class_scores(model(x.to(dev)))
                 finally:
                     functional.reset_net(model)
                 yield logits.argmax(1).cpu() == y
@@ -174,7 +180,7 @@ def train(
             if step >= steps:
                 break
             x, y = random_shift(x, augment_shift, augment_rng).to(dev), y.to(dev)
-            logits = model(x)
+            logits = class_scores(model(x))
             loss = loss_fn(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

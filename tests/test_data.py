@@ -225,3 +225,31 @@ def test_data_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> None:
         PruningObjective(ckpt, data={"path": str(tmp_path / "four")}, memory_target=0.1, max_accuracy_drop=0.03)
     with pytest.raises(PrimeSVTError, match="the data has 24 pixels a side but .*m.pt was built for 16"):
         PruningObjective(ckpt, data={"img_size": 24}, memory_target=0.1, max_accuracy_drop=0.03)
+
+
+class _RunsCode:
+    """A pickle payload that would call ``os.system`` when loaded by an unrestricted unpickler."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_cifar_batches_are_never_run_as_code(tmp_path: Path, cifar10_dir: Path, protocol: int,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, size=(20, 3072), dtype=np.uint8)
+    with open(cifar10_dir / "data_batch_2", "wb") as f:  # a well-formed batch at every protocol still loads
+        pickle.dump({b"data": data, b"labels": list(range(10)) * 2, b"filenames": [b"a.png"] * 20}, f, protocol=protocol)
+    assert load_splits(make_spec("cifar10", path=str(cifar10_dir), img_size=32)).sizes()["train"] == 100
+    monkeypatch.chdir(tmp_path)
+    with open(cifar10_dir / "data_batch_4", "wb") as f:
+        pickle.dump({b"data": _RunsCode(), b"labels": [0]}, f, protocol=protocol)
+    with pytest.raises(PrimeSVTError) as info:
+        load_splits(make_spec("cifar10", path=str(cifar10_dir), img_size=32))
+    message = str(info.value)
+    assert "\n" not in message and "data_batch_4" in message and "refusing to unpickle" in message
+    assert "system" in message  # names what it refused (posix.system or nt.system)
+    assert not (tmp_path / "PWNED").exists()

@@ -25,6 +25,23 @@ PAPER_MILLIONS = {
     "spikformer-4-384-cifar10": 9.32, "spikformer-8-384": 16.81, "spikformer-6-512": 23.37,
     "spikformer-8-512": 29.68, "spikformer-10-512": 36.01, "spikformer-8-768": 66.34,
 }
+# spikingjelly 2.0's classes (the presets of the other families), and what the papers print.
+SJ_PARAMS = {
+    "sdt-8-384": 16_816_744, "sdt-8-512": 29_690_344, "sdt-8-768": 66_340_072, "sdt-2-512-cifar10": 10_234_378,
+    "qkformer-10-384": 16_472_584, "qkformer-10-512": 29_077_864, "qkformer-10-768": 64_960_552,
+    "qkformer-4-384-cifar10": 6_790_378,
+    "maxformer-10-384": 16_236_616, "maxformer-10-512": 28_652_648, "maxformer-10-768": 63_990_952,
+    "maxformer-cifar": 6_602_932,
+}
+SJ_PAPER_MILLIONS = {
+    "sdt-8-384": 16.81, "sdt-8-512": 29.68, "sdt-8-768": 66.34, "sdt-2-512-cifar10": 10.28,
+    "qkformer-10-384": 16.47, "qkformer-10-512": 29.08, "qkformer-10-768": 64.96, "qkformer-4-384-cifar10": 6.74,
+    "maxformer-10-768": 63.99,
+}
+# Where spikingjelly's count differs from the paper's by more than rounding (docs/engine.md says why):
+# its patch-embedding convs carry biases (+720 / +960 at 8-384 / 8-512); the paper's CIFAR 2-512 count
+# is the 100-class model's; its QKFormer cannot build the CIFAR layout's first stage.
+SJ_OFF_BY = {"sdt-8-384": 0.01, "sdt-8-512": 0.01, "sdt-2-512-cifar10": -0.05, "qkformer-4-384-cifar10": 0.05}
 TINY_IMAGENET = {"family": "spikformer", "variant": "imagenet", "in_channels": 3, "num_classes": 5, "img_size": 32,
                  "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 4.0, "T": 2}
 
@@ -41,6 +58,21 @@ def test_published_preset_exact_parameter_count(name: str) -> None:
     assert count == EXACT_PARAMS[name]
     if name in PAPER_MILLIONS:
         assert abs(count / 1e6 - PAPER_MILLIONS[name]) <= 0.01
+
+
+@pytest.mark.parametrize("name", sorted(SJ_PARAMS))
+def test_spikingjelly_family_presets_parameter_counts(name: str) -> None:
+    count = _meta_params(name)
+    assert count == SJ_PARAMS[name]
+    if name in SJ_PAPER_MILLIONS:
+        assert round(count / 1e6 - SJ_PAPER_MILLIONS[name], 2) == SJ_OFF_BY.get(name, 0.0)
+
+
+def test_spike_driven_count_is_spikformers_plus_the_patch_embedding_biases() -> None:
+    """The Spike-Driven Transformer has Spikformer's layout; spikingjelly's four patch-embedding
+    convs have biases (D/8 + D/4 + D/2 + D), the official code's none."""
+    for dim, spikformer in ((384, "spikformer-8-384"), (512, "spikformer-8-512"), (768, "spikformer-8-768")):
+        assert _meta_params(f"sdt-8-{dim}") - _meta_params(spikformer) == dim // 8 + dim // 4 + dim // 2 + dim
 
 
 def test_original_layout_names() -> None:

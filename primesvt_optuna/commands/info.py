@@ -24,14 +24,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _stages(value: object) -> str:
+    """A per-stage list (QKFormer, MaxFormer) as ``1-2-7``, anything else as it is."""
+    return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def _list() -> None:
     from ..checkpoint import shipped_names
     from ..models import PRESETS
 
     print("presets:")
     for name, c in PRESETS.items():
-        print(f"  {name:<26} {c['family']:<14} dim {c['embed_dim']:<4} depth {c['depth']:<3} "
-              f"heads {c['num_heads']:<3} img {c['img_size']:<4} classes {c['num_classes']}")
+        depth, heads = (_stages(c.get(k, "-")) for k in ("depth", "num_heads"))
+        print(f"  {name:<26} {c['family']:<14} dim {c['embed_dim']:<4} depth {depth:<6} "
+              f"heads {heads:<8} img {c['img_size']:<4} classes {c['num_classes']}")
     print("shipped baselines:", ", ".join(shipped_names()) or "none")
 
 

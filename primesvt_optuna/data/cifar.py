@@ -5,12 +5,19 @@ Expected layouts: ``cifar-10-batches-py/`` with ``data_batch_1`` ... ``data_batc
 the official test set is split in two seeded stratified halves: validation (drives the search)
 and test (only reported). Holding validation out of the training set would not work for the
 usual case, a checkpoint trained elsewhere on all 50,000 training images.
+
+The batches are pickles, and unpickling may call any importable function, so a file a user points
+at could run code. ``read_batch`` unpickles with only the globals a CIFAR batch holds (numpy's
+array and scalar reconstruction and dtype, and ``_codecs.encode``, with which Python 3 writes bytes at
+protocols 0-2); anything else is refused with one line before it is called.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +56,39 @@ class UInt8Images(Dataset):
         return (x - self.mean) / self.std, int(self.labels[i])
 
 
+# What a CIFAR batch pickle may name: numpy arrays (numpy 1's and 2's module names, protocols 0-5)
+# and the bytes encoder of protocol 0-2 pickles written by Python 3.
+SAFE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),  # numpy integers as labels
+    ("_codecs", "encode"),
+}
+
+
+class _Refused(Exception):
+    """A pickle names a global a CIFAR batch never holds."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in SAFE_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        if module.startswith("numpy.core."):  # numpy 1's name; numpy 2 warns on it
+            module = "numpy._core." + module.removeprefix("numpy.core.")
+        return super().find_class(module, name)
+
+
+def read_batch(f: Path, layout: str) -> Any:
+    """Unpickle one CIFAR batch file with only the globals that format holds (never runs code)."""
+    try:
+        return _BatchUnpickler(io.BytesIO(f.read_bytes()), encoding="bytes").load()
+    except _Refused as refused:
+        raise PrimeSVTError(f"{f} names {refused}, which a CIFAR batch never holds: refusing to unpickle it "
+                            f"(a pickle can run code); expected {layout}") from None
+
+
 def _read(path: Path, files: list[str], label_key: bytes, layout: str) -> tuple[np.ndarray, np.ndarray]:
     data, labels = [], []
     for name in files:
@@ -56,10 +96,11 @@ def _read(path: Path, files: list[str], label_key: bytes, layout: str) -> tuple[
         if not f.is_file():
             raise PrimeSVTError(f"CIFAR folder {path} has no {name}: expected {layout}")
         try:
-            with open(f, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+            batch = read_batch(f, layout)
             x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             y = np.asarray(batch[label_key], dtype=np.int64)
+        except PrimeSVTError:
+            raise
         except Exception as exc:  # any unpickling/shape problem means the file is not a CIFAR batch
             raise PrimeSVTError(f"{f} is not a readable CIFAR batch ({type(exc).__name__}): expected {layout}") from None
         if len(x) != len(y):

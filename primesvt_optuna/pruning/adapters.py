@@ -1,183 +1,133 @@
-"""Model-family adapters: which modules form which prunable layer, and how they couple.
+"""Which modules form which prunable layer: one *room* per module class, found by walking the model.
 
-Decisions (documented in the README):
+A room (``Room``) describes how one module class is pruned, as data in the vocabulary of
+``spec.py``: the layers it owns (channel groups with their cuts, mask sites, scatters and
+gathers), the modules it leaves unpruned on purpose (a classification head), and, where the
+class's ``forward`` reads a width from its constructor, a subclass whose ``forward`` reads it from
+the tensors (swapped in on the pruned copy only). The built-in rooms live in ``families/``, one
+module per model family; ``register`` adds a user's.
 
-* q and k pair up channel by channel inside ``q @ k^T``: they are one layer (``...q_conv+k_conv``)
-  ranked by the joint L2 norm of the pair, removed the same number per head.
-* v is its own layer; its removed channels are also the attention projection's input channels.
-  It too is removed the same number per head, so the per-head reshape stays valid.
-* fc1's removed outputs are fc2's removed inputs (one layer, ``...fc1_*``).
-* Residual writers (``rpe_conv``, attention ``proj``, ``fc2``, ``proj_conv3``) compute only their
-  kept channels; a forward hook writes them into the full-width stream by index, so the branch adds
-  nothing to a removed channel while the stream keeps its ``D`` channels.
-* ``proj_conv3`` feeds both the stream and ``rpe_conv``: its kept channels are scattered into the
-  stream and gathered back for ``rpe_conv``, whose matching input channels are removed.
-* The classification head's outputs are never pruned.
-* ``prune_embed=True`` replaces the residual-writer layers by one global ``embed_dim`` layer that
-  removes stream channels everywhere (writers' outputs, readers' inputs, the head's inputs).
+``layer_specs`` walks the module tree from the root: a module whose exact class has a room is
+described by it (and, for a room with ``descend=True``, its children are walked too); any other
+module's children are walked. Every module that holds parameters or buffers must end up in a
+layer's cuts or in a room's ``keep`` (single numbers, such as a parametric neuron's time constant,
+have no channel and need neither); the first one that does not is named in a ``PrimeSVTError``,
+so a model part no rule understands is never silently left out or pruned wrong.
 
-spikingjelly's built-in Spikformer fuses q, k and v into one ``qkv_conv_bn`` (D -> 3D, reshaped per
-head), so there q, k and v are one layer with one rate: a q/k pair group and a v group.
+Why this is exact wherever a room is used: a branch whose outputs are cut writes its kept
+channels back at full width by index (``scatter``, zeros elsewhere), which is what the masked
+reference computes whatever reads that output; so a room needs to know only its own class's
+``forward``, never the model around it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch.nn as nn
 
-from ..models.sj_spikformer import SJSpikformer
-from ..models.spikformer import Spikformer
-from .spec import ChannelGroup, Cut, LayerSpec, Site
+from ..errors import PrimeSVTError
+from .spec import LayerSpec
 
-Adapter = Callable[[nn.Module, bool], list[LayerSpec]]
-
-
-def _stream_group(channels: int, writers: list[tuple[str, str, str, int]], readers: list[str],
-                  extra_cuts: list[Cut], mask: list[Site]) -> ChannelGroup:
-    """The global embedding-dimension group: every writer's rows and every reader's columns."""
-    cuts = [c for conv, bn, _, _ in writers for c in (Cut(conv, "out"), Cut(bn, "norm"))]
-    cuts += [Cut(r, "in") for r in readers] + extra_cuts
-    return ChannelGroup(channels, rank=tuple(Cut(w[0], "out") for w in writers), cuts=tuple(cuts), mask=tuple(mask))
+Describe = Callable[[nn.Module, bool], list[LayerSpec]]
+HELP = "see docs/engine.md, 'Bring your own SViT'"
 
 
-def spikformer_layers(model: Spikformer, prune_embed: bool = False) -> list[LayerSpec]:
-    """Layers of this package's Spikformer (both variants; names as in the original code)."""
-    kind = "linear" if model.variant == "cifar" else "conv"
-    tok = 3 if model.variant == "cifar" else 2  # channel dim of [T,B,N,C] resp. [T,B,C,N] tokens
-    p = "patch_embed."
-    sps = model.patch_embed
-    suffix = ["", "1", "2", "3"]
-    pooled = lambda i: f"{p}maxpool{suffix[i]}" if i in sps.pool_stages else f"{p}proj_lif{suffix[i]}"
-    layers: list[LayerSpec] = []
-    for i in range(3):
-        s, n = suffix[i], suffix[i + 1]
-        conv = f"{p}proj_conv{s}"
-        layers.append(LayerSpec(conv, (conv,), (ChannelGroup(
-            getattr(sps, f"proj_conv{s}").out_channels, rank=(Cut(conv, "out"),),
-            cuts=(Cut(conv, "out"), Cut(f"{p}proj_bn{s}", "norm"), Cut(f"{p}proj_conv{n}", "in")),
-            mask=(Site(f"{p}proj_lif{s}", 2),)),), role="sps"))
-    dim = sps.rpe_conv.out_channels
-    if not prune_embed:
-        conv3 = f"{p}proj_conv3"
-        layers.append(LayerSpec(conv3, (conv3,), (ChannelGroup(
-            dim, rank=(Cut(conv3, "out"),),
-            cuts=(Cut(conv3, "out"), Cut(f"{p}proj_bn3", "norm"), Cut(f"{p}rpe_conv", "in")),
-            mask=(Site(f"{p}proj_lif3", 2),), scatter=(Site(pooled(3), 2),),
-            gather=(Site(f"{p}rpe_conv", 2),)),), role="residual"))
-        rpe = f"{p}rpe_conv"
-        layers.append(LayerSpec(rpe, (rpe,), (ChannelGroup(
-            dim, rank=(Cut(rpe, "out"),), cuts=(Cut(rpe, "out"), Cut(f"{p}rpe_bn", "norm")),
-            mask=(Site(f"{p}rpe_lif", 2),), scatter=(Site(f"{p}rpe_lif", 2),)),), role="residual"))
-    for b, blk in enumerate(model.block):
-        a, m = f"block.{b}.attn.", f"block.{b}.mlp."
-        heads = blk.attn.num_heads
-        q, k, v, proj = (f"{a}{x}_{kind}" for x in ("q", "k", "v", "proj"))
-        layers.append(LayerSpec(f"{q}+k_{kind}", (q, k), (ChannelGroup(
-            dim, heads=heads, rank=(Cut(q, "out"), Cut(k, "out")),
-            cuts=(Cut(q, "out"), Cut(f"{a}q_bn", "norm"), Cut(k, "out"), Cut(f"{a}k_bn", "norm")),
-            mask=(Site(f"{a}q_lif", tok), Site(f"{a}k_lif", tok))),), role="attention"))
-        layers.append(LayerSpec(v, (v,), (ChannelGroup(
-            dim, heads=heads, rank=(Cut(v, "out"),),
-            cuts=(Cut(v, "out"), Cut(f"{a}v_bn", "norm"), Cut(proj, "in")),
-            mask=(Site(f"{a}v_lif", tok),)),), role="attention"))
-        if not prune_embed:
-            layers.append(LayerSpec(proj, (proj,), (ChannelGroup(
-                dim, rank=(Cut(proj, "out"),), cuts=(Cut(proj, "out"), Cut(f"{a}proj_bn", "norm")),
-                mask=(Site(f"{a}proj_lif", tok),), scatter=(Site(f"{a}proj_lif", tok),)),), role="residual"))
-        fc1, fc2 = f"{m}fc1_{kind}", f"{m}fc2_{kind}"
-        hidden = getattr(blk.mlp, f"fc1_{kind}").weight.shape[0]
-        layers.append(LayerSpec(fc1, (fc1,), (ChannelGroup(
-            hidden, rank=(Cut(fc1, "out"),), cuts=(Cut(fc1, "out"), Cut(f"{m}fc1_bn", "norm"), Cut(fc2, "in")),
-            mask=(Site(f"{m}fc1_lif", tok),)),), role="mlp"))
-        if not prune_embed:
-            layers.append(LayerSpec(fc2, (fc2,), (ChannelGroup(
-                dim, rank=(Cut(fc2, "out"),), cuts=(Cut(fc2, "out"), Cut(f"{m}fc2_bn", "norm")),
-                mask=(Site(f"{m}fc2_lif", tok),), scatter=(Site(f"{m}fc2_lif", tok),)),), role="residual"))
-    if prune_embed:
-        writers = [(f"{p}proj_conv3", f"{p}proj_bn3", f"{p}proj_lif3", 2), (f"{p}rpe_conv", f"{p}rpe_bn", f"{p}rpe_lif", 2)]
-        readers = [f"{p}rpe_conv", "head"]
-        for b in range(len(model.block)):
-            a, m = f"block.{b}.attn.", f"block.{b}.mlp."
-            writers += [(f"{a}proj_{kind}", f"{a}proj_bn", f"{a}proj_lif", tok), (f"{m}fc2_{kind}", f"{m}fc2_bn", f"{m}fc2_lif", tok)]
-            readers += [f"{a}{x}_{kind}" for x in ("q", "k", "v")] + [f"{m}fc1_{kind}"]
-        layers.append(LayerSpec("embed_dim", tuple(w[0] for w in writers), (_stream_group(
-            dim, writers, readers, [], [Site(w[2], w[3]) for w in writers]),), role="embedding"))
-    return layers
+@dataclass(frozen=True)
+class Room:
+    """How one module class is pruned.
+
+    ``layers(module, prune_embed)``: its layers, module names relative to ``module`` (the walk
+    prefixes them with the module's name in the model); ``keep``: descendants left unpruned on purpose (relative names);
+    ``descend``: walk the children too (rooms that describe only part of their subtree);
+    ``prune_embed``: the room can prune the embedding dimension as one global group;
+    ``width_agnostic``: a subclass computing the same function with widths read from the tensors.
+    """
+
+    layers: Describe
+    keep: tuple[str, ...] = ()
+    descend: bool = False
+    prune_embed: bool = False
+    width_agnostic: type[nn.Module] | None = None
 
 
-def sj_spikformer_layers(model: SJSpikformer, prune_embed: bool = False) -> list[LayerSpec]:
-    """Layers of spikingjelly 2.0's built-in Spikformer (wrapped as ``net``)."""
-    net = model.net
-    p = "net.patch_embed."
-    stage = lambda i: f"{p}stages.{i}.conv_bn.block."
-    layers: list[LayerSpec] = []
-    for i in range(3):
-        conv = f"{stage(i)}0"
-        layers.append(LayerSpec(conv, (conv,), (ChannelGroup(
-            net.patch_embed.stages[i].conv_bn.block[0].out_channels, rank=(Cut(conv, "out"),),
-            cuts=(Cut(conv, "out"), Cut(f"{stage(i)}1", "norm"), Cut(f"{stage(i + 1)}0", "in")),
-            mask=(Site(f"{p}stages.{i}.neuron", 2),)),), role="sps"))
-    dim = net.embed_dims
-    pe = f"{p}positional_encoding.conv_bn.block."
-    if not prune_embed:
-        conv3 = f"{stage(3)}0"
-        layers.append(LayerSpec(conv3, (conv3,), (ChannelGroup(
-            dim, rank=(Cut(conv3, "out"),), cuts=(Cut(conv3, "out"), Cut(f"{stage(3)}1", "norm"), Cut(f"{pe}0", "in")),
-            mask=(Site(f"{p}stages.3.neuron", 2),), scatter=(Site(f"{p}stages.3", 2),),
-            gather=(Site(f"{p}positional_encoding", 2),)),), role="residual"))
-        layers.append(LayerSpec(f"{pe}0", (f"{pe}0",), (ChannelGroup(
-            dim, rank=(Cut(f"{pe}0", "out"),), cuts=(Cut(f"{pe}0", "out"), Cut(f"{pe}1", "norm")),
-            mask=(Site(f"{p}positional_encoding.neuron", 2),),
-            scatter=(Site(f"{p}positional_encoding", 2),)),), role="residual"))
-    for b, blk in enumerate(net.blocks):
-        a, m = f"net.blocks.{b}.attn.", f"net.blocks.{b}.mlp."
-        heads = blk.attn.num_heads
-        qkv, bn, proj = f"{a}qkv_conv_bn.0", f"{a}qkv_conv_bn.1", f"{a}proj_conv_bn.0"
-        qk = ChannelGroup(
-            dim, heads=heads, rank=(Cut(qkv, "out", 0), Cut(qkv, "out", dim)),
-            cuts=(Cut(qkv, "out", 0), Cut(bn, "norm", 0), Cut(qkv, "out", dim), Cut(bn, "norm", dim)),
-            mask=(Site(f"{a}qkv_lif", 2, 0), Site(f"{a}qkv_lif", 2, dim)))
-        v = ChannelGroup(
-            dim, heads=heads, rank=(Cut(qkv, "out", 2 * dim),),
-            cuts=(Cut(qkv, "out", 2 * dim), Cut(bn, "norm", 2 * dim), Cut(proj, "in")),
-            mask=(Site(f"{a}qkv_lif", 2, 2 * dim),))
-        layers.append(LayerSpec(qkv, (qkv,), (qk, v), role="attention"))
-        if not prune_embed:
-            layers.append(LayerSpec(proj, (proj,), (ChannelGroup(
-                dim, rank=(Cut(proj, "out"),), cuts=(Cut(proj, "out"), Cut(f"{a}proj_conv_bn.1", "norm")),
-                mask=(Site(f"{a}proj_lif", 2),), scatter=(Site(f"{a}proj_lif", 2),)),), role="residual"))
-        fc1, fc2 = f"{m}fc1.0", f"{m}fc2.0"
-        layers.append(LayerSpec(fc1, (fc1,), (ChannelGroup(
-            blk.mlp.fc1[0].out_channels, rank=(Cut(fc1, "out"),),
-            cuts=(Cut(fc1, "out"), Cut(f"{m}fc1.1", "norm"), Cut(fc2, "in")),
-            mask=(Site(f"{m}neuron1", 2),)),), role="mlp"))
-        if not prune_embed:
-            layers.append(LayerSpec(fc2, (fc2,), (ChannelGroup(
-                dim, rank=(Cut(fc2, "out"),), cuts=(Cut(fc2, "out"), Cut(f"{m}fc2.1", "norm")),
-                mask=(Site(f"{m}neuron2", 2),), scatter=(Site(f"{m}neuron2", 2),)),), role="residual"))
-    if prune_embed:
-        writers = [(f"{stage(3)}0", f"{stage(3)}1", f"{p}stages.3.neuron", 2), (f"{pe}0", f"{pe}1", f"{p}positional_encoding.neuron", 2)]
-        readers = [f"{pe}0", "net.head"]
-        for b in range(len(net.blocks)):
-            a, m = f"net.blocks.{b}.attn.", f"net.blocks.{b}.mlp."
-            writers += [(f"{a}proj_conv_bn.0", f"{a}proj_conv_bn.1", f"{a}proj_lif", 2), (f"{m}fc2.0", f"{m}fc2.1", f"{m}neuron2", 2)]
-            readers += [f"{a}qkv_conv_bn.0", f"{m}fc1.0"]
-        layers.append(LayerSpec("embed_dim", tuple(w[0] for w in writers), (_stream_group(
-            dim, writers, readers, [], [Site(w[2], w[3]) for w in writers]),), role="embedding"))
-    return layers
+ROOMS: dict[type, Room] = {}
 
 
-ADAPTERS: dict[type, Adapter] = {Spikformer: spikformer_layers, SJSpikformer: sj_spikformer_layers}
+def register(cls: type, room: Room) -> None:
+    """Prune every module of exactly this class with ``room`` (replaces an earlier registration)."""
+    ROOMS[cls] = room
+
+
+def room_of(module: nn.Module) -> Room | None:
+    """The room of the module's exact class (a subclass may compute something else: no room)."""
+    return ROOMS.get(type(module))
+
+
+def with_prefix(spec: LayerSpec, prefix: str) -> LayerSpec:
+    """``spec`` with every module name (and the layer name) under ``prefix``."""
+    if not prefix:
+        return spec
+    cuts = lambda items: tuple(replace(c, module=prefix + c.module) for c in items)  # noqa: E731
+    groups = tuple(replace(g, rank=cuts(g.rank), cuts=cuts(g.cuts), mask=cuts(g.mask), scatter=cuts(g.scatter),
+                           gather=cuts(g.gather)) for g in spec.groups)
+    return replace(spec, name=prefix + spec.name, own=tuple(prefix + o for o in spec.own), groups=groups)
+
+
+def _walk(module: nn.Module, prefix: str, prune_embed: bool, specs: list[LayerSpec], keep: set[str]) -> None:
+    room = room_of(module)
+    if room is not None:
+        specs += [with_prefix(s, prefix) for s in room.layers(module, prune_embed)]
+        keep.update(prefix + k for k in room.keep)
+        if not room.descend:
+            return
+    for name, child in module.named_children():
+        _walk(child, f"{prefix}{name}.", prune_embed, specs, keep)
+
+
+def _holds_channels(module: nn.Module) -> bool:
+    """Whether the module's own parameters or persistent buffers could hold per-channel values
+    (a single number, such as a parametric LIF neuron's time constant, has no channel to cut)."""
+    tensors = [p for p in module._parameters.values() if p is not None] + [
+        b for n, b in module._buffers.items() if b is not None and n not in module._non_persistent_buffers_set]
+    return any(t.numel() > 1 for t in tensors)
 
 
 def layer_specs(model: nn.Module, prune_embed: bool = False) -> list[LayerSpec]:
-    """The adapter's layer list for ``model`` (network order)."""
-    for cls, adapter in ADAPTERS.items():
-        if isinstance(model, cls):
-            return adapter(model, prune_embed)
-    from ..errors import PrimeSVTError
+    """The layers of ``model`` (network order), every state-holding module accounted for."""
+    root = room_of(model)
+    if prune_embed and not (root and root.prune_embed):
+        raise PrimeSVTError(f"prune_embed (the embedding dimension as one global group) is not supported for "
+                            f"{type(model).__name__}: only the Spikformer families have one stream width")
+    specs: list[LayerSpec] = []
+    keep: set[str] = set()
+    _walk(model, "", prune_embed, specs, keep)
+    modules = dict(model.named_modules())
+    covered = set(keep)
+    for spec in specs:
+        for group in spec.groups:
+            named = [c.module for c in (*group.cuts, *group.rank)] + [s.module for s in (*group.mask, *group.scatter, *group.gather)]
+            for name in named:
+                if name not in modules:
+                    raise PrimeSVTError(f"layer {spec.name!r} names module {name!r}, which {type(model).__name__} "
+                                        f"does not have: its pruning rule does not fit this model ({HELP})")
+            covered.update(c.module for c in group.cuts)
+    for name, module in modules.items():
+        if name not in covered and _holds_channels(module):
+            raise PrimeSVTError(
+                f"cannot prune {type(model).__name__}: module {name!r} ({type(module).__name__}) is in no prunable "
+                f"layer and no pruning rule covers it; register a Room for its block with "
+                f"primesvt_optuna.pruning.register ({HELP})")
+    return specs
 
-    raise PrimeSVTError(
-        f"no pruning adapter for {type(model).__name__}: register one in primesvt_optuna.pruning.adapters.ADAPTERS"
-    )
+
+def make_width_agnostic(model: nn.Module) -> None:
+    """Give every module whose room has one its width-agnostic class (same state, same function)."""
+    for module in model.modules():
+        room = room_of(module)
+        if room is not None and room.width_agnostic is not None:
+            module.__class__ = room.width_agnostic
+
+
+from . import families  # noqa: E402,F401  (registers the built-in rooms)

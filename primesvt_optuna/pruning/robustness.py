@@ -38,6 +38,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..errors import PrimeSVTError
+from ..training import class_scores
 from .engine import ENGINE_VERSION, Engine
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -306,7 +307,7 @@ class SharedPrefixEvaluator:
                 shared = [x, *(t for name in units for v in outputs[name] for t in _tensors(v))]
                 versions = [(t, t._version) for t in shared]
                 for i, model in enumerate(models):
-                    z = self._run_with(model, x, {name: outputs[name] for name in units})
+                    z = class_scores(self._run_with(model, x, {name: outputs[name] for name in units}))
                     correct[i] += int((z.argmax(1).cpu() == y).sum())
                     if logits is not None:
                         logits[i].append(z.cpu())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-CutKind = Literal["out", "in", "norm"]
+CutKind = Literal["out", "in", "norm", "depthwise"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,10 @@ class Cut:
 
     ``out``: output channels of a Conv/Linear (``weight`` dim 0 and ``bias``);
     ``in``: input channels of a Conv/Linear (``weight`` dim 1);
-    ``norm``: every per-channel tensor of a BatchNorm (weight, bias, running mean and variance).
+    ``norm``: every per-channel tensor of a BatchNorm (weight, bias, running mean and variance);
+    ``depthwise``: the channels of a depthwise conv (``groups == channels``), whose filter ``c``
+    reads only input channel ``c``: its input and output go together (``weight`` dim 0, ``bias``),
+    so its group also gathers the kept channels of its input.
     """
 
     module: str

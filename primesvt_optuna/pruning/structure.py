@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from ..errors import PrimeSVTError
 from ..models.spikformer import SCATTER_INDEX, index_writes_here
-from .adapters import layer_specs
+from .adapters import layer_specs, make_width_agnostic
 from .spec import Cut, LayerSpec
 
 SCATTER_BUFFER = SCATTER_INDEX  # "primesvt_scatter_index"
@@ -41,8 +41,10 @@ CUT_TENSORS: dict[str, tuple[tuple[str, int], ...]] = {
     "out": (("weight", 0), ("bias", 0)),
     "in": (("weight", 1),),
     "norm": (("weight", 0), ("bias", 0), ("running_mean", 0), ("running_var", 0)),
+    "depthwise": (("weight", 0), ("bias", 0)),
 }
-_SIZE_ATTRS = {"out": ("out_channels", "out_features"), "in": ("in_channels", "in_features"), "norm": ("num_features",)}
+_SIZE_ATTRS = {"out": ("out_channels", "out_features"), "in": ("in_channels", "in_features"), "norm": ("num_features",),
+               "depthwise": ("in_channels", "out_channels", "groups")}
 
 
 class ScatterHook:
@@ -102,6 +104,7 @@ def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     if structure_of(model) is not None:
         raise PrimeSVTError("this model is already pruned: prune the original (unpruned) checkpoint instead")
     specs = {s.name: s for s in layer_specs(model, bool(structure.get("prune_embed", False)))}
+    make_width_agnostic(model)
     modules = dict(model.named_modules())
     device = next(model.parameters()).device
     removed: dict[tuple[str, str], set[int]] = defaultdict(set)
