@@ -132,6 +132,8 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         "workers": sorted({(t.system_attrs.get("primesvt:worker") or {}).get("pid") for t in trials} - {None}),
         "trials": len(trials),
         "walk_trials": [t.number for t in trials if t.user_attrs.get("phase") in ("walk", "plan", "extend")],
+        "confirm_trials": [t.number for t in trials if t.user_attrs.get("phase") == "confirm"],
+        "confirmed": (res.selected or {}).get("confirmation", {}).get("confirmed"),
         "evaluated": {key: t.user_attrs.get("phase") for key, t in zip(evaluated, done)},
     }
 

@@ -21,32 +21,14 @@ from ..errors import PrimeSVTError
 
 
 def _nuisance(b: int, c: int, n: int, delta: float) -> float:
-    """The maximum-likelihood ``p_c`` given ``p_b = p_c + delta`` (a concave log-likelihood in
-    ``p_c``, maximised by bisection on its derivative)."""
+    """The maximum-likelihood ``p_c`` given ``p_b = p_c + delta``: the positive root of
+    ``2n p^2 - B p - C = 0`` (Tango's closed form, from setting the log-likelihood's derivative
+    to zero), kept inside the range where all three cell probabilities are valid."""
     rest = n - b - c
-    lo, hi = max(0.0, -delta), (1.0 - delta) / 2.0
-    if hi - lo <= 1e-15:
-        return lo
-
-    def slope(p: float) -> float:
-        total = 0.0
-        if b:
-            total += b / (p + delta)
-        if c:
-            total += c / p
-        if rest:
-            total -= 2.0 * rest / (1.0 - 2.0 * p - delta)
-        return total
-
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        if mid <= 0.0 or slope(mid) > 0.0:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-14:
-            break
-    return (lo + hi) / 2.0
+    big_b = b * (1.0 - delta) + c * (1.0 - 3.0 * delta) - 2.0 * rest * delta
+    big_c = c * delta * (1.0 - delta)
+    p = (big_b + math.sqrt(max(0.0, big_b * big_b + 8.0 * n * big_c))) / (4.0 * n)
+    return min(max(p, max(0.0, -delta)), (1.0 - delta) / 2.0)
 
 
 def _score(b: int, c: int, n: int, delta: float) -> float:

@@ -5,8 +5,10 @@ The search (any policy) steps on the *search* part of the evaluation images unde
 Its candidates are then confirmed on the held-back *confirmation* part, in a ladder fixed by the
 search data alone, before any confirmation image is seen:
 
-* the candidates are the search trials that meet the accuracy constraint by the point rule; their
-  savings span from the memory target (0 without one) to the largest, ``s_max``;
+* the candidates are the search trials that meet the accuracy constraint by the point rule, of a
+  layer alone (robustness trials) only its highest passing rate: idle workers evaluate lower rates
+  of a layer speculatively, and the ladder must not depend on how many workers ran; their savings
+  span from the memory target (0 without one) to the largest, ``s_max``;
 * rung ``j`` of ``RUNGS`` (``j = 1 .. RUNGS``) is the candidate with the smallest search drop among
   those saving at least ``s_j = target + (s_max - target) (j - 1) / (RUNGS - 1)`` (ties: more
   saving, then lower trial number): rung 1 is the safest configuration that meets the memory
@@ -82,6 +84,15 @@ def ladder(search_trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial
            rungs: int = RUNGS) -> list[Rung]:
     """The rungs to confirm, safest first (see module docs)."""
     pool = [t for t in search_trials if _search_ok(t) and rates_of(t)]
+    bounds: dict[str, FrozenTrial] = {}
+    for t in pool:
+        rates = rates_of(t)
+        if t.user_attrs.get("phase") == "robustness" and len(rates) == 1:
+            ((layer, rate),) = rates.items()
+            if layer not in bounds or rate > rates_of(bounds[layer])[layer]:
+                bounds[layer] = t
+    pool = [t for t in pool if not (t.user_attrs.get("phase") == "robustness" and len(rates_of(t)) == 1)
+            or t is bounds.get(next(iter(rates_of(t))))]
     if any(_memory_met(t) for t in pool):
         pool = [t for t in pool if _memory_met(t)]
     if not pool:
