@@ -56,6 +56,9 @@ from ..storage import fail_stale_trials, worker_info
 from .samplers._claims import write_study_attrs
 
 BASE_ACCURACY = f"{STUDY_PREFIX}base_accuracy"
+AUTO_RECALIBRATION_IMAGES = 512
+AUTO_RECALIBRATION_GAIN = 0.01
+AUTO_RECALIBRATION_RATE = 0.3
 DIRECTIONS = ["maximize", "minimize"]
 METRIC_NAMES = ["accuracy", "model_bytes"]
 
@@ -274,6 +277,8 @@ class RateObjective:
 
         if reference:
             base = accuracy
+            probe = getattr(self, "recalibration_probe", None)  # the study's one probe is charged here
+            attrs["images_recalibrated"] += probe["images"] if probe else 0
             if storage.get_study_user_attrs(study._study_id).get(BASE_ACCURACY) is None:
                 storage.set_study_user_attr(study._study_id, BASE_ACCURACY, accuracy)
         else:
@@ -663,10 +668,16 @@ class PruningObjective(RateObjective):
         self.eval_order: list[int] | None = None if self.first_batch is None else torch_randperm(
             len(self.eval_set), self.eval_order_seed)
         self.device = device
-        if recalibrate_bn is None or isinstance(recalibrate_bn, bool) or int(recalibrate_bn) < 0:
-            raise PrimeSVTError(f"recalibrate_bn is a number of training images (0: off), got {recalibrate_bn!r}")
-        self.recalibrate_bn = int(recalibrate_bn)
+        auto = recalibrate_bn == "auto"
+        if not auto and (recalibrate_bn is None or isinstance(recalibrate_bn, bool) or not isinstance(
+                recalibrate_bn, int) or recalibrate_bn < 0):
+            raise PrimeSVTError(f"recalibrate_bn is a number of training images (0: off) or 'auto', got {recalibrate_bn!r}")
         self.recalibrate_seed = int(seed)
+        self.recalibrate_bn = AUTO_RECALIBRATION_IMAGES if auto else int(recalibrate_bn)
+        self.recalibration_probe: dict[str, Any] | None = None
+        if auto:
+            self.recalibration_probe = self._probe_recalibration(grid)
+            self.recalibrate_bn = self.recalibrate_bn if self.recalibration_probe["on"] else 0
         if flops_target is not None:
             from ..pruning.flops import FlopsPredictor
 
@@ -707,6 +718,23 @@ class PruningObjective(RateObjective):
 
         return {"images": self.recalibrate_bn, "batch_size": BATCH_SIZE, "seed": self.recalibrate_seed}
 
+    def _probe_recalibration(self, grid: Sequence[float]) -> dict[str, Any]:
+        """``recalibrate_bn="auto"``: whether BatchNorm recalibration pays on this model, measured
+        once before the study (the same in every worker: deterministic). Every layer pruned at the
+        grid rate nearest ``AUTO_RECALIBRATION_RATE`` is evaluated on the search images without and with recalibration;
+        it is on when it lifts that accuracy by at least ``AUTO_RECALIBRATION_GAIN``."""
+        from ..training import evaluate
+
+        rate = min(normalize_grid(grid), key=lambda r: abs(r - AUTO_RECALIBRATION_RATE))
+        rates = {name: rate for name in self.engine.layers}
+        plain = evaluate(self.engine.prune(rates).to(self.device), self.eval_set, batch_size=self.batch_size,
+                         device=self.device)
+        model = self.engine.prune(rates).to(self.device)
+        used = self.recalibrate(model, rates)
+        recalibrated = evaluate(model, self.eval_set, batch_size=self.batch_size, device=self.device)
+        return {"rate": rate, "plain": plain, "recalibrated": recalibrated, "on": recalibrated - plain >= AUTO_RECALIBRATION_GAIN,
+                "images": 2 * len(self.eval_set) + used}
+
     def recalibration_images(self, rates: Mapping[str, float]) -> int:
         if not self.recalibrate_bn or not any(rate > 0 for rate in rates.values()):
             return 0
@@ -722,8 +750,10 @@ class PruningObjective(RateObjective):
                               device=self.device)
 
     def informative_attrs(self) -> dict[str, Any]:
-        # checkpoint: where export finds the baseline (hash checked)
-        return {**super().informative_attrs(), "checkpoint": self.checkpoint_path}
+        # checkpoint: where export finds the baseline (hash checked); what the automatic
+        # recalibration measured (the reference trial is charged its images)
+        return {**super().informative_attrs(), "checkpoint": self.checkpoint_path,
+                **({"recalibration_probe": self.recalibration_probe} if self.recalibration_probe else {})}
 
     def schedule_attrs(self) -> dict[str, Any]:
         return {**super().schedule_attrs(), "order_seed": None if self.eval_order is None else self.eval_order_seed}

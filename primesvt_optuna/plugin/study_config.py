@@ -175,15 +175,17 @@ class StudyConfig:
             return {"memory": True, "accuracy": False}
         return {"confidence": self.confidence if self.early_cut == "statistical" else None}
 
-    def objective(self, robustness_cache: dict[tuple[str, float], float] | None = None) -> Any:
+    def objective(self, robustness_cache: dict[tuple[str, float], float] | None = None, **overrides: Any) -> Any:
         """The PruningObjective this config describes (``robustness_cache``: a shared sweep's
-        accuracies, for the walks of a comparison)."""
+        accuracies, for the walks of a comparison; ``overrides``: PruningObjective arguments that
+        replace the config's, a ``data`` dict merged into the config's data spec)."""
         from .objective import PruningObjective
         from .pruner import ConstraintPruner
 
         c = self.constraints
-        return PruningObjective(
-            self.checkpoint, data=self.data or None, max_accuracy_drop=c.max_accuracy_drop,
+        data = {**(self.data or {}), **overrides.pop("data", {})}
+        return PruningObjective(**{**dict(
+            checkpoint=self.checkpoint, data=data or None, max_accuracy_drop=c.max_accuracy_drop,
             min_accuracy=c.min_accuracy, memory_target=c.memory_target, memory_budget=c.memory_budget,
             grid=self.grid, eval_images=self.eval_images, batch_size=self.batch_size,
             first_batch=self.first_batch or None, device=self.device,
@@ -191,7 +193,7 @@ class StudyConfig:
             robustness_cache=robustness_cache, wait_timeout=self.wait_timeout,
             accept=c.accept, confidence=c.confidence, interval=c.interval, recalibrate_bn=self.recalibrate_bn,
             flops_target=self.flops_target,
-        )
+        ), **overrides})
 
 
 def _constraints(values: dict[str, Any], source: str) -> Constraints:

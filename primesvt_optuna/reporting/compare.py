@@ -65,6 +65,12 @@ class ComparisonSpec:
     n_jobs: int = 2
     shared_sweep: bool = True
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    """Arguments every study's objective gets on top of the factory's (e.g. the acceptance rule)."""
+    resplit: bool = False
+    """Each seed re-draws the validation/test split (data spec ``resplit``): the seeds then
+    replicate what a user's next data would change, not only the sampler's random choices. The
+    studies cannot share a sweep (each seed searches other images)."""
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.policies if p not in POLICIES]
@@ -76,6 +82,8 @@ class ComparisonSpec:
             raise PrimeSVTError(f"budget_images must be positive, got {self.budget_images}")
         if self.max_trials <= 0:
             raise PrimeSVTError(f"max_trials must be positive, got {self.max_trials}")
+        if self.resplit and self.shared_sweep:
+            raise PrimeSVTError("a comparison whose seeds re-draw the split cannot share one robustness sweep")
         if "/" in self.name or not self.name:
             raise PrimeSVTError(f"comparison name {self.name!r} must be non-empty and contain no '/'")
 
@@ -107,11 +115,20 @@ def make_sampler(policy: str, seed: int, grid: Sequence[float], options: dict[st
     return cls(grid=grid, seed=seed, **options.get(policy, {}))
 
 
+def _sampler_budgeted(spec: ComparisonSpec, policy: str) -> bool:
+    """Whether the policy's sampler itself keeps the image budget: budget-aware always (whether it
+    walks depends on what is left), every PrimeSVT sampler under confirmed acceptance (the search
+    must stop where the confirmation still fits). A callback stops the others."""
+    confirming = spec.objective_options.get("accept") == "confirmed"
+    return spec.budget_images is not None and (policy == "budget-aware" or (
+        confirming and policy not in ("tpe", "nsga2")))
+
+
 def _options(spec: ComparisonSpec, policy: str) -> dict[str, Any]:
-    """The sampler options of ``spec``; budget-aware also gets the image budget, as ``primesvt
-    search --budget-images`` gives it: whether it walks depends on what is left (it then never
-    exceeds the budget, where the callback lets other studies finish the trial that spends it)."""
-    if policy != "budget-aware" or spec.budget_images is None:
+    """The sampler options of ``spec``, with the image budget for a sampler that keeps it, as
+    ``primesvt search --budget-images`` gives it (it then never exceeds the budget, where the
+    callback lets other studies finish the trial that spends it)."""
+    if not _sampler_budgeted(spec, policy):
         return spec.sampler_options
     return {**spec.sampler_options, policy: {**spec.sampler_options.get(policy, {}), "budget_images": spec.budget_images}}
 
@@ -219,7 +236,8 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
     from ..plugin.samplers._claims import write_study_attrs
 
     _quiet()
-    objective = factory(robustness_cache=cache) if cache is not None else factory()
+    options = {**spec.objective_options, **({"data": {"resplit": seed}} if spec.resplit else {})}
+    objective = factory(robustness_cache=cache, **options) if cache is not None else factory(**options)
     name = study_name(spec.name, policy, seed)
     study = optuna.create_study(storage=open_storage(spec.storage), study_name=name, directions=objective.directions,
                                 sampler=make_sampler(policy, seed, objective.grid, _options(spec, policy)),
@@ -237,7 +255,7 @@ def run_one(spec: ComparisonSpec, factory: ObjectiveFactory, policy: str, seed: 
     done = len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
     cap = spec.max_trials + len(cache or {})  # cached sweep trials evaluate nothing: not counted in the cap
     if done < cap:
-        budget = ImageBudget(spec.budget_images, lookups)
+        budget = ImageBudget(None if _sampler_budgeted(spec, policy) else spec.budget_images, lookups)
         study.optimize(objective, n_trials=cap - done, callbacks=[budget], gc_after_trial=False)
     report: dict[str, Any] = {"machine": machine(), "test": test_accuracy(objective, study)}
     study.set_user_attr(REPORT_ATTR, report)
@@ -255,8 +273,12 @@ def test_accuracy(objective: Any, study: optuna.Study) -> dict[str, Any]:
         return {}
     from ..training import evaluate
 
+    from ..plugin.result import result
+
     frame = trials_frame(study.get_trials(deepcopy=False))
-    record = StudyRecord("", "", 0, study.study_name, {}, frame)
+    found = result(study)
+    selection = None if found.selected is None else {**found.selected, "both_met": found.both_met}
+    record = StudyRecord("", "", 0, study.study_name, {}, frame, selection=selection)
     best = selected_trial(record)
     if best is None:
         return {}

@@ -43,10 +43,19 @@ def cost_curve(record: StudyRecord) -> pd.DataFrame:
     })
 
 
+def confirmed(record: StudyRecord) -> bool:
+    """Whether the study delivers only what it confirmed on held-back images (the default)."""
+    return "confirmation" in (record.selection or {})
+
+
 def selected_trial(record: StudyRecord) -> pd.Series | None:
-    """The configuration reported for a study: the largest memory saving among the trials that
-    satisfy the accuracy constraint (ties: higher accuracy, then the earlier trial)."""
-    ok = record.trials[record.trials.accuracy_ok & record.trials.memory_saving.notna()]
+    """The configuration reported for a study: under confirmed acceptance, the delivered one (its
+    search trial; None when nothing was confirmed); else the largest memory saving among the
+    trials that satisfy the accuracy constraint (ties: higher accuracy, then the earlier trial)."""
+    if confirmed(record):
+        rows = record.trials[record.trials.number == record.selection["trial"]]
+        return rows.iloc[0] if record.selection.get("both_met") and len(rows) else None
+    ok = record.trials[record.trials.accuracy_ok & record.trials.memory_saving.notna() & (record.trials.phase != "confirm")]
     if ok.empty:
         return None
     return ok.sort_values(["memory_saving", "accuracy", "number"], ascending=[False, False, True]).iloc[0]
@@ -76,7 +85,11 @@ def study_summary(record: StudyRecord) -> dict[str, Any]:
         "val_images": full,
         "test_accuracy": _float(test.get("accuracy")),
         "test_images": int(test.get("images", 0)),
-        "test_within_budget": _within_budget(record, test),
+        "test_within_budget": 1.0 if confirmed(record) and best is None else _within_budget(record, test),
+        "delivered": best is not None,
+        "delivered_saving": float(best.memory_saving) if best is not None and confirmed(record) else (
+            0.0 if confirmed(record) else math.nan),
+        "images_to_confirmed": _images_to_confirmed(record),
         "target_met": first is not None,
         "images_to_target": float(first.images) if first is not None else math.inf,
         "trials_to_target": float(first.trials) if first is not None else math.inf,
@@ -89,6 +102,19 @@ def study_summary(record: StudyRecord) -> dict[str, Any]:
         "charged_images": float((record.report.get("charged") or {}).get("images", 0)),
         "rates": best.rates if best is not None else {},
     }
+
+
+def _images_to_confirmed(record: StudyRecord) -> float:
+    """Images the study had spent when the trial confirming its delivery finished (inf: nothing
+    delivered; nan: not a confirmed study)."""
+    if not confirmed(record):
+        return math.nan
+    info = record.selection["confirmation"]
+    if not record.selection.get("both_met") or info.get("trial") is None:
+        return math.inf
+    t = record.trials.sort_values("number")
+    spent = t.images_evaluated.fillna(0) + t.images_recalibrated.fillna(0)
+    return float(spent[t.number <= info["trial"]].sum())
 
 
 def _within_budget(record: StudyRecord, test: dict[str, Any]) -> float:
@@ -149,6 +175,8 @@ TABLE_COLUMNS = [
     "seconds_to_target_median", "seconds_to_target_min", "seconds_to_target_max",
     "trials_median", "trials_cut_median", "images_saved_median", "images_total_median",
     "seconds_total_median", "seconds_total_min", "seconds_total_max",
+    "delivered", "delivered_saving_median", "delivered_saving_min", "delivered_saving_max",
+    "images_to_confirmed_median", "images_to_confirmed_min", "images_to_confirmed_max",
 ]
 
 
@@ -160,9 +188,10 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = {"policy": policy, "seeds": len(group), "target_met": int(group.target_met.sum()),
                                "policy_selection_met": int(group.policy_selection_met.sum()),
                                "test_within_budget": int(group.test_within_budget.sum()),
-                               "test_checked": int(group.test_within_budget.notna().sum())}
+                               "test_checked": int(group.test_within_budget.notna().sum()),
+                               "delivered": int(group.delivered.sum())}
         for metric in ("best_saving", "policy_selection_saving", "val_accuracy", "test_accuracy", "images_to_target", "trials_to_target",
-                       "seconds_to_target", "seconds_total"):
+                       "seconds_to_target", "seconds_total", "delivered_saving", "images_to_confirmed"):
             row[f"{metric}_median"], row[f"{metric}_min"], row[f"{metric}_max"] = _stats(group[metric])
         for split in ("val", "test"):
             row[f"{split}_accuracy_ci_low"], row[f"{split}_accuracy_ci_high"] = bootstrap_median_ci(
