@@ -8,7 +8,7 @@ The command is ``tests/_synthetic_walk.py`` with ``PRIMESVT_TEST_STORAGE`` (plai
 ``study.optimize`` on the user's storage), killed with ``PRIMESVT_FAULT`` at an exact point or,
 in the random-kill test, by a timer. Under CPU load (slow process starts move the kills into the
 first trials) the random-kill test runs with
-``python benchmarks/bench_reliability.py --repeat 5 --hog 2 tests/test_user_storages.py -k random``.
+``python benchmarks/bench_reliability.py --repeat 5 --hog 2 tests/test_user_storages.py::test_random_kills_then_resume``.
 """
 
 from __future__ import annotations

@@ -175,17 +175,7 @@ class Ladder:
     @property
     def done(self) -> bool:
         """Every rung that can still change the delivery has its verdict."""
-        if not self.rungs:
-            return True
-        if self.reference is None:
-            return False
-        for rung in self.rungs:
-            verdict = self.verdict(rung)
-            if verdict is None:
-                return False
-            if verdict is False:
-                return True
-        return True
+        return not self.rungs or (self.reference is not None and self.next_rung() is None)
 
     def next_rung(self) -> Rung | None:
         """The first rung without a verdict, when every rung before it passed."""
