@@ -26,19 +26,24 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def write_config(root: Path, name: str, data: str = "") -> Path:
-    """``root/<name>.toml``: checkpoint ``<name>.pt`` and SQLite ``<name>.db`` beside it, one rate."""
+PAPER = ('accept = "point"\n', 'policy = "prioritized"\n')  # the paper's rule and walk, pinned
+
+
+def write_config(root: Path, name: str, data: str = "", pinned: tuple[str, str] = PAPER,
+                 max_drop: float = 0.03) -> Path:
+    """``root/<name>.toml``: checkpoint ``<name>.pt`` and SQLite ``<name>.db`` beside it, one rate;
+    ``pinned``: the acceptance and policy lines (empty: the defaults)."""
     path = root / f"{name}.toml"
     path.write_text(f"""
 study_name = "{name}"
 storage = "sqlite:///{root / f'{name}.db'}"
 checkpoint = "{root / f'{name}.pt'}"
 {data}[constraints]
-max_accuracy_drop = 0.03
+max_accuracy_drop = {max_drop}
 memory_target = 0.3
-[search]
+{pinned[0]}[search]
 grid = [0.5]
-""")
+{pinned[1]}""")
     return path
 
 
@@ -266,7 +271,64 @@ def test_a_search_whose_unpruned_model_cannot_be_evaluated_fails_with_the_reason
     save_checkpoint(tmp_path / "img.pt", build_model(config), config,
                     make_spec("imagefolder", path=str(tmp_path / "imgs"), img_size=16), {})
     write_config(tmp_path, "img")
+    # without an image budget the command measures the unpruned model's speed first: one line, no study
     assert main(["search", str(tmp_path / "img.toml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot read image") and "\n" not in err and not (tmp_path / "img.db").exists()
+    assert main(["search", str(tmp_path / "img.toml"), "--budget-images", "1000"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: the unpruned model could not be evaluated (trial 0: ") and "cannot read image" in err
     assert n_trials(f"sqlite:///{tmp_path / 'img.db'}", "img") == 1
+
+
+@pytest.fixture(scope="module")
+def confirmed(workdir) -> Path:
+    """A config with no policy or acceptance line (the defaults: budget-aware, confirmed at 95% on
+    half of 96 evaluation images) and a budget the untrained tiny model can keep."""
+    (workdir / "conf.pt").write_bytes((workdir / "tiny.pt").read_bytes())
+    return write_config(workdir, "conf", "[data]\neval_images = 96\nbatch_size = 16\n", ("", ""), max_drop=0.9)
+
+
+def test_default_search_delivers_a_confirmed_selection_and_its_cost(confirmed, capsys):
+    assert main(["search", str(confirmed), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["policy"] == "budget-aware" and out["constraints"]["accept"] == "confirmed" and out["both_met"]
+    confirmation = out["selected"]["confirmation"]
+    study = optuna.load_study(study_name="conf", storage=open_storage(f"sqlite:///{confirmed.with_suffix('.db')}"))
+    held = study.user_attrs["primesvt:eval_images"]
+    assert confirmation["confirmed"] and confirmation["confidence"] == 0.95 and confirmation["images"] == 96 - held
+    assert out["message"].startswith("Both constraints met at 95%")
+    cost = out["cost"]
+    trials = {t.number: t for t in study.trials}
+    assert trials[cost["confirming_trial"]].user_attrs["phase"] == "confirm"
+    assert trials[cost["first_feasible_trial"]].user_attrs["feasible"]
+    # every image is spent by the time the confirming trial ends, since it ends the study; the first
+    # feasible trial came earlier
+    assert cost["images_to_first_feasible"] < cost["images_to_confirmed"] <= cost["images"] == out["stats"]["images_evaluated"]
+    budget = out["image_budget"]
+    assert budget["minutes"] == 15 and budget["images"] > cost["images"]
+    assert study.user_attrs["primesvt:sampler"]["budget_images"] == budget["images"]
+    assert study.user_attrs["primesvt:auto_budget"] == budget
+
+    assert main(["search", str(confirmed), "--resume"]) == 0  # the recorded budget, not a new measurement
+    printed = capsys.readouterr().out
+    assert "Both constraints met at 95%" in printed and "held-out images" in printed
+    assert f"{cost['images_to_confirmed']:,} to the confirmed delivery (confirmation trial {cost['confirming_trial']})" in printed
+    assert f"image budget {budget['images']:,}, chosen automatically" in printed and "ended within it" in printed
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--confidence", "1.2"], "confidence (of the accuracy's lower bound) must lie in (0.5, 1), got 1.2"),
+    (["--confidence", "0.5"], "must lie in (0.5, 1), got 0.5"),
+    (["--holdout", "1"], "holdout is the share of the evaluation images held back for confirmation"),
+    (["--holdout", "0.1"], "the confirmation part has 10 images, too few to confirm anything at 95%"),
+    (["--eval-images", "40", "--max-accuracy-drop", "0.03"], "images, too few to confirm anything at 95% (at least 88 needed"),
+    (["--accept", "point", "--holdout", "0.5"], "holdout applies to accept = 'confirmed' only"),
+    (["--accept", "point", "--confidence", "0.9"], "confidence applies to accept = 'confirmed' or 'confident' only"),
+])
+def test_bad_acceptance_input_is_one_line_before_any_work(confirmed, capsys, flags, message):
+    db = confirmed.parent / "bad.db"
+    assert main(["search", str(confirmed), "--storage", f"sqlite:///{db}", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not db.exists()

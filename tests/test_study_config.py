@@ -28,8 +28,15 @@ def test_shipped_configs_load(path):
 
 def test_digits_is_the_3_point_default():
     cfg = load_study_config(STUDIES / "digits.toml")
-    assert (cfg.checkpoint, cfg.policy, cfg.study_name) == ("digits-2-64", "prioritized", "digits-demo")
-    assert cfg.constraints.memory_target == 0.15
+    assert (cfg.checkpoint, cfg.policy, cfg.study_name) == ("digits-2-64", "budget-aware", "digits-demo")
+    assert cfg.constraints.memory_target == 0.15 and cfg.constraints.accept == "confirmed"
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_run_the_defaults(path):
+    """No shipped config pins a policy or an acceptance rule: the defaults are what runs."""
+    cfg = load_study_config(path)
+    assert (cfg.policy, cfg.constraints.accept, cfg.holdout) == ("budget-aware", "confirmed", None)
 
 
 def test_defaults_and_overrides():
@@ -48,19 +55,39 @@ def test_acceptance_rule_and_recalibration():
     c = cfg.constraints
     assert (c.accept, c.confidence, c.interval, cfg.recalibrate_bn, cfg.confidence) == (
         "confident", 0.9, "wilson", 512, 0.99)  # [search] confidence stays the early cut's
-    assert parse_study_config(GOOD).recalibrate_bn == 0 and parse_study_config(GOOD).constraints.accept == "point"
+    assert parse_study_config(GOOD).recalibrate_bn == 0 and parse_study_config(GOOD).constraints.accept == "confirmed"
 
     plain = parse_study_config(GOOD)
     other = plain.with_overrides(accept="confident", recalibrate_bn=64)
     assert other.constraints.accept == "confident" and other.constraints.confidence == 0.95 and other.recalibrate_bn == 64
-    implied = plain.with_overrides(accept_confidence=0.99)  # a level asks for the confident rule
-    assert (implied.constraints.accept, implied.constraints.confidence) == ("confident", 0.99)
-    assert implied.confidence == plain.confidence  # the early cut's level is not touched
+    level = plain.with_overrides(accept_confidence=0.99)  # a level applies to the rule in effect
+    assert (level.constraints.accept, level.constraints.confidence) == ("confirmed", 0.99)
+    assert level.confidence == plain.confidence  # the early cut's level is not touched
+    implied = plain.with_overrides(accept_interval="wilson")  # only the confident rule has an interval
+    assert (implied.constraints.accept, implied.constraints.interval) == ("confident", "wilson")
     back = cfg.with_overrides(accept="point", memory_target=0.2)
     assert back.constraints.accept == "point" and "confidence" not in back.constraints.to_dict()
     assert back.constraints.memory_target == 0.2
-    with pytest.raises(PrimeSVTError, match="apply to accept = 'confident' only"):
+    with pytest.raises(PrimeSVTError, match="confidence applies to accept = 'confirmed' or 'confident' only"):
         plain.with_overrides(accept="point", accept_confidence=0.9)
+
+
+def test_confirmed_acceptance_settings():
+    """accept, confidence and holdout of the confirmed rule, from the file and from flags; the
+    objective gets them (its confirmation part is the held-back share of the evaluation images)."""
+    cfg = parse_study_config(GOOD + "confidence = 0.9\nholdout = 0.4\n[data]\neval_images = 300\n")
+    assert (cfg.constraints.accept, cfg.constraints.confidence, cfg.holdout) == ("confirmed", 0.9, 0.4)
+    objective = cfg.objective()
+    assert objective.holdout == 0.4 and objective.confirm_images + objective.eval_images == 300
+    assert abs(objective.confirm_images - 120) <= 10  # whole classes' shares, rounded
+    assert parse_study_config(GOOD).objective().holdout == 0.5
+    flags = cfg.with_overrides(holdout=0.3, accept_confidence=0.99)
+    assert (flags.holdout, flags.constraints.confidence) == (0.3, 0.99)
+    point = cfg.with_overrides(accept="point")  # the config's holdout and level go with its rule
+    assert (point.constraints.accept, point.holdout) == ("point", None)
+    assert "confidence" not in point.constraints.to_dict()
+    with pytest.raises(PrimeSVTError, match="holdout applies to accept = 'confirmed' only"):
+        cfg.with_overrides(accept="point", holdout=0.3)
 
 
 @pytest.mark.parametrize(
@@ -81,8 +108,14 @@ def test_acceptance_rule_and_recalibration():
         (GOOD.replace('checkpoint = "digits-2-64"', ""), "checkpoint is missing"),
         (GOOD + "[data]\neval_images = 0\n", "eval_images must be at least 1"),
         ("data = 3\n" + GOOD, "[data] must be a table"),
-        (GOOD + "accept = 'lucky'\n", "accept must be one of point, confident"),
-        (GOOD + "confidence = 0.9\n", "confidence and interval apply to accept = 'confident' only"),
+        (GOOD + "accept = 'lucky'\n", "accept must be one of point, confident, confirmed"),
+        (GOOD + "accept = 'point'\nconfidence = 0.9\n", "confidence applies to accept = 'confirmed' or 'confident' only"),
+        (GOOD + "interval = 'wilson'\n", "interval applies to accept = 'confident' only, not 'confirmed'"),
+        (GOOD + "confidence = 1.0\n", "confidence (of the accuracy's lower bound) must lie in (0.5, 1)"),
+        (GOOD + "confidence = 0.5\n", "must lie in (0.5, 1)"),
+        (GOOD + "holdout = 1.0\n", "holdout is the share of the evaluation images held back"),
+        (GOOD + "holdout = 0\n", "must lie in (0, 1), got 0.0"),
+        (GOOD + "accept = 'point'\nholdout = 0.5\n", "holdout applies to accept = 'confirmed' only, not 'point'"),
         (GOOD + "accept = 'confident'\nconfidence = 1.5\n", "confidence (of the accuracy's lower bound) must lie"),
         (GOOD + "accept = 'confident'\ninterval = 'normal'\n", "interval must be one of"),
         (GOOD + "[search]\nrecalibrate_bn = -1\n", "recalibrate_bn is a number of training images"),
@@ -117,7 +150,7 @@ def test_search_settings_of_this_release():
 def test_first_batch_sets_the_objectives_schedule():
     """[data] first_batch and --first-batch reach the objective's batch schedule (the early cut's
     looks); 0 is plain batch_size batches."""
-    growing = parse_study_config(GOOD + "[data]\neval_images = 200\nbatch_size = 64\nfirst_batch = 16\n")
+    growing = parse_study_config(GOOD + "accept = 'point'\n[data]\neval_images = 200\nbatch_size = 64\nfirst_batch = 16\n")
     assert growing.objective().schedule == [16, 16, 32, 64, 64, 8]
     plain = growing.with_overrides(first_batch=0)
     assert plain.first_batch == 0 and plain.objective().schedule == [64, 64, 64, 8]

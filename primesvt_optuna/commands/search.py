@@ -7,6 +7,8 @@ import functools
 import json
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PrimeSVTError
@@ -19,10 +21,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "search",
         help="prune a checkpoint under accuracy/memory constraints (an Optuna study)",
         description=(
-            "Run the study a config describes: the unpruned reference, the robustness sweeps and the "
-            "largest-first walk (or a baseline policy), stored in an Optuna storage. Flags override "
-            "the config. Budget and targets are fractions: --max-accuracy-drop 0.03 is 3 points, "
-            "--memory-target 0.4 saves 40% of the model bytes."
+            "Run the study a config describes (by default the budget-aware policy; --policy prioritized "
+            "is the paper's largest-first walk), stored in an Optuna storage, then confirm what it found "
+            "on held-back images: the delivery keeps the accuracy budget at 95% on images the search never "
+            "saw. Flags override the config. Budget and targets are fractions: --max-accuracy-drop 0.03 "
+            "is 3 points, --memory-target 0.4 saves 40% of the model bytes. Without an image budget the "
+            "search picks one that ends it within about 15 minutes here, and says so."
         ),
     )
     p.add_argument("config", metavar="CONFIG.toml", help="study config (see studies/digits.toml)")
@@ -53,30 +57,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(constraint 'flops'; config: [search] flops_target)")
     p.add_argument("--prune-embed", action="store_true", default=None,
                    help="also prune the embedding dimension, as one global layer (config: [search] prune_embed)")
-    p.add_argument("--recalibrate-bn", type=int, metavar="N",
+    p.add_argument("--recalibrate-bn", type=_recalibration, metavar="N|auto",
                    help="adaptive BatchNorm: re-estimate the BN statistics of each pruned model on N training "
-                        "images before evaluating it (0: off, the default; config: [search] recalibrate_bn)")
-    p.add_argument("--accept", choices=("point", "confident"),
-                   help="accuracy acceptance: 'point' (measured accuracy meets the floor, the default) or "
-                        "'confident' (its one-sided lower confidence bound does; config: [constraints] accept)")
+                        "images before evaluating it; 'auto' (the default) turns it on where a probe before the "
+                        "study shows it lifts accuracy by a point; 0: off (config: [search] recalibrate_bn)")
+    p.add_argument("--accept", choices=("confirmed", "point", "confident"),
+                   help="accuracy acceptance: 'confirmed' (the default: the search steps on part of the evaluation "
+                        "images, and what it delivers must keep the drop within budget on the held-back part, "
+                        "bounded at --confidence), 'point' (the paper's rule: the measured accuracy meets the "
+                        "floor) or 'confident' (its one-sided lower confidence bound does; config: [constraints] accept)")
     p.add_argument("--confidence", type=float, metavar="LEVEL",
-                   help="level of the confident acceptance's lower bound (default 0.95; implies --accept confident)")
+                   help="level of the confirmed (or confident) acceptance's bound, in (0.5, 1) (default 0.95; "
+                        "config: [constraints] confidence)")
+    p.add_argument("--holdout", type=float, metavar="SHARE",
+                   help="confirmed acceptance: share of the evaluation images held back to confirm the delivery "
+                        "(default 0.5; config: [constraints] holdout)")
     p.add_argument("--interval", choices=("clopper-pearson", "wilson"),
-                   help="lower bound of the confident acceptance (default clopper-pearson, exact binomial)")
+                   help="lower bound of the confident acceptance (default clopper-pearson, exact binomial; "
+                        "implies --accept confident)")
+    p.add_argument("--compare-walk", action="store_true",
+                   help="then run the paper's walk (--policy prioritized) on the same settings into study "
+                        "NAME-walk and say in one line what it delivers")
     p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     p.add_argument("--resume", action="store_true",
                    help="continue an existing study (its settings must match); creates it when absent")
     p.set_defaults(run=run)
 
 
-def make_sampler(cfg: Any, worker: int = 0) -> Any:
-    """The sampler for the config's policy (TPE/NSGA-II get a per-worker seed)."""
+def make_sampler(cfg: Any, worker: int = 0, auto_images: int | None = None) -> Any:
+    """The sampler for the config's policy (TPE/NSGA-II get a per-worker seed); ``auto_images``:
+    the image budget the command chose itself (a cap only: unlike a user's budget it does not turn
+    on the maximize mode)."""
     import optuna
 
     from ..plugin import BudgetAwareSampler, PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
 
-    common = {"grid": cfg.grid, "wait_timeout": cfg.wait_timeout, "budget_images": cfg.budget_images}
-    # an image budget is the maximize mode: a walk goes on past the memory target until it is spent
+    common = {"grid": cfg.grid, "wait_timeout": cfg.wait_timeout,
+              "budget_images": cfg.budget_images if cfg.budget_images is not None else auto_images}
+    # a user's image budget is the maximize mode: a walk goes on past the memory target until it is spent
     walk = {"robustness_rule": cfg.robustness_rule, "walk_all": cfg.walk_all or cfg.budget_images is not None,
             "sweep": cfg.sweep}
     if cfg.policy == "prioritized":
@@ -94,7 +112,7 @@ def make_sampler(cfg: Any, worker: int = 0) -> Any:
     return optuna.samplers.NSGAIISampler(seed=cfg.seed + worker)
 
 
-def prepare_study(cfg: Any, storage: Any, objective: Any, resume: bool) -> Any:
+def prepare_study(cfg: Any, storage: Any, objective: Any, resume: bool, budget: AutoBudget | None = None) -> Any:
     """Create the study, or load it for --resume; refuse one made with other settings."""
     import optuna
 
@@ -108,7 +126,7 @@ def prepare_study(cfg: Any, storage: Any, objective: Any, resume: bool) -> Any:
             f"study {cfg.study_name!r} already exists in this storage: pass --resume to continue it "
             "(with the same settings), or choose another --study-name"
         )
-    sampler = make_sampler(cfg)
+    sampler = make_sampler(cfg, auto_images=budget and budget.images)
     if exists:
         study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler)
     else:
@@ -123,6 +141,8 @@ def prepare_study(cfg: Any, storage: Any, objective: Any, resume: bool) -> Any:
     # compare both parts before writing either, so a refused study is left untouched
     attrs = {**objective.study_attrs(), "policy": cfg.policy, "grid": list(cfg.grid), "seed": cfg.seed,
              "sampler": settings}
+    if budget is not None:
+        attrs["auto_budget"] = budget.record()
     write_study_attrs(study, attrs)
     objective.attach(study)
     if cfg.policy in ("tpe", "nsga2") and not study.trials:  # trial 0 is the reference for every policy
@@ -173,7 +193,7 @@ def _callbacks(cfg: Any) -> list[Any]:
     return [optuna.study.MaxTrialsCallback(cfg.trials, states=None)] if cfg.trials else []
 
 
-def _work(cfg: Any, worker: int) -> Any:
+def _work(cfg: Any, auto_images: int | None, worker: int) -> Any:
     """One worker process: its own storage connection, sampler and objective."""
     import optuna
 
@@ -182,18 +202,81 @@ def _work(cfg: Any, worker: int) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=cfg.study_name, storage=open_storage(cfg.storage),
-                              sampler=make_sampler(cfg, worker))
+                              sampler=make_sampler(cfg, worker, auto_images))
     return optimize(study, cfg.objective(), worker=worker, callbacks=_callbacks(cfg))
+
+
+AUTO_MINUTES = 15
+AUTO_SHARE = 0.5  # of those minutes spent evaluating: the rest covers pruning, storage and the sampler per trial
+
+
+@dataclass(frozen=True)
+class AutoBudget:
+    """The image budget a search without one gets: what this machine evaluates (the unpruned
+    model, the slowest there is) in ``AUTO_SHARE`` of ``AUTO_MINUTES`` minutes. Recorded on the
+    study, so a resume anywhere keeps it."""
+
+    images: int
+    images_per_second: float
+
+    def record(self) -> dict[str, Any]:
+        return {"images": self.images, "images_per_second": round(self.images_per_second, 1),
+                "minutes": AUTO_MINUTES}
+
+    def line(self, spent: int) -> str:
+        end = ("reached: the search stopped there" if spent + 1 > self.images * 0.98
+               else f"the search ended within it ({spent:,} spent)")
+        return (f"image budget {self.images:,}, chosen automatically (no --budget-images: about {AUTO_MINUTES} "
+                f"minutes at the {self.images_per_second:,.0f} images/s measured when the study began); {end}")
+
+
+def needs_budget(cfg: Any) -> bool:
+    """Whether the command picks the image budget itself: no user's budget, and a PrimeSVT policy
+    (a trial budget bounds TPE and NSGA-II)."""
+    return cfg.budget_images is None and cfg.policy not in ("tpe", "nsga2")
+
+
+def auto_budget(cfg: Any, storage: Any, rate: float | None) -> AutoBudget | None:
+    """The image budget the command picks when none is given (see ``AutoBudget``; ``rate``: the
+    images/s measured here): read back from an existing study, from ``rate`` for a new one; None
+    when ``needs_budget`` says so and for an existing study that has none."""
+    import optuna
+
+    from ..plugin.constraints import STUDY_PREFIX
+
+    if rate is None or not needs_budget(cfg):
+        return None
+    if cfg.study_name in optuna.get_all_study_names(storage):
+        recorded = optuna.load_study(study_name=cfg.study_name, storage=storage).user_attrs.get(
+            f"{STUDY_PREFIX}auto_budget")
+        return None if recorded is None else AutoBudget(int(recorded["images"]), float(recorded["images_per_second"]))
+    return AutoBudget(int(rate * 60 * AUTO_MINUTES * AUTO_SHARE), rate)
+
+
+def evaluation_rate(objective: Any, images: int = 512, seconds: float = 5.0) -> float:
+    """Images per second the unpruned model is evaluated at, as trials evaluate (batch schedule,
+    device), over its first batches up to ``images`` images or ``seconds`` (the first batch, which
+    warms up, is left out when there is more than one)."""
+    seen, started, first = 0, time.perf_counter(), None
+    for _, n in objective.iter_batches({}):
+        if first is None:
+            first = (n, time.perf_counter() - started)
+            started = time.perf_counter()
+            continue
+        seen += n
+        if seen >= images or time.perf_counter() - started >= seconds:
+            break
+    if not seen:
+        return first[0] / max(first[1], 1e-9)
+    return seen / max(time.perf_counter() - started, 1e-9)
 
 
 def run(args: argparse.Namespace) -> int:
     import optuna
 
     from ..plugin.result import save_result_note
-    from ..plugin.samplers import ClaimSampler
     from ..plugin.study_config import load_study_config
     from ..storage import describe_storage, open_storage, parse_storage
-    from ..workers import interrupted_message, optimize, run_workers
 
     cfg = load_study_config(args.config).with_overrides(
         policy=args.policy, trials=args.trials, storage=args.storage, study_name=args.study_name,
@@ -201,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, batch_size=args.batch_size, eval_images=args.eval_images,
         first_batch=args.first_batch, sweep=args.sweep, budget_images=args.budget_images, prune_embed=args.prune_embed,
         recalibrate_bn=args.recalibrate_bn, flops_target=args.flops_target, accept=args.accept,
-        accept_confidence=args.confidence, accept_interval=args.interval,
+        accept_confidence=args.confidence, accept_interval=args.interval, holdout=args.holdout,
     )
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:
         raise PrimeSVTError(f"policy {cfg.policy!r} needs a trial budget: pass --trials N")
@@ -209,35 +292,98 @@ def run(args: argparse.Namespace) -> int:
     if cfg.workers > 1 and spec.kind == "sqlite" and spec.path is None:
         raise PrimeSVTError(f"storage {spec.describe()} is in memory, so only one process sees it: "
                             "give --workers K a file (sqlite:///study.db, journal:///study.log) or a server")
+    walk_cfg = cfg.with_overrides(policy="prioritized", study_name=f"{cfg.study_name}-walk") if args.compare_walk else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = cfg.objective()  # first: a bad checkpoint or data path must not leave a new empty .db behind
+    rate = evaluation_rate(objective) if needs_budget(cfg) else None  # unreadable data fails here too
     storage = open_storage(cfg.storage)
-    study = prepare_study(cfg, storage, objective, args.resume)
-
-    sampler = make_sampler(cfg)
-    exhausted = isinstance(sampler, ClaimSampler) and sampler.is_exhausted(study)
-    over_budget = cfg.trials is not None and len(study.trials) >= cfg.trials
-    reports = []
-    if not (exhausted or over_budget):
-        total = cfg.trials if cfg.policy in ("tpe", "nsga2") else None
-        with _Progress(study, total, enabled=not args.json or sys.stderr.isatty()):
-            if cfg.workers == 1:  # in this process: reuse what is loaded
-                reports = [optimize(study, objective, worker=0, callbacks=_callbacks(cfg))]
-            else:
-                reports = run_workers(cfg.workers, functools.partial(_work, cfg))
-        if any(r.interrupted for r in reports):
-            print(interrupted_message(reports, sys.argv[1:]), file=sys.stderr)
-            return 130
-
-    if failed := _failed_reference(study):
-        raise PrimeSVTError(failed)
+    study, budget, code = _search(cfg, objective, storage, args.resume, args.json, rate)
+    if code:
+        return code
     res = save_result_note(study)
+    cost = study_cost(study, res)
+    walk = None
+    if walk_cfg is not None:  # the same objective: the walk's study records the same settings
+        walk_study, _, code = _search(walk_cfg, objective, storage, True, args.json, rate)
+        if code:
+            return code
+        walk_res = save_result_note(walk_study)
+        walk = (walk_res, study_cost(walk_study, walk_res))
     if args.json:
-        payload = {"study_name": cfg.study_name, "storage": describe_storage(cfg.storage), **res.to_dict()}
+        payload = {"study_name": cfg.study_name, "storage": describe_storage(cfg.storage), **res.to_dict(),
+                   "cost": cost, "image_budget": None if budget is None else budget.record()}
+        if walk is not None:
+            payload["walk"] = {"study_name": walk_cfg.study_name, **walk[0].to_dict(), "cost": walk[1]}
         print(json.dumps(payload, default=_plain))
         return 0
-    _print(res, cfg, describe_storage(cfg.storage))
+    _print(res, describe_storage(cfg.storage), cost, budget)
+    if walk is not None:
+        print(walk_line(walk[0], walk_cfg.study_name, walk[1]))
     return 0
+
+
+def _search(cfg: Any, objective: Any, storage: Any, resume: bool, quiet: bool,
+            rate: float | None) -> tuple[Any, AutoBudget | None, int]:
+    """Prepare the study and run its policy to the end (nothing to do when it is finished):
+    ``(study, the image budget chosen for it, exit code)``, 130 when Ctrl-C stopped a worker."""
+    from ..plugin.samplers import ClaimSampler
+    from ..workers import interrupted_message, optimize, run_workers
+
+    budget = auto_budget(cfg, storage, rate)
+    study = prepare_study(cfg, storage, objective, resume, budget)
+    auto_images = None if budget is None else budget.images
+    sampler = make_sampler(cfg, auto_images=auto_images)
+    exhausted = isinstance(sampler, ClaimSampler) and sampler.is_exhausted(study)
+    over_budget = cfg.trials is not None and len(study.trials) >= cfg.trials
+    if exhausted or over_budget:
+        return study, budget, 0
+    total = cfg.trials if cfg.policy in ("tpe", "nsga2") else None
+    with _Progress(study, total, enabled=not quiet or sys.stderr.isatty()):
+        if cfg.workers == 1:  # in this process: reuse what is loaded
+            reports = [optimize(study, objective, worker=0, callbacks=_callbacks(cfg))]
+        else:
+            reports = run_workers(cfg.workers, functools.partial(_work, cfg, auto_images))
+    if any(r.interrupted for r in reports):
+        print(interrupted_message(reports, sys.argv[1:]), file=sys.stderr)
+        return study, budget, 130
+    if failed := _failed_reference(study):
+        raise PrimeSVTError(failed)
+    return study, budget, 0
+
+
+def study_cost(study: Any, res: Any) -> dict[str, Any]:
+    """Images spent (evaluated and passed forward for BatchNorm recalibration, by every trial that
+    had finished by then) until the first search trial met both constraints on the search images,
+    and until the trial that confirmed the delivery (``res``, the study's result) finished; None
+    where there is no such trial."""
+    from ..acceptance.confirm import is_confirmation
+    from ..plugin.result import _feasible
+    from ..plugin.samplers._claims import images_spent
+
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.datetime_complete]
+
+    def until(trial: Any) -> int:
+        return sum(images_spent(t) for t in finished if t.datetime_complete <= trial.datetime_complete)
+
+    feasible = [t for t in finished if not is_confirmation(t) and _feasible(t)]
+    first = min(feasible, key=lambda t: (t.datetime_complete, t.number), default=None)
+    cost: dict[str, Any] = {"images": sum(map(images_spent, finished)), "first_feasible_trial": None,
+                            "images_to_first_feasible": None, "confirming_trial": None, "images_to_confirmed": None}
+    if first is not None:
+        cost.update(first_feasible_trial=first.number, images_to_first_feasible=until(first))
+    confirmation = (res.selected or {}).get("confirmation") or {}
+    if confirmation.get("confirmed"):
+        trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, confirmation["trial"]))
+        cost.update(confirming_trial=trial.number, images_to_confirmed=until(trial))
+    return cost
+
+
+def walk_line(res: Any, name: str, cost: dict[str, Any]) -> str:
+    """One line: what the paper's walk delivers on the same study settings, and what it cost."""
+    confirmed = cost["images_to_confirmed"]
+    return (f"the paper's walk (--policy prioritized, study {name!r}): {res.message}; {cost['images']:,} images"
+            + (f", {confirmed:,} to its confirmed selection" if confirmed is not None else ""))
 
 
 def _failed_reference(study: Any) -> str | None:
@@ -262,28 +408,70 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _print(res: Any, cfg: Any, storage: str) -> None:
+def _print(res: Any, storage: str, cost: dict[str, Any], budget: AutoBudget | None) -> None:
     s = res.stats
     print(f"study {res.study_name!r} ({res.policy}) in {storage}: {s['trials']} trials "
           f"({s['complete']} complete, {s['pruned']} cut, {s['failed']} failed), "
           f"{s['images_evaluated']:,} images evaluated"
           + (f", {s['images_recalibrated']:,} passed forward to recalibrate BatchNorm" if s.get("images_recalibrated") else ""))
     print(res.message)
+    print(cost_line(cost))
+    if budget is not None:
+        print(budget.line(cost["images"]))
     sel = res.selected
+    confirmation = (sel or {}).get("confirmation")
     if sel:
         base_acc = sel["base_accuracy"]
         accuracy = "n/a" if sel["accuracy"] is None else f"{100 * sel['accuracy']:.2f}%"
-        print(f"selected: trial {sel['trial']}: validation accuracy {accuracy}"
+        where = "on the search images" if confirmation is not None else "validation"
+        print(f"selected: trial {sel['trial']}: {where} accuracy {accuracy}"
               + (f" (unpruned {100 * base_acc:.2f}%)" if base_acc is not None else "")
               + f", {sel['model_bytes']:,} bytes of {sel['base_bytes']:,} (saves {100 * sel['memory_saving']:.2f}%)")
         for layer, rate in sel["rates"].items():
             print(f"  {layer:<40} {rate:g}")
         if not sel["rates"]:
             print("  (no layer pruned)")
-        print(f"export it: primesvt export '{storage}' --study-name {res.study_name} --output pruned.pt "
-              "--finetune-epochs 3")
-    if len(res.closest):
+        command = f"primesvt export '{storage}' --study-name {res.study_name} --output pruned.pt --finetune-epochs 3"
+        if confirmation is None or res.both_met:
+            print(f"export it: {command}" + ("" if confirmation is not None else " --accept point"))
+        else:
+            print(f"nothing confirmed to export; the search's own selection, unconfirmed: {command} --accept point")
+    if len(res.closest) and "rung" in res.closest.columns:
+        print("confirmed trade-offs (rung, trial, saving, accuracy on the held-back images, bound, confirmed):")
+        for _, row in res.closest.iterrows():
+            held = "n/a" if pd_missing(row["accuracy"]) else f"{100 * row['accuracy']:.2f}%"
+            bound = "n/a" if pd_missing(row["bound"]) else f"{row['bound']:.4f}"
+            verdict = {True: "yes", False: "no"}.get(row["confirmed"], "not evaluated")
+            print(f"  {int(row['rung']):>4}  {int(row['trial']):>5}  {100 * row['memory_saving']:.2f}%  {held}  "
+                  f"{bound}  {verdict}")
+    elif len(res.closest):
         print("closest trade-offs (trial, accuracy, saving, violation):")
         for _, row in res.closest.iterrows():
             print(f"  {int(row['trial']):>5}  {100 * row['accuracy']:.2f}%  {100 * row['memory_saving']:.2f}%  "
                   f"{row['violation']:.4f}")
+
+
+def pd_missing(value: Any) -> bool:
+    """None or NaN (pandas turns a missing number into either)."""
+    return value is None or value != value
+
+
+def cost_line(cost: dict[str, Any]) -> str:
+    """What the search cost to its first trial meeting both constraints and to its confirmed delivery."""
+    first = ("no trial met both constraints" if cost["first_feasible_trial"] is None else
+             f"{cost['images_to_first_feasible']:,} images to the first trial meeting both constraints "
+             f"(trial {cost['first_feasible_trial']})")
+    confirmed = ("" if cost["confirming_trial"] is None else
+                 f", {cost['images_to_confirmed']:,} to the confirmed delivery (confirmation trial "
+                 f"{cost['confirming_trial']})")
+    return f"cost: {first}{confirmed}"
+
+
+def _recalibration(text: str) -> int | str:
+    """``--recalibrate-bn``: 'auto' or a whole number of training images."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give 'auto' or a number of training images, not {text!r}") from None

@@ -106,6 +106,9 @@ class Result:
     walk_commit: dict[str, Any] | None = None
     """For a walk policy: the walk's committed configuration (trial, rates, accuracy, saving, both
     constraints met), whether or not it is the selection; None for the other policies."""
+    search_selected: dict[str, Any] | None = None
+    """Under confirmed acceptance: what the search selected by the point rule on its own images,
+    before confirmation (what ``primesvt export --accept point`` writes); None otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -188,6 +191,7 @@ def result(study: Study) -> Result:
     elif sampler is not None:
         finished = sampler.is_exhausted(study)
     chosen = select(trials.values(), walk=walk, is_walk=is_walk)
+    searched = chosen
 
     feasible = complete[complete["feasible"]]
     front = _front(feasible) if len(feasible) else feasible
@@ -211,18 +215,8 @@ def result(study: Study) -> Result:
             + f["constraint_memory"].clip(lower=0).fillna(0)
         ).sort_values(["violation", "trial"]).head(10).reset_index(drop=True)
 
-    selected = None
-    if chosen is not None:
-        a = chosen.user_attrs
-        selected = {
-            "trial": chosen.number, "rates": _rates(chosen), "accuracy": a.get("accuracy"),
-            "accuracy_drop": a.get("accuracy_drop"), "model_bytes": a.get("model_bytes"),
-            "memory_saving": a.get("memory_saving"), "accuracy_ok": _accuracy_ok(chosen),
-            "memory_ok": chosen.constraints.get("memory", 0.0) <= 0, "base_accuracy": attrs.get(f"{STUDY_PREFIX}base_accuracy"),
-            "base_bytes": attrs.get(f"{STUDY_PREFIX}base_bytes"),
-        }
-        if "accuracy_lower_bound" in a:
-            selected["accuracy_lower_bound"] = a["accuracy_lower_bound"]
+    selected = None if chosen is None else _selection(chosen, attrs)
+    if selected is not None:
         if ladder is not None:
             selected["confirmation"] = _confirmation(ladder, constraints)
         if is_walk:
@@ -258,7 +252,23 @@ def result(study: Study) -> Result:
         study_name=study.study_name, policy=policy, constraints=attrs.get(f"{STUDY_PREFIX}constraints"),
         selected=selected, both_met=both_met, finished=finished,
         message=message, front=front, closest=closest, stats=stats, walk_commit=walk_commit,
+        search_selected=None if ladder is None or searched is None else _selection(searched, attrs),
     )
+
+
+def _selection(chosen: FrozenTrial, attrs: dict[str, Any]) -> dict[str, Any]:
+    """A selected trial as plain values (rates, accuracy, bytes, constraints met)."""
+    a = chosen.user_attrs
+    selected = {
+        "trial": chosen.number, "rates": _rates(chosen), "accuracy": a.get("accuracy"),
+        "accuracy_drop": a.get("accuracy_drop"), "model_bytes": a.get("model_bytes"),
+        "memory_saving": a.get("memory_saving"), "accuracy_ok": _accuracy_ok(chosen),
+        "memory_ok": chosen.constraints.get("memory", 0.0) <= 0, "base_accuracy": attrs.get(f"{STUDY_PREFIX}base_accuracy"),
+        "base_bytes": attrs.get(f"{STUDY_PREFIX}base_bytes"),
+    }
+    if "accuracy_lower_bound" in a:
+        selected["accuracy_lower_bound"] = a["accuracy_lower_bound"]
+    return selected
 
 
 def _confirmation(ladder: Ladder, constraints: Constraints) -> dict[str, Any]:

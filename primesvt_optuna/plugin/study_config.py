@@ -16,13 +16,15 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     [constraints]
     max_accuracy_drop = 0.03                # or min_accuracy = 0.95 (absolute floor)
     memory_target = 0.4                     # or memory_budget = "2MB"
-    accept = "point"                        # or "confident": the accuracy's one-sided lower
-                                            #   confidence bound must meet the floor, with
-    # confidence = 0.95                     #   its level and
-    # interval = "clopper-pearson"          #   the bound ("wilson" also works)
+    accept = "confirmed"                    # the default: the delivery's drop is bounded on held-back
+                                            #   images; "point" (the paper's rule) or "confident"
+    # confidence = 0.95                     # level of the bound (confirmed and confident)
+    # holdout = 0.5                         # confirmed: share of the evaluation images held back
+    # interval = "clopper-pearson"          # confident only ("wilson" also works)
 
     [search]
-    policy = "prioritized"                  # budget-aware | uniform | random-order | smallest-first | tpe | nsga2
+    policy = "budget-aware"                 # the default; prioritized (the paper's walk) | uniform |
+                                            #   random-order | smallest-first | tpe | nsga2
     grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     robustness_rule = "highest"             # or "contiguous"
     sweep = "lazy"                          # "full": every layer at every rate before the walk
@@ -34,7 +36,7 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     early_cut = "exact"                     # "statistical" (with confidence) or "off"
     confidence = 0.99
     prune_embed = false                     # true: also prune the embedding dimension (one global layer)
-    recalibrate_bn = 0                      # N > 0: adaptive BatchNorm on N training images per pruned model
+    recalibrate_bn = "auto"                 # adaptive BatchNorm where a probe shows it pays; N: on N images; 0: off
     # flops_target = 0.3                    # also save this fraction of FLOPs per image (constraint "flops")
 
 Relative paths are relative to the current directory. Every mistake (malformed TOML, unknown
@@ -50,22 +52,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..acceptance.confirm import DEFAULT_HOLDOUT, check_share
 from ..errors import PrimeSVTError
 from .constraints import DEFAULT_GRID, Constraints, normalize_grid
 from .pruner import DEFAULT_FIRST_BATCH
 
-POLICIES = ("prioritized", "budget-aware", "uniform", "random-order", "smallest-first", "tpe", "nsga2")
+POLICIES = ("budget-aware", "prioritized", "uniform", "random-order", "smallest-first", "tpe", "nsga2")
 WALK_POLICIES = ("prioritized", "random-order", "smallest-first")
 EARLY_CUTS = ("exact", "statistical", "off")
+DEFAULT_POLICY = "budget-aware"  # finds the largest confirmed savings (docs/results.md); "prioritized" is the paper's walk
+DEFAULT_ACCEPT = "confirmed"
 
 _TOP = {"study_name": str, "storage": str, "checkpoint": str, "device": str}
 _DATA = {"eval_images": int, "batch_size": int, "first_batch": int, "name": str, "path": str, "img_size": int, "seed": int}
 _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str),
-                "accept": str, "confidence": float, "interval": str}
+                "accept": str, "confidence": float, "interval": str, "holdout": float}
 _SEARCH = {
     "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "budget_images": int,
     "trials": int, "seed": int, "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float,
-    "prune_embed": bool, "recalibrate_bn": int, "flops_target": float,
+    "prune_embed": bool, "recalibrate_bn": (int, str), "flops_target": float,
 }
 _SECTIONS = {"data": _DATA, "constraints": _CONSTRAINTS, "search": _SEARCH}
 
@@ -83,7 +88,7 @@ class StudyConfig:
     eval_images: int | None = None
     batch_size: int = 256
     first_batch: int = DEFAULT_FIRST_BATCH
-    policy: str = "prioritized"
+    policy: str = DEFAULT_POLICY
     grid: tuple[float, ...] = DEFAULT_GRID
     robustness_rule: str = "highest"
     sweep: str = "lazy"
@@ -96,8 +101,9 @@ class StudyConfig:
     confidence: float = 0.99
     wait_timeout: float = 3600.0
     prune_embed: bool = False
-    recalibrate_bn: int = 0
+    recalibrate_bn: int | str = "auto"
     flops_target: float | None = None
+    holdout: float | None = None  # confirmed acceptance's held-back share (None: DEFAULT_HOLDOUT)
     source: str = "<config>"
 
     def __post_init__(self) -> None:
@@ -126,14 +132,21 @@ class StudyConfig:
                 raise bad(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.flops_target is not None and not 0 < self.flops_target < 1:
             raise bad(f"flops_target is the fraction of FLOPs per image to save, in (0, 1), got {self.flops_target}")
-        if self.recalibrate_bn < 0:
-            raise bad(f"recalibrate_bn is a number of training images (0: off), got {self.recalibrate_bn}")
+        if self.recalibrate_bn != "auto" and (not isinstance(self.recalibrate_bn, int) or self.recalibrate_bn < 0):
+            raise bad(f"recalibrate_bn is 'auto' or a number of training images (0: off), got {self.recalibrate_bn!r}")
         if not 0 <= self.seed < 2**32:
             raise bad(f"seed must be in 0..2**32-1, got {self.seed}")
         if self.wait_timeout <= 0:
             raise bad(f"wait_timeout must be positive, got {self.wait_timeout}")
         if self.policy in ("tpe", "nsga2") and self.trials is None:
             raise bad(f"policy {self.policy!r} needs a trial budget: set [search] trials or pass --trials")
+        if self.holdout is not None:
+            if not self.constraints.confirmed:
+                raise bad(f"holdout applies to accept = 'confirmed' only, not {self.constraints.accept!r}")
+            try:
+                check_share(self.holdout)
+            except PrimeSVTError as exc:
+                raise bad(str(exc)) from None
         try:
             object.__setattr__(self, "grid", normalize_grid(self.grid))
         except PrimeSVTError as exc:
@@ -142,19 +155,24 @@ class StudyConfig:
     def with_overrides(self, **overrides: Any) -> StudyConfig:
         """A copy with the given fields replaced (``None`` values are ignored); re-validated.
         ``accept``, ``accept_confidence`` and ``accept_interval`` set the constraints' acceptance
-        rule (``confidence`` is the statistical early cut's level)."""
+        rule (``confidence`` is the statistical early cut's level): a level applies to the rule in
+        effect, an interval alone asks for the confident rule (the only one that has one); a rule
+        other than confirmed drops the config's ``holdout``."""
         changes = {k: v for k, v in overrides.items() if v is not None}
         acceptance = {name: changes.pop(key) for key, name in
                       (("accept", "accept"), ("accept_confidence", "confidence"), ("accept_interval", "interval"))
                       if key in changes}
-        if acceptance and "accept" not in acceptance:  # a level or interval asks for the confident rule
+        if "interval" in acceptance and "accept" not in acceptance:
             acceptance["accept"] = "confident"
+        rule = acceptance.get("accept", self.constraints.accept)
+        if rule != "confirmed" and "holdout" not in changes:
+            changes["holdout"] = None
         constraint_keys = {"max_accuracy_drop", "min_accuracy", "memory_target", "memory_budget"}
         if constraint_keys & changes.keys() or acceptance:
-            current = self.constraints.to_dict()
-            if acceptance.get("accept") == "point":  # back to the point rule: its level and interval go
-                current.pop("confidence", None)
-                current.pop("interval", None)
+            current = {**self.constraints.to_dict(), "accept": self.constraints.accept}
+            for key in ("confidence", "interval"):  # what the new rule does not have goes
+                if key not in _RULE_KEYS[rule]:
+                    current.pop(key, None)
             given = {k: changes.pop(k) for k in list(changes) if k in constraint_keys}
             given.update(acceptance)
             if "max_accuracy_drop" in given:
@@ -192,15 +210,21 @@ class StudyConfig:
             pruner=ConstraintPruner(**self.pruner_settings), prune_embed=self.prune_embed,
             robustness_cache=robustness_cache, wait_timeout=self.wait_timeout,
             accept=c.accept, confidence=c.confidence, interval=c.interval, recalibrate_bn=self.recalibrate_bn,
-            flops_target=self.flops_target,
+            flops_target=self.flops_target, holdout=DEFAULT_HOLDOUT if self.holdout is None else self.holdout,
         ), **overrides})
 
 
+_RULE_KEYS = {"point": (), "confirmed": ("confidence",), "confident": ("confidence", "interval")}
+
+
 def _constraints(values: dict[str, Any], source: str) -> Constraints:
-    if values.get("accept", "point") == "point" and {"confidence", "interval"} & values.keys():
+    values = {"accept": DEFAULT_ACCEPT, **values}
+    extra = sorted({"confidence", "interval"} & values.keys() - set(_RULE_KEYS.get(values["accept"], ("confidence", "interval"))))
+    if extra:
+        owners = {"confidence": "accept = 'confirmed' or 'confident'", "interval": "accept = 'confident'"}
         raise PrimeSVTError(
-            f"{source}: [constraints] confidence and interval apply to accept = 'confident' only "
-            "(the statistical early cut's level is [search] confidence)"
+            f"{source}: [constraints] {' and '.join(extra)} {'apply' if len(extra) > 1 else 'applies'} to "
+            f"{owners[extra[-1]]} only, not {values['accept']!r} (the statistical early cut's level is [search] confidence)"
         )
     try:
         return Constraints.from_dict(values)
@@ -243,17 +267,19 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
             raise PrimeSVTError(f"{source}: {key} is missing (top level)")
     data = dict(sections["data"])
     search = sections["search"]
+    constraints = dict(sections["constraints"])
+    holdout = constraints.pop("holdout", None)
     return StudyConfig(
         study_name=top["study_name"],
         storage=top.get("storage", f"sqlite:///{top['study_name']}.db"),
         checkpoint=top["checkpoint"],
         device=top.get("device", "cpu"),
-        constraints=_constraints(sections["constraints"], source),
+        constraints=_constraints(constraints, source),
         eval_images=data.pop("eval_images", None),
         batch_size=data.pop("batch_size", 256),
         first_batch=data.pop("first_batch", DEFAULT_FIRST_BATCH),
         data=data,
-        policy=search.get("policy", "prioritized"),
+        policy=search.get("policy", DEFAULT_POLICY),
         grid=tuple(search.get("grid", DEFAULT_GRID)),
         robustness_rule=search.get("robustness_rule", "highest"),
         sweep=search.get("sweep", "lazy"),
@@ -266,8 +292,9 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         confidence=search.get("confidence", 0.99),
         wait_timeout=search.get("wait_timeout", 3600.0),
         prune_embed=search.get("prune_embed", False),
-        recalibrate_bn=search.get("recalibrate_bn", 0),
+        recalibrate_bn=search.get("recalibrate_bn", "auto"),
         flops_target=search.get("flops_target"),
+        holdout=holdout,
         source=source,
     )
 
