@@ -55,7 +55,9 @@ def test_acceptance_rule_and_recalibration():
     c = cfg.constraints
     assert (c.accept, c.confidence, c.interval, cfg.recalibrate_bn, cfg.confidence) == (
         "confident", 0.9, "wilson", 512, 0.99)  # [search] confidence stays the early cut's
-    assert parse_study_config(GOOD).recalibrate_bn == 0 and parse_study_config(GOOD).constraints.accept == "confirmed"
+    assert parse_study_config(GOOD).recalibrate_bn == "auto" and parse_study_config(GOOD).constraints.accept == "confirmed"
+    with pytest.raises(PrimeSVTError, match="recalibrate_bn is 'auto' or a number of training images"):
+        parse_study_config(GOOD + "[search]\nrecalibrate_bn = 'sometimes'\n")
 
     plain = parse_study_config(GOOD)
     other = plain.with_overrides(accept="confident", recalibrate_bn=64)
@@ -118,8 +120,8 @@ def test_confirmed_acceptance_settings():
         (GOOD + "accept = 'point'\nholdout = 0.5\n", "holdout applies to accept = 'confirmed' only, not 'point'"),
         (GOOD + "accept = 'confident'\nconfidence = 1.5\n", "confidence (of the accuracy's lower bound) must lie"),
         (GOOD + "accept = 'confident'\ninterval = 'normal'\n", "interval must be one of"),
-        (GOOD + "[search]\nrecalibrate_bn = -1\n", "recalibrate_bn is a number of training images"),
-        (GOOD + "[search]\nrecalibrate_bn = 'all'\n", "recalibrate_bn must be int"),
+        (GOOD + "[search]\nrecalibrate_bn = -1\n", "recalibrate_bn is 'auto' or a number of training images"),
+        (GOOD + "[search]\nrecalibrate_bn = 'all'\n", "recalibrate_bn is 'auto' or a number of training images"),
         (GOOD + "[search]\nflops_target = 1.5\n", "flops_target is the fraction of FLOPs per image to save"),
         (GOOD + "[search]\nsweep = 'half'\n", "sweep must be 'lazy' or 'full'"),
         (GOOD + "[search]\nbudget_images = 'lots'\n", "budget_images must be int"),
