@@ -176,10 +176,6 @@ def default(frames: Frames) -> str:
     return headline(table[table.variant == "default"])
 
 
-def every_variant(frames: Frames) -> str:
-    return headline(comparison(frames))
-
-
 def order_verdict(walk: pd.Series, other: pd.Series) -> str:
     """Largest-first against another order: more seeds meeting the target first, then saving."""
     if walk.policy_selection_met != other.policy_selection_met:
@@ -353,7 +349,6 @@ TABLES = (
     Table("early-cut", ("search_cost/early_cut-schedule-digits.csv", "search_cost/early_cut-schedule-digits-hard.csv"),
           early_cut),
     Table("sampler-overhead", ("search_cost/sampler_overhead.csv",), sampler_overhead),
-    Table("every-variant", COMPARISON, every_variant),
 )
 
 
