@@ -2,6 +2,7 @@
 
 from ._aq4svit import AQ4SViTSampler
 from ._budget_aware import BudgetAwareSampler
+from ._precision_walk import PrecisionWalkSampler
 from ._prioritized import PrioritizedSampler
 from ._random_order import RandomOrderSampler
 from ._smallest_first import SmallestFirstSampler
@@ -13,6 +14,7 @@ __all__ = [
     "AQ4SViTSampler",
     "BudgetAwareSampler",
     "ClaimSampler",
+    "PrecisionWalkSampler",
     "PrioritizedSampler",
     "RandomOrderSampler",
     "SmallestFirstSampler",
@@ -25,7 +27,7 @@ __all__ = [
 _POLICIES = {
     cls.policy: cls
     for cls in (PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, BudgetAwareSampler,
-                AQ4SViTSampler)
+                AQ4SViTSampler, PrecisionWalkSampler)
 }
 
 
