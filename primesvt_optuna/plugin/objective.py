@@ -257,6 +257,10 @@ class RateObjective:
                     f"study {study.study_name!r} has directions {[d.name.lower() for d in study.directions]}, "
                     f"this objective needs {self.directions}: create it with directions=objective.directions"
                 )
+            recorded = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}precisions")
+            if recorded and not self.quantizing:  # float studies record none, so compare it here
+                raise PrimeSVTError(f"study {study.study_name!r} was created with precisions = {','.join(recorded)}, "
+                                    "not float alone: use another study name, or the same settings")
             write_study_attrs(study, self.study_attrs())
             current = study._storage.get_study_user_attrs(study._study_id)
             for key, value in self.informative_attrs().items():
@@ -368,7 +372,7 @@ class RateObjective:
             saving = 1.0 - model_bytes / self.base_bytes
             memory = self.constraints.memory_violation(saving, self.base_bytes)
             attrs.update(model_bytes=model_bytes, memory_saving=saving, constraint_memory=memory,
-                         images_recalibrated=self.recalibration_images(rates, precisions))
+                         images_recalibrated=self._recalibration(rates, precisions))
             correct = [bool(x) for x in (self.confirm_correct(rates, precisions) if precisions
                                          else self.confirm_correct(rates))]
             attrs["images_evaluated"] = len(correct)
@@ -419,8 +423,12 @@ class RateObjective:
             return self.pruner
         return study.pruner if isinstance(study.pruner, ConstraintPruner) else None
 
+    # precisions are passed only when there are any: subclasses written before them take rates alone
     def _bytes(self, rates: dict[str, float], precisions: dict[str, str]) -> int:
         return self.predict_bytes(rates, precisions) if precisions else self.predict_bytes(rates)
+
+    def _recalibration(self, rates: dict[str, float], precisions: dict[str, str]) -> int:
+        return self.recalibration_images(rates, precisions) if precisions else self.recalibration_images(rates)
 
     def _evaluate(
         self, trial: Trial, rates: dict[str, float], precisions: dict[str, str], reference: bool,
@@ -434,7 +442,7 @@ class RateObjective:
             if cached is not None:
                 trial.set_user_attr("cached", True)
                 return float(cached), 0, []
-        attrs["images_recalibrated"] = self.recalibration_images(rates, precisions)
+        attrs["images_recalibrated"] = self._recalibration(rates, precisions)
         schedule = self.schedule
         total, batches = self.eval_images, len(schedule)
         looks = pruner.statistical_looks(schedule) if pruner is not None else batches

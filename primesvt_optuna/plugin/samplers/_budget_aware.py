@@ -165,6 +165,8 @@ class BudgetAwareSampler(ClaimSampler):
                      if best[p] is not None]
         for param in extra:  # extend, most bytes per point first, each layer from its best down
             tries = [{**chosen, param: c} for c in ladders[param] if param not in chosen or _kept(c) < _kept(chosen[param])]
+            if not tries:
+                continue
             known, found, candidate = _gallop(snap, [self._config(t) for t in tries], "extend", param, last_second=True)
             if not known:
                 return candidate or Wait(f"the extension by {param}")
