@@ -11,7 +11,7 @@ from ...errors import PrimeSVTError
 from ...precision.quant import GRID
 from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
 from ..constraints import RATE_PREFIX, layer_of
-from ._claims import ACCEPTED, FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
+from ._claims import ACCEPTED, FREE, HELD, Candidate, ClaimSampler, Decision, Done, Snapshot, Wait, rates_key
 
 
 class AQ4SViTSampler(ClaimSampler):
@@ -48,13 +48,9 @@ class AQ4SViTSampler(ClaimSampler):
         return {**super().settings(), "precisions": list(self._precisions)}
 
     def _next(self, study: Study, snap: Snapshot) -> Decision:
-        if snap.status(rates_key({})) == FREE:
-            return Candidate(rates_key({}), "reference")
-        layers = self._layers(study, snap, need_sizes=False)
-        if layers is None:
-            return Wait("the reference trial (the layer names are not known yet)")
-        if not layers:
-            return Free()
+        layers = self._started(study, snap, need_sizes=False)
+        if not isinstance(layers, list):
+            return layers
         proxy = self._written_attr(study, "precision_proxy")
         if proxy is None:
             return Wait("the objective's precision proxy (it writes it when it first sees the study)")

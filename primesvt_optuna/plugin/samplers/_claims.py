@@ -572,6 +572,16 @@ class ClaimSampler(BaseSampler):
             written[name] = value
         return written[name]
 
+    def _started(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> Decision | list[tuple[str, int]]:
+        """The layers (see ``_layers``) once the reference is claimed and the layer table known;
+        until then the decision that gets there (the reference, a wait, or Free without layers)."""
+        if snap.status(rates_key({})) == FREE:
+            return Candidate(rates_key({}), "reference")
+        layers = self._layers(study, snap, need_sizes)
+        if layers is None:
+            return Wait("the reference trial (the layer table is not known yet)")
+        return layers or Free()
+
     def _layers(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> list[tuple[str, int]] | None:
         """Rate parameters with sizes, largest first; [] when the study has none; None while
         unknown (the reference trial has not finished and the objective wrote no layer table)."""

@@ -14,7 +14,7 @@ from ...errors import PrimeSVTError
 from ...precision.quant import GRID
 from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
 from ..constraints import layer_of
-from ._claims import ACCEPTED, FREE, HELD, Candidate, Decision, Free, Snapshot, Wait, rates_key
+from ._claims import ACCEPTED, FREE, HELD, Candidate, Decision, Snapshot, Wait, rates_key
 from ._prioritized import PrioritizedSampler
 from ._walk import WalkState
 
@@ -67,13 +67,9 @@ class PrecisionWalkSampler(PrioritizedSampler):
     def base(self, study: Study, snap: Snapshot) -> Decision | dict[str, float]:
         """The base configuration (every layer at the narrowest precision that passes), or the
         decision that still has to be taken to know it."""
-        if snap.status(rates_key({})) == FREE:
-            return Candidate(rates_key({}), "reference")
-        layers = self._layers(study, snap)
-        if layers is None:
-            return Wait("the reference trial (the layer table is not known yet)")
-        if not layers:
-            return Free()
+        layers = self._started(study, snap)
+        if not isinstance(layers, list):
+            return layers
         for precision in reversed(self._precisions):
             if not GRID[precision]:
                 break

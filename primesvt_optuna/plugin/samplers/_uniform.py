@@ -10,7 +10,7 @@ from optuna.study import Study
 from ...precision.quant import GRID
 from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
 from ..constraints import layer_of
-from ._claims import FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
+from ._claims import FREE, HELD, Candidate, ClaimSampler, Decision, Done, Snapshot, Wait, rates_key
 
 
 class UniformSampler(ClaimSampler):
@@ -57,13 +57,9 @@ class UniformSampler(ClaimSampler):
         return {**super().settings(), **extra}
 
     def _next(self, study: Study, snap: Snapshot) -> Decision:
-        if snap.status(rates_key({})) == FREE:
-            return Candidate(rates_key({}), "reference")
-        layers = self._layers(study, snap, need_sizes=False)
-        if layers is None:
-            return Wait("the reference trial (the layer names are not known yet)")
-        if not layers:
-            return Free()
+        layers = self._started(study, snap, need_sizes=False)
+        if not isinstance(layers, list):
+            return layers
         pending = False
         for bits in (GRID[p] or 0 for p in self._precisions):
             for rate in [*reversed(self._grid), *([0.0] if bits else [])]:
