@@ -48,6 +48,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from primesvt_optuna.plugin.objective import PruningObjective
 from primesvt_optuna.plugin.study_config import load_study_config
 from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
 from primesvt_optuna.reporting.compare import WALK_POLICIES, copy_sweep, machine, run_sweep
@@ -203,6 +204,68 @@ def tables(table: pd.DataFrame) -> str:
     return "".join(out)
 
 
+PRECISION_RESULTS = RESULTS.parent / "precision"
+PRECISION_POLICIES = {  # name: (sampler factory, the objective's precision grid)
+    "joint (budget-aware)": ("budget-aware", ("float", "int8", "int4", "int2")),
+    "uniform int4": ("uniform", ("float", "int4")),
+    "int8 + walk": ("precision-walk", ("float", "int8")),
+    "aq4svit": ("aq4svit", ("float", "int8", "int4", "int2")),
+}
+
+
+def precision_comparison(bench: str, target: float, seeds: int) -> pd.DataFrame:
+    """The joint (rate, precision) search against its baselines (issue 34): every policy of
+    ``PRECISION_POLICIES`` with each seed (which re-draws the search/confirmation split and the
+    evaluation order), confirmed acceptance, a 3-point budget; each delivery is evaluated on the
+    test split. Rows appended to benchmarks/results/precision/comparison.csv."""
+    import optuna
+
+    from primesvt_optuna.plugin.result import result
+    from primesvt_optuna.plugin.samplers import AQ4SViTSampler, BudgetAwareSampler, PrecisionWalkSampler, UniformSampler
+    from primesvt_optuna.precision.search import PRECISION_PREFIX
+    from primesvt_optuna.training import evaluate
+
+    samplers = {"budget-aware": BudgetAwareSampler, "uniform": UniformSampler, "precision-walk": PrecisionWalkSampler,
+                "aq4svit": AQ4SViTSampler}
+    config, checkpoint, _ = BENCHMARKS[bench]
+    cfg = load_study_config(config)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = []
+    for seed in range(seeds):
+        for name, (policy, grid) in PRECISION_POLICIES.items():
+            objective = PruningObjective(checkpoint, max_accuracy_drop=0.03, memory_target=target, grid=cfg.grid,
+                                         precisions=grid, seed=seed)
+            started = time.perf_counter()
+            study = optuna.create_study(directions=objective.directions,
+                                        sampler=samplers[policy](grid=cfg.grid, precisions=grid, seed=seed))
+            study.optimize(objective)
+            wall = time.perf_counter() - started
+            res = result(study)
+            row = {"benchmark": bench, "target": target, "policy": name, "seed": seed, "trials": len(study.trials),
+                   "images": res.stats["images_evaluated"], "wall_s": round(wall, 1), "both_met": res.both_met,
+                   "saving": None, "val_drop": None, "test_drop": None, "test_ok": None}
+            if res.selected is not None:
+                params = study.trials[res.selected["trial"]].params
+                precisions = {p[len(PRECISION_PREFIX):]: v for p, v in params.items()
+                              if p.startswith(PRECISION_PREFIX) and v != "float"}
+                model = objective.build(res.selected["rates"], precisions)
+                base = evaluate(objective.engine.model, objective.splits.test)
+                test = evaluate(model, objective.splits.test)
+                row.update(saving=res.selected["memory_saving"], val_drop=res.selected["accuracy_drop"],
+                           test_drop=base - test, test_ok=base - test <= 0.03 + 1e-12,
+                           precisions=" ".join(f"{k}={v}" for k, v in sorted(precisions.items())))
+            rows.append({**row, **machine()})
+            print(row, flush=True)
+    table = pd.DataFrame(rows)
+    PRECISION_RESULTS.mkdir(parents=True, exist_ok=True)
+    path = PRECISION_RESULTS / "comparison.csv"
+    if path.exists():  # keep other benchmarks' rows
+        old = pd.read_csv(path)
+        table = pd.concat([old[~((old.benchmark == bench) & (old.target == target))], table], ignore_index=True)
+    table.to_csv(path, index=False)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cells", nargs="*", metavar="BENCHMARK:TARGET", help=f"benchmarks: {', '.join(BENCHMARKS)}")
@@ -220,7 +283,14 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the cells' reports and CSV rows from the studies already in storage (no wall time)")
     parser.add_argument("--tables", action="store_true", help="only print the markdown tables from the CSV")
+    parser.add_argument("--precision", action="store_true",
+                        help="the precision comparison instead (precision_comparison; confirmed acceptance, 3 points)")
     args = parser.parse_args()
+    if args.precision:
+        for item in args.cells:
+            bench, _, target = item.partition(":")
+            precision_comparison(bench, float(target), args.seeds)
+        return
     path = RESULTS / (f"comparison-{args.tag}.csv" if args.tag else "comparison.csv")
     if args.tables:
         print(tables(pd.read_csv(path)), end="")

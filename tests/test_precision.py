@@ -21,38 +21,61 @@ from primesvt_optuna.precision import (
 from primesvt_optuna.precision.artifact import pack, unpack
 from primesvt_optuna.precision.quant import qmax
 from primesvt_optuna.pruning import Engine, model_bytes
-from primesvt_optuna.pruning.adapters import ADAPTERS
+from primesvt_optuna.pruning.adapters import ROOMS
 
 DATA = {"name": "digits", "path": None, "img_size": 16, "seed": 0}
 
 
-def _tiny_configs() -> dict[str, dict]:
-    """The smallest preset of every (family, variant), shrunk to a tiny width where it is large,
-    so that a newly registered family with a preset is covered here."""
-    best: dict[tuple, str] = {}
-    for name in PRESETS:
-        c = resolve_config({"preset": name})
-        key = (c["family"], c.get("variant"))
-        size = lambda n: resolve_config({"preset": n})["embed_dim"] * resolve_config({"preset": n})["depth"]
-        if key not in best or size(name) < size(best[key]):
-            best[key] = name
-    out = {}
-    for (family, variant), name in best.items():
-        c = resolve_config({"preset": name})
-        config: dict = {"preset": name}
-        if c["embed_dim"] > 64:
-            config.update(embed_dim=32, depth=1, num_heads=2, num_classes=10, in_channels=1,
-                          img_size=32 if variant == "imagenet" else 16)
-        out[f"{family}-{variant or 'default'}"] = config
-    return out
+# A tiny instance of every (family, variant) the presets offer: depthwise convs (MaxFormer), fused
+# qkv (spikingjelly's Spikformer, MaxFormer's SSA), q+k pairs, SDSA groups, QKFormer's staged widths.
+CONFIGS: dict[str, dict] = {
+    "spikformer-cifar": {"preset": "digits-tiny"},
+    "spikformer-imagenet": {"preset": "spikformer-8-384", "embed_dim": 32, "depth": 1, "num_heads": 2,
+                            "num_classes": 10, "in_channels": 1, "img_size": 32, "T": 2},
+    "sj-spikformer": {"preset": "sj-spikformer-tiny", "T": 2},
+    "spike-driven": {"preset": "digits-sdt-8-64", "embed_dim": 32, "depth": 1, "num_heads": 2, "T": 2},
+    "qkformer-token": {"preset": "digits-qkformer-8-64", "embed_dim": 32, "depth": [1, 1, 1], "num_heads": [1, 2, 2],
+                       "T": 2},
+    "qkformer-channel": {"preset": "digits-qkformer-8-64", "embed_dim": 32, "depth": [1, 1, 1],
+                         "num_heads": [2, 2, 2], "qka_type": "channel", "T": 2},
+    "maxformer": {"preset": "maxformer-10-384", "embed_dim": 32, "depth": [1, 1, 1], "num_classes": 10,
+                  "in_channels": 1, "img_size": 64, "T": 2},
+    "maxformer-cifar": {"preset": "maxformer-cifar", "embed_dim": 64, "depth": [1, 1, 1], "num_classes": 10,
+                        "in_channels": 1, "img_size": 16, "T": 2},
+}
 
 
-CONFIGS = _tiny_configs()
+def _kind(config: dict) -> tuple:
+    """What makes two models different here: the family and its structural variant."""
+    c = resolve_config(config)
+    return c["family"], c.get("variant"), c.get("qka_type"), c.get("cifar")
 
 
-def test_every_registered_family_is_covered() -> None:
-    assert {type(build_model(c)) for c in CONFIGS.values()} == set(ADAPTERS)
-    assert {build_model(c).variant for c in CONFIGS.values() if hasattr(build_model(c), "variant")} == {"cifar", "imagenet"}
+def test_every_family_and_variant_of_the_presets_is_covered() -> None:
+    """A family (or variant) added to the presets fails here until it has a tiny instance above, and
+    every model class the room registry prunes as a whole (a room keeping its head) is built."""
+    assert {_kind({"preset": p}) for p in PRESETS} | {("qkformer", None, "channel", None)} == {
+        _kind(c) for c in CONFIGS.values()}
+    built = set()
+    for c in CONFIGS.values():
+        built |= {type(m) for m in build_model(c).modules()}
+    assert {cls for cls, room in ROOMS.items() if "head" in room.keep} <= built
+
+
+def test_depthwise_and_fused_layers_are_quantized() -> None:
+    """The precision reaches a depthwise conv (one input per channel) and a fused qkv projection."""
+    seen = set()
+    for family in ("maxformer", "maxformer-cifar", "sj-spikformer"):
+        model = _model(CONFIGS[family])
+        modules = dict(model.named_modules())
+        _, state = quantize(model, uniform(Engine(model), "int4"))
+        for name in state.tensors:
+            m = modules[name.removesuffix(".weight")]
+            if isinstance(m, torch.nn.Conv2d) and 1 < m.groups == m.in_channels:
+                seen.add("depthwise")
+            if "qkv" in name:
+                seen.add("fused qkv")
+    assert seen == {"depthwise", "fused qkv"}
 
 
 def _model(config: dict) -> torch.nn.Module:
@@ -180,6 +203,7 @@ def test_bytes_predicted_equal_artifact_payload_and_reload_is_bit_identical(tmp_
     rng = random.Random(3)
     rates = {l: rng.choice([0.0, 0.25, 0.5]) for l in engine.layers} if pruned else {}
     base = engine.prune(rates) if pruned else model
+    assert quantizable(base) == quantizable(model)  # a pruned model keeps the names its precisions are given for
     x = _x(config)
     for mix, precisions in _mixes(engine).items():
         predicted = predict_bytes(engine, rates, precisions)

@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     layers = [row["layer"] for row in attrs.get(f"{STUDY_PREFIX}layers", [])]
     if layers and sorted(layers) != sorted(engine.layers):
         raise PrimeSVTError("the study's layer table does not match this checkpoint's prunable layers")
+    if precisions := _selected_precisions(study, res.selected["trial"]):
+        return _export_quantized(args, study, res, engine, ckpt, precisions, output)
     rates = res.selected["rates"]
     pruned = engine.prune(rates)
     if model_bytes(pruned) != res.selected["model_bytes"]:
@@ -147,6 +149,88 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         _print(report)
+    return 0
+
+
+def _selected_precisions(study: Any, number: int) -> dict[str, str]:
+    """The selected trial's quantized layers, ``{layer: precision}`` (empty for a float selection)."""
+    from ..precision.search import PRECISION_PREFIX
+
+    params = study.trials[number].params
+    return {p[len(PRECISION_PREFIX):]: str(v) for p, v in params.items() if p.startswith(PRECISION_PREFIX) and v != "float"}
+
+
+def _export_quantized(args: argparse.Namespace, study: Any, res: Any, engine: Any, ckpt: dict[str, Any],
+                      precisions: dict[str, str], output: Any) -> int:
+    """A selection with precisions: the pruned model quantized exactly as the search evaluated it
+    (BatchNorm recalibrated after quantizing when the study did), fine-tuned with the quantizer in
+    the loop (straight-through, same precisions and bytes), written as a ``primesvt-quant/1``
+    checkpoint whose size on disk is reported beside the predicted bytes."""
+    from ..data import check_fits, load_splits
+    from ..plugin.constraints import STUDY_PREFIX
+    from ..precision import artifact_sizes, finetune_quantized, quantize, save_quantized
+    from ..pruning import model_bytes
+    from ..pruning.recalibrate import BATCH_SIZE, recalibrate_bn
+    from ..training import evaluate
+
+    attrs = study.user_attrs
+    rates = res.selected["rates"]
+    qmodel, _ = quantize(engine.prune(rates), precisions, engine=engine)
+    if model_bytes(qmodel) != res.selected["model_bytes"]:
+        raise PrimeSVTError(f"the quantized model has {model_bytes(qmodel):,} bytes, the study recorded "
+                            f"{res.selected['model_bytes']:,}: the pruning or precision code changed since the search; re-run it")
+    spec = attrs.get(f"{STUDY_PREFIX}data") or ckpt["data"]
+    splits = load_splits(spec)
+    check_fits(splits, ckpt["model_config"], "the study's checkpoint", spec.get("img_size"))
+
+    def accuracy(m: Any) -> dict[str, float]:
+        return {split: evaluate(m, getattr(splits, split), device=args.device) for split in ("val", "test")}
+
+    report: dict[str, Any] = {
+        "study_name": args.study_name, "trial": res.selected["trial"], "rates": rates, "precisions": precisions,
+        "output": str(output), "base_bytes": engine.base_bytes, "model_bytes": model_bytes(qmodel),
+        "memory_saving": 1 - model_bytes(qmodel) / engine.base_bytes, "both_constraints_met": res.both_met,
+        "unpruned": accuracy(engine.model.to(args.device)),
+        "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "finetune_keep": args.finetune_keep,
+    }
+    recalibration = attrs.get(f"{STUDY_PREFIX}recalibrate_bn")
+    if recalibration:
+        report["pruned_plain"] = accuracy(qmodel.to(args.device))
+        report["recalibrate_bn"] = recalibration
+        report["images_recalibrated"] = recalibrate_bn(
+            qmodel, splits.train, images=int(recalibration["images"]), seed=int(recalibration.get("seed", 0)),
+            batch_size=int(recalibration.get("batch_size", BATCH_SIZE)), device=args.device,
+        )
+    report["pruned"] = accuracy(qmodel.to(args.device))
+    if args.finetune_epochs:
+        tuned = finetune_quantized(qmodel, splits, scales="fixed", epochs=args.finetune_epochs, lr=args.finetune_lr,
+                                   seed=attrs.get(f"{STUDY_PREFIX}seed") or 0, device=args.device,
+                                   progress=not args.json, keep=args.finetune_keep)
+        report["finetune_kept_epoch"] = tuned["kept_epoch"]
+        report["finetuned"] = accuracy(qmodel)
+    final = report.get("finetuned", report["pruned"])
+    metrics = {
+        "val_accuracy": final["val"], "test_accuracy": final["test"],
+        "val_accuracy_before_finetune": report["pruned"]["val"], "test_accuracy_before_finetune": report["pruned"]["test"],
+        "unpruned_val_accuracy": report["unpruned"]["val"], "unpruned_test_accuracy": report["unpruned"]["test"],
+    }
+    meta = {
+        "source_checkpoint_sha256": attrs.get(f"{STUDY_PREFIX}checkpoint_sha256"), "study_name": args.study_name,
+        "trial": res.selected["trial"], "rates": rates, "precisions": precisions, "policy": res.policy,
+        "constraints": res.constraints, "finetune_epochs": args.finetune_epochs,
+        "finetune_kept_epoch": report.get("finetune_kept_epoch"), "recalibrate_bn": report.get("recalibrate_bn"),
+    }
+    try:
+        save_quantized(output, qmodel.cpu(), ckpt["model_config"], spec, metrics, meta=meta, force=args.force)
+    except OSError as exc:
+        raise PrimeSVTError(f"cannot write {output}: {exc.strerror or exc}; no existing file was changed") from None
+    report.update(artifact_sizes(output))  # file_bytes on disk, payload_bytes == model_bytes
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print(report)
+        print(f"  quantized {len(precisions)} layers ({', '.join(sorted(set(precisions.values())))}); file "
+              f"{report['file_bytes']:,} bytes on disk for {report['payload_bytes']:,} predicted model bytes")
     return 0
 
 

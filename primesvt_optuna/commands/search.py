@@ -78,6 +78,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare-walk", action="store_true",
                    help="then run the paper's walk (--policy prioritized) on the same settings into study "
                         "NAME-walk and say in one line what it delivers")
+    p.add_argument("--precisions", metavar="LIST",
+                   help="also choose a weight precision per layer from this grid, e.g. float,int8,int4,int2 "
+                        "(default float: pruning only; policies budget-aware, uniform, precision-walk, aq4svit, "
+                        "tpe, nsga2; config: [search] precisions)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     p.add_argument("--resume", action="store_true",
                    help="continue an existing study (its settings must match); creates it when absent")
@@ -91,6 +95,7 @@ def make_sampler(cfg: Any, worker: int = 0, auto_images: int | None = None) -> A
     import optuna
 
     from ..plugin import BudgetAwareSampler, PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
+    from ..plugin.samplers import AQ4SViTSampler, PrecisionWalkSampler
 
     common = {"grid": cfg.grid, "wait_timeout": cfg.wait_timeout,
               "budget_images": cfg.budget_images if cfg.budget_images is not None else auto_images}
@@ -103,10 +108,16 @@ def make_sampler(cfg: Any, worker: int = 0, auto_images: int | None = None) -> A
         return SmallestFirstSampler(seed=cfg.seed, **common, **walk)
     if cfg.policy == "random-order":
         return RandomOrderSampler(seed=cfg.seed, **common, **walk)
+    # precisions only when searched: a float-only sampler records the settings it always did
+    quant = {"precisions": cfg.precisions} if cfg.precisions != ("float",) else {}
     if cfg.policy == "uniform":
-        return UniformSampler(seed=cfg.seed, **common)
+        return UniformSampler(seed=cfg.seed, **common, **quant)
     if cfg.policy == "budget-aware":
-        return BudgetAwareSampler(seed=cfg.seed, **common)
+        return BudgetAwareSampler(seed=cfg.seed, **common, **quant)
+    if cfg.policy == "precision-walk":
+        return PrecisionWalkSampler(seed=cfg.seed, **common, **walk, **quant)
+    if cfg.policy == "aq4svit":
+        return AQ4SViTSampler(seed=cfg.seed, **common, **quant)
     if cfg.policy == "tpe":
         return optuna.samplers.TPESampler(seed=cfg.seed + worker)
     return optuna.samplers.NSGAIISampler(seed=cfg.seed + worker)
@@ -118,6 +129,7 @@ def prepare_study(cfg: Any, storage: Any, objective: Any, resume: bool, budget: 
 
     from ..plugin.constraints import rate_param
     from ..plugin.samplers import ClaimSampler
+    from ..precision.search import precision_param
     from ..plugin.samplers._claims import write_study_attrs
 
     exists = cfg.study_name in optuna.get_all_study_names(storage)
@@ -146,7 +158,10 @@ def prepare_study(cfg: Any, storage: Any, objective: Any, resume: bool, budget: 
     write_study_attrs(study, attrs)
     objective.attach(study)
     if cfg.policy in ("tpe", "nsga2") and not study.trials:  # trial 0 is the reference for every policy
-        study.enqueue_trial({rate_param(name): 0.0 for name, _ in objective.layers}, user_attrs={"phase": "reference"})
+        reference = {rate_param(name): 0.0 for name, _ in objective.layers}
+        if objective.quantizing:
+            reference.update({precision_param(name): "float" for name, _ in objective.layers})
+        study.enqueue_trial(reference, user_attrs={"phase": "reference"})
     return study
 
 
@@ -285,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
         first_batch=args.first_batch, sweep=args.sweep, budget_images=args.budget_images, prune_embed=args.prune_embed,
         recalibrate_bn=args.recalibrate_bn, flops_target=args.flops_target, accept=args.accept,
         accept_confidence=args.confidence, accept_interval=args.interval, holdout=args.holdout,
+        precisions=None if args.precisions is None else tuple(args.precisions.split(",")),
     )
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:
         raise PrimeSVTError(f"policy {cfg.policy!r} needs a trial budget: pass --trials N")

@@ -4,7 +4,11 @@ Both objectives (this one, on a real model, and :class:`SyntheticObjective`, on 
 share :class:`RateObjective`, so everything a sampler, a report or the dashboard reads is written
 by one piece of code:
 
-* parameters ``rate:<layer>``, suggested largest layer first;
+* parameters ``rate:<layer>``, suggested largest layer first; with a precision grid other than
+  float alone (``precisions=("float", "int8", "int4", "int2")``) also ``precision:<layer>``
+  (categorical), and the model evaluated is the pruned model quantized at those precisions
+  (dequantized weights, what users deploy); its bytes count the precision exactly
+  (:func:`primesvt_optuna.precision.predict_bytes`);
 * constraints ``accuracy`` (drop - budget) and ``memory`` (target - saving), fractions, set once;
   with a ``flops_target`` also ``flops`` (target - FLOPs saving; user attributes ``flops``,
   ``flops_saving``, ``constraint_flops``);
@@ -50,6 +54,7 @@ from optuna.trial import Trial, TrialState
 from .. import faults
 from ..acceptance.confirm import CONFIRM, DEFAULT_HOLDOUT, check_holdout, check_share, confirm_key, judge
 from ..errors import PrimeSVTError
+from ..precision.search import FLOAT_ONLY, bits_of, check_precisions, precision_param
 from .constraints import CLAIM, DEFAULT_GRID, STUDY_PREFIX, WORKER, Constraints, normalize_grid, rate_param
 from .pruner import DEFAULT_FIRST_BATCH, ConstraintPruner, Cut, batch_schedule, looks_of
 from ..storage import fail_stale_trials, worker_info
@@ -59,7 +64,9 @@ BASE_ACCURACY = f"{STUDY_PREFIX}base_accuracy"
 AUTO_RECALIBRATION_IMAGES = 512
 AUTO_RECALIBRATION_GAIN = 0.01
 AUTO_RECALIBRATION_RATE = 0.3
+PRECISION_PROXY = f"{STUDY_PREFIX}precision_proxy"
 DIRECTIONS = ["maximize", "minimize"]
+DRIFT_IMAGES = 64  # search images (the first of the seeded order) the membrane drift is measured on
 METRIC_NAMES = ["accuracy", "model_bytes"]
 
 
@@ -79,6 +86,7 @@ class RateObjective:
         identity: str,
         robustness_cache: Mapping[tuple[str, float], float] | None = None,
         wait_timeout: float = 3600.0,
+        precisions: Sequence[str] = FLOAT_ONLY,
     ) -> None:
         if not layers:
             raise PrimeSVTError("the layer table is empty: this model has nothing to prune")
@@ -87,6 +95,7 @@ class RateObjective:
         self.constraints = constraints
         constraints.check_model(self.base_bytes)
         self.grid = normalize_grid(grid)
+        self.precisions = check_precisions(precisions)
         self.pruner = pruner
         self.single_objective = single_objective
         self.identity = identity
@@ -96,7 +105,9 @@ class RateObjective:
         self._lock = threading.Lock()
 
     # ----- what subclasses define -------------------------------------------------------------
-    def predict_bytes(self, rates: Mapping[str, float]) -> int:
+    def predict_bytes(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> int:
+        """Exact bytes of the model pruned at ``rates`` with ``precisions`` (``{layer: name}``, float
+        layers left out; None or empty: float)."""
         raise NotImplementedError
 
     # the optional FLOPs constraint (fraction of FLOPs per image to save); a subclass that sets
@@ -117,8 +128,10 @@ class RateObjective:
         attrs.update(flops=flops, flops_saving=saving, constraint_flops=violation)
         return violation
 
-    def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[int, int]]:
-        """``(correct, n)`` per evaluation batch of the model pruned at ``rates``."""
+    def iter_batches(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None
+                     ) -> Iterator[tuple[int, int]]:
+        """``(correct, n)`` per evaluation batch of the model pruned at ``rates`` (quantized at
+        ``precisions``)."""
         raise NotImplementedError
 
     @property
@@ -129,7 +142,8 @@ class RateObjective:
     batch_size: int
     first_batch: int | None = None
 
-    def confirm_correct(self, rates: Mapping[str, float]) -> Sequence[bool]:
+    def confirm_correct(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None
+                        ) -> Sequence[bool]:
         """Per-image correctness of ``rates`` on the confirmation part (confirmed acceptance)."""
         raise NotImplementedError
 
@@ -158,7 +172,7 @@ class RateObjective:
         """How trials are evaluated (an informative study attribute, ``primesvt:eval_schedule``)."""
         return {"first_batch": self.first_batch, "batch_size": self.batch_size, "looks": looks_of(self.schedule)}
 
-    def recalibration_images(self, rates: Mapping[str, float]) -> int:
+    def recalibration_images(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> int:
         """Images passed forward to recalibrate BatchNorm before evaluating ``rates`` (search cost
         beside the evaluated images; 0 without recalibration)."""
         return 0
@@ -182,7 +196,43 @@ class RateObjective:
             "checkpoint_sha256": self.identity,
             "pruner": self.pruner.describe() if self.pruner is not None else None,
             **({"holdout": self.holdout} if self.constraints.confirmed else {}),
+            # only with a precision grid: a float-only study keeps the attributes it always had
+            **({"precisions": list(self.precisions)} if self.quantizing else {}),
         }
+
+    @property
+    def quantizing(self) -> bool:
+        """Whether trials choose a precision per layer (a grid other than float alone)."""
+        return self.precisions != FLOAT_ONLY
+
+    def suggest_precisions(self, trial: Trial) -> dict[str, str]:
+        """``precision:<layer>`` for every layer (with a precision grid); the non-float ones."""
+        if not self.quantizing:
+            return {}
+        chosen = {name: trial.suggest_categorical(precision_param(name), list(self.precisions)) for name, _ in self.layers}
+        return {name: str(p) for name, p in chosen.items() if bits_of(p)}
+
+    def precision_drift(self) -> dict[str, dict[str, float]]:
+        """``{layer: {precision: drift}}``: how far quantizing the layer alone moves the model
+        (the AQ4SViT-style search's proxy; float is 0 and left out)."""
+        raise NotImplementedError
+
+    def precision_proxy(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{layer: {precision: {"drift": ..., "bytes": ...}}}``: each layer alone at each
+        precision, its drift and the model's exact bytes (study attribute
+        ``primesvt:precision_proxy``, what the AQ4SViT-style sampler orders its steps by)."""
+        drift = self.precision_drift()
+        return {name: {p: {"drift": 0.0 if not bits_of(p) else float(drift[name][p]),
+                           "bytes": int(self._bytes({}, {name: p} if bits_of(p) else {}))}
+                       for p in self.precisions} for name, _ in self.layers}
+
+    @staticmethod
+    def config_key(rates: Mapping[str, float], precisions: Mapping[str, str]) -> str:
+        """The claim key of a configuration (the samplers' ``rates_key``), precisions included."""
+        from ..plugin.samplers._claims import rates_key
+
+        return rates_key({**{rate_param(k): v for k, v in rates.items()},
+                          **{precision_param(k): bits_of(p) for k, p in precisions.items()}})
 
     @property
     def trial_images(self) -> int:
@@ -210,11 +260,17 @@ class RateObjective:
                     f"study {study.study_name!r} has directions {[d.name.lower() for d in study.directions]}, "
                     f"this objective needs {self.directions}: create it with directions=objective.directions"
                 )
+            recorded = study._storage.get_study_user_attrs(study._study_id).get(f"{STUDY_PREFIX}precisions")
+            if recorded and not self.quantizing:  # float studies record none, so compare it here
+                raise PrimeSVTError(f"study {study.study_name!r} was created with precisions = {','.join(recorded)}, "
+                                    "not float alone: use another study name, or the same settings")
             write_study_attrs(study, self.study_attrs())
             current = study._storage.get_study_user_attrs(study._study_id)
             for key, value in self.informative_attrs().items():
                 if f"{STUDY_PREFIX}{key}" not in current:
                     study._storage.set_study_user_attr(study._study_id, f"{STUDY_PREFIX}{key}", value)
+            if self.quantizing and PRECISION_PROXY not in current:  # measured once per study, not per worker
+                study._storage.set_study_user_attr(study._study_id, PRECISION_PROXY, self.precision_proxy())
             if study.metric_names is None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -245,16 +301,17 @@ class RateObjective:
         if WORKER not in system:  # for stale-trial detection under other samplers (TPE, NSGA-II)
             storage.set_trial_system_attr(tid, WORKER, worker_info())
         rates = {name: rate for name, _ in self.layers if (rate := round(self.suggest(trial, name), 6)) > 0}
-        reference = not rates
+        precisions = self.suggest_precisions(trial)
+        reference = not rates and not precisions
         if storage.get_trial_user_attrs(tid).get("phase") == CONFIRM:
-            return self._confirm(trial, rates, started)
+            return self._confirm(trial, rates, precisions, started)
         if "phase" not in storage.get_trial_user_attrs(tid):
             trial.set_user_attr("phase", "reference" if reference else "search")
         complete = not reference and claim.get("complete", True)
 
         attrs: dict[str, Any] = {"images_recalibrated": 0}
         try:
-            model_bytes = int(self.predict_bytes(rates))
+            model_bytes = int(self._bytes(rates, precisions))
             saving = 1.0 - model_bytes / self.base_bytes
             memory = self.constraints.memory_violation(saving, self.base_bytes)
             attrs.update(model_bytes=model_bytes, memory_saving=saving, constraint_memory=memory)
@@ -264,7 +321,7 @@ class RateObjective:
                 cut = pruner.memory_cut(saving, self.constraints.target_saving(self.base_bytes))
                 if cut is not None:
                     self._cut(trial, cut, attrs, None, 0, started)
-            accuracy, seen, history = self._evaluate(trial, rates, reference, pruner, attrs, started)
+            accuracy, seen, history = self._evaluate(trial, rates, precisions, reference, pruner, attrs, started)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -307,24 +364,24 @@ class RateObjective:
         self._record(trial, attrs)
         return saving if self.single_objective else (accuracy, float(model_bytes))
 
-    def _confirm(self, trial: Trial, rates: dict[str, float], started: float) -> float | tuple[float, float]:
+    def _confirm(self, trial: Trial, rates: dict[str, float], precisions: dict[str, str],
+                 started: float) -> float | tuple[float, float]:
         """A confirmation trial: the configuration on the held-back images, judged against the
         unpruned model's confirmation (see the module docs)."""
-        from ..plugin.samplers._claims import rates_key
-
-        attrs: dict[str, Any] = {"confirm_key": confirm_key(rates_key({rate_param(k): v for k, v in rates.items()}))}
+        attrs: dict[str, Any] = {"confirm_key": confirm_key(self.config_key(rates, precisions))}
         try:
             if not self.constraints.confirmed:
                 raise PrimeSVTError(f"trial {trial.number} asks for a confirmation, but this objective's acceptance "
                                     f"is {self.constraints.accept!r}: give it accept='confirmed'")
-            model_bytes = int(self.predict_bytes(rates))
+            model_bytes = int(self._bytes(rates, precisions))
             saving = 1.0 - model_bytes / self.base_bytes
             memory = self.constraints.memory_violation(saving, self.base_bytes)
             attrs.update(model_bytes=model_bytes, memory_saving=saving, constraint_memory=memory,
-                         images_recalibrated=self.recalibration_images(rates))
-            correct = [bool(x) for x in self.confirm_correct(rates)]
+                         images_recalibrated=self._recalibration(rates, precisions))
+            correct = [bool(x) for x in (self.confirm_correct(rates, precisions) if precisions
+                                         else self.confirm_correct(rates))]
             attrs["images_evaluated"] = len(correct)
-            if not rates:
+            if not rates and not precisions:
                 reference, violation = correct, 0.0
                 attrs["confirm_correct"] = _pack(correct)
             else:
@@ -371,19 +428,26 @@ class RateObjective:
             return self.pruner
         return study.pruner if isinstance(study.pruner, ConstraintPruner) else None
 
+    # precisions are passed only when there are any: subclasses written before them take rates alone
+    def _bytes(self, rates: dict[str, float], precisions: dict[str, str]) -> int:
+        return self.predict_bytes(rates, precisions) if precisions else self.predict_bytes(rates)
+
+    def _recalibration(self, rates: dict[str, float], precisions: dict[str, str]) -> int:
+        return self.recalibration_images(rates, precisions) if precisions else self.recalibration_images(rates)
+
     def _evaluate(
-        self, trial: Trial, rates: dict[str, float], reference: bool, pruner: ConstraintPruner | None,
-        attrs: dict[str, Any], started: float,
+        self, trial: Trial, rates: dict[str, float], precisions: dict[str, str], reference: bool,
+        pruner: ConstraintPruner | None, attrs: dict[str, Any], started: float,
     ) -> tuple[float, int, list[tuple[int, int]]]:
-        """Accuracy of the pruned model, cut at a look once the floor is out of reach; returns
-        (accuracy, images, (correct, seen) at each look)."""
-        if len(rates) == 1:
+        """Accuracy of the pruned (and quantized) model, cut at a look once the floor is out of
+        reach; returns (accuracy, images, (correct, seen) at each look)."""
+        if len(rates) == 1 and not precisions:  # the robustness cache holds float models only
             ((layer, rate),) = rates.items()
             cached = self._cache.get((layer, rate))
             if cached is not None:
                 trial.set_user_attr("cached", True)
                 return float(cached), 0, []
-        attrs["images_recalibrated"] = self.recalibration_images(rates)
+        attrs["images_recalibrated"] = self._recalibration(rates, precisions)
         schedule = self.schedule
         total, batches = self.eval_images, len(schedule)
         looks = pruner.statistical_looks(schedule) if pruner is not None else batches
@@ -396,7 +460,7 @@ class RateObjective:
             trial.set_user_attr("accuracy_floor", self.constraints.required_accuracy(floor, total))
         correct = seen = 0
         history: list[tuple[int, int]] = []
-        for c, n in self.iter_batches(rates):
+        for c, n in self.iter_batches(rates, precisions) if precisions else self.iter_batches(rates):
             correct, seen = correct + c, seen + n
             history.append((correct, seen))
             attrs["images_evaluated"] = seen  # what a trial failing from here on has spent
@@ -599,6 +663,11 @@ class PruningObjective(RateObjective):
             recorded as ``flops``, ``flops_saving``, ``constraint_flops``; ``feasible`` needs it.
             The PrimeSVT walk still steers by memory; the FLOPs constraint decides feasibility
             (``study.best_trials``, constraint-aware samplers such as NSGA-II and TPE).
+        precisions: the weight precisions a layer may take (any of ``float``, ``int8``, ``int4``,
+            ``int2``); float alone (the default) is pruning only, the paper's setting. Otherwise
+            each trial also suggests ``precision:<layer>``, the model is quantized per layer
+            (:func:`primesvt_optuna.precision.quantize`, per-channel symmetric, max-abs clip) and
+            evaluated dequantized, and its bytes count the packed integers and scales exactly.
     """
 
     def __init__(
@@ -628,6 +697,7 @@ class PruningObjective(RateObjective):
         holdout: float = DEFAULT_HOLDOUT,
         recalibrate_bn: int = 0,
         flops_target: float | None = None,
+        precisions: Sequence[str] = FLOAT_ONLY,
     ) -> None:
         from ..data import Splits, check_fits, load_splits, subset
         from ..pruning import Engine
@@ -699,7 +769,7 @@ class PruningObjective(RateObjective):
         super().__init__(
             layers=list(zip(table["layer"], table["params"])), base_bytes=self.engine.base_bytes,
             constraints=constraints, grid=grid, pruner=pruner, single_objective=single_objective,
-            identity=identity, robustness_cache=robustness_cache, wait_timeout=wait_timeout,
+            identity=identity, robustness_cache=robustness_cache, wait_timeout=wait_timeout, precisions=precisions,
         )
         self.check_confirmation()
 
@@ -738,14 +808,15 @@ class PruningObjective(RateObjective):
         return {"rate": rate, "plain": plain, "recalibrated": recalibrated, "on": recalibrated - plain >= AUTO_RECALIBRATION_GAIN,
                 "images": 2 * len(self.eval_set) + used}
 
-    def recalibration_images(self, rates: Mapping[str, float]) -> int:
-        if not self.recalibrate_bn or not any(rate > 0 for rate in rates.values()):
+    def recalibration_images(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> int:
+        # a quantized model's statistics shift as a pruned one's do: recalibrated alike
+        if not self.recalibrate_bn or not (any(rate > 0 for rate in rates.values()) or precisions):
             return 0
         return min(self.recalibrate_bn, len(self.splits.train))
 
-    def recalibrate(self, model: Any, rates: Mapping[str, float]) -> int:
+    def recalibrate(self, model: Any, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> int:
         """Adaptive BN on a pruned model, in place, as the study records it (not the reference)."""
-        if not self.recalibration_images(rates):
+        if not self.recalibration_images(rates, precisions):
             return 0
         from ..pruning.recalibrate import recalibrate_bn
 
@@ -761,8 +832,33 @@ class PruningObjective(RateObjective):
     def schedule_attrs(self) -> dict[str, Any]:
         return {**super().schedule_attrs(), "order_seed": None if self.eval_order is None else self.eval_order_seed}
 
-    def predict_bytes(self, rates: Mapping[str, float]) -> int:
+    def predict_bytes(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> int:
+        if precisions:
+            from ..precision import predict_bytes
+
+            return predict_bytes(self.engine, rates, precisions)
         return self.engine.predict_bytes(rates)
+
+    def precision_drift(self) -> dict[str, dict[str, float]]:
+        import torch
+
+        from ..precision.drift import membrane_drift
+
+        order = self.eval_order or list(range(len(self.eval_set)))
+        images = torch.stack([self.eval_set[i][0] for i in order[:DRIFT_IMAGES]])
+        return membrane_drift(self.engine, images, self.precisions)
+
+    def build(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> Any:
+        """The model a trial evaluates: pruned at ``rates`` (a copy even unpruned: concurrent
+        trials must not share neuron state), quantized at ``precisions``, BatchNorm recalibrated
+        when the study does, on the objective's device."""
+        model = self.engine.prune(rates) if rates else copy.deepcopy(self.engine.model)
+        if precisions:
+            from ..precision import quantize
+
+            model = quantize(model, precisions, engine=self.engine)[0]
+        self.recalibrate(model.to(self.device), rates, precisions)
+        return model.to(self.device)
 
     @property
     def eval_images(self) -> int:
@@ -772,27 +868,25 @@ class PruningObjective(RateObjective):
     def confirm_images(self) -> int:
         return 0 if self.confirm_set is None else len(self.confirm_set)
 
-    def confirm_correct(self, rates: Mapping[str, float]) -> Sequence[bool]:
+    def confirm_correct(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None
+                        ) -> Sequence[bool]:
         import torch
 
         from ..training import iter_correct
 
-        model = self.engine.prune(rates) if rates else copy.deepcopy(self.engine.model)
-        self.recalibrate(model.to(self.device), rates)
-        parts = list(iter_correct(model.to(self.device), self.confirm_set, batch_size=self.batch_size,
-                                  device=self.device))
+        model = self.build(rates, precisions)
+        parts = list(iter_correct(model, self.confirm_set, batch_size=self.batch_size, device=self.device))
         return torch.cat(parts).tolist()
 
-    def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[int, int]]:
+    def iter_batches(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None
+                     ) -> Iterator[tuple[int, int]]:
         from ..training import iter_eval
 
-        # a copy even unpruned: concurrent trials (n_jobs) must not share neuron state
-        model = self.engine.prune(rates) if rates else copy.deepcopy(self.engine.model)
-        self.recalibrate(model.to(self.device), rates)
+        model = self.build(rates, precisions)
         if self.eval_order is None:
-            yield from iter_eval(model.to(self.device), self.eval_set, batch_size=self.batch_size, device=self.device)
+            yield from iter_eval(model, self.eval_set, batch_size=self.batch_size, device=self.device)
         else:
-            yield from iter_schedule(model.to(self.device), self.eval_set, self.eval_order, self.schedule, self.device)
+            yield from iter_schedule(model, self.eval_set, self.eval_order, self.schedule, self.device)
 
 
 def torch_randperm(n: int, seed: int) -> list[int]:

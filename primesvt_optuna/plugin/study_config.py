@@ -38,6 +38,9 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     prune_embed = false                     # true: also prune the embedding dimension (one global layer)
     recalibrate_bn = "auto"                 # adaptive BatchNorm where a probe shows it pays; N: on N images; 0: off
     # flops_target = 0.3                    # also save this fraction of FLOPs per image (constraint "flops")
+    # precisions = "float,int8,int4,int2"   # also choose a weight precision per layer (default: float alone,
+                                            #   pruning only); policies budget-aware, uniform, precision-walk,
+                                            #   aq4svit, tpe, nsga2
 
 Relative paths are relative to the current directory. Every mistake (malformed TOML, unknown
 key, wrong type, grid outside [0, 1), negative accuracy budget, memory target >= 1) is one
@@ -57,7 +60,9 @@ from ..errors import PrimeSVTError
 from .constraints import DEFAULT_GRID, Constraints, normalize_grid
 from .pruner import DEFAULT_FIRST_BATCH
 
-POLICIES = ("budget-aware", "prioritized", "uniform", "random-order", "smallest-first", "tpe", "nsga2")
+POLICIES = ("budget-aware", "prioritized", "uniform", "random-order", "smallest-first", "tpe", "nsga2",
+            "precision-walk", "aq4svit")
+PRECISION_POLICIES = ("budget-aware", "uniform", "precision-walk", "aq4svit", "tpe", "nsga2")
 WALK_POLICIES = ("prioritized", "random-order", "smallest-first")
 EARLY_CUTS = ("exact", "statistical", "off")
 DEFAULT_POLICY = "budget-aware"  # finds the largest confirmed savings (docs/results.md); "prioritized" is the paper's walk
@@ -70,7 +75,7 @@ _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_targe
 _SEARCH = {
     "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "budget_images": int,
     "trials": int, "seed": int, "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float,
-    "prune_embed": bool, "recalibrate_bn": (int, str), "flops_target": float,
+    "prune_embed": bool, "recalibrate_bn": (int, str), "flops_target": float, "precisions": (str, list),
 }
 _SECTIONS = {"data": _DATA, "constraints": _CONSTRAINTS, "search": _SEARCH}
 
@@ -104,6 +109,7 @@ class StudyConfig:
     recalibrate_bn: int | str = "auto"
     flops_target: float | None = None
     holdout: float | None = None  # confirmed acceptance's held-back share (None: DEFAULT_HOLDOUT)
+    precisions: tuple[str, ...] = ("float",)
     source: str = "<config>"
 
     def __post_init__(self) -> None:
@@ -151,6 +157,16 @@ class StudyConfig:
             object.__setattr__(self, "grid", normalize_grid(self.grid))
         except PrimeSVTError as exc:
             raise bad(f"[search] grid: {exc}") from None
+        from ..precision.search import FLOAT_ONLY, check_precisions
+
+        try:
+            object.__setattr__(self, "precisions", check_precisions(self.precisions))
+        except PrimeSVTError as exc:
+            raise bad(f"[search] precisions: {exc}") from None
+        if self.precisions != FLOAT_ONLY and self.policy not in PRECISION_POLICIES:
+            raise bad(f"policy {self.policy!r} prunes only: with precisions choose one of {', '.join(PRECISION_POLICIES)}")
+        if self.precisions == FLOAT_ONLY and self.policy in ("precision-walk", "aq4svit"):
+            raise bad(f"policy {self.policy!r} chooses precisions: give precisions, e.g. float,int8,int4")
 
     def with_overrides(self, **overrides: Any) -> StudyConfig:
         """A copy with the given fields replaced (``None`` values are ignored); re-validated.
@@ -211,6 +227,7 @@ class StudyConfig:
             robustness_cache=robustness_cache, wait_timeout=self.wait_timeout,
             accept=c.accept, confidence=c.confidence, interval=c.interval, recalibrate_bn=self.recalibrate_bn,
             flops_target=self.flops_target, holdout=DEFAULT_HOLDOUT if self.holdout is None else self.holdout,
+            precisions=self.precisions,
         ), **overrides})
 
 
@@ -295,6 +312,8 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         recalibrate_bn=search.get("recalibrate_bn", "auto"),
         flops_target=search.get("flops_target"),
         holdout=holdout,
+        precisions=tuple(search["precisions"].split(",") if isinstance(search.get("precisions"), str)
+                         else search.get("precisions", ("float",))),
         source=source,
     )
 

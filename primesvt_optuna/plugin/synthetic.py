@@ -16,6 +16,10 @@ pattern (a seeded order, the same for every trial), so the exact early cut behav
 data, and a pruned configuration is right on a subset of the images the unpruned model gets right.
 Bytes are 4 per parameter: ``other_params`` stay, each layer keeps ``round(size * (1 - r))``.
 
+With a precision grid (``precisions``), a layer at precision ``p`` also loses
+``precision_loss[layer][p]`` of accuracy (``DEFAULT_PRECISION_LOSS[p]`` where not given; losses
+add up, like the rates' terms) and stores its kept parameters in ``ceil(kept * bits / 8)`` bytes.
+
 With ``noise`` the objective simulates sampling error instead: the formula is the *true* accuracy,
 and each image's correctness is drawn, the same for a configuration every time it is evaluated.
 The unpruned model is right on image ``i`` with probability ``base_accuracy``; a configuration
@@ -36,9 +40,15 @@ from typing import Any
 import numpy as np
 
 from ..acceptance.confirm import DEFAULT_HOLDOUT, check_share
+from ..precision.search import FLOAT_ONLY
+from ..precision.quant import GRID
 from .constraints import DEFAULT_GRID, Constraints
 from .objective import RateObjective
 from .pruner import DEFAULT_FIRST_BATCH, ConstraintPruner, batch_schedule
+
+
+DEFAULT_PRECISION_LOSS = {"float": 0.0, "int8": 0.0, "int4": 0.004, "int2": 0.05}
+"""Accuracy a layer loses at each precision unless ``precision_loss`` says otherwise."""
 
 
 class SyntheticObjective(RateObjective):
@@ -69,6 +79,8 @@ class SyntheticObjective(RateObjective):
         delay: seconds slept per batch (to simulate slow evaluations in multi-worker tests).
         accept, confidence, holdout: the acceptance rule (see ``PruningObjective``).
         noise, noise_seed: simulate per-image sampling error (see the module docs).
+        precisions, precision_loss: the precision grid (float alone: pruning only) and
+            ``{layer: {precision: accuracy lost}}`` (see the module docs).
     """
 
     def __init__(
@@ -99,8 +111,12 @@ class SyntheticObjective(RateObjective):
         holdout: float = DEFAULT_HOLDOUT,
         noise: float | None = None,
         noise_seed: int = 0,
+        precisions: Sequence[str] = FLOAT_ONLY,
+        precision_loss: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         self.sizes = dict(layer_sizes)
+        self.precision_loss = {name: {**DEFAULT_PRECISION_LOSS, **dict((precision_loss or {}).get(name, {}))}
+                               for name in self.sizes}
         self.holdout = check_share(holdout) if accept == "confirmed" else 0.0
         self.n_confirm = round(self.holdout * n_images)
         self.noise, self.noise_seed = noise, int(noise_seed)
@@ -121,6 +137,7 @@ class SyntheticObjective(RateObjective):
             "sizes": self.sizes, "sensitivity": self.sensitivity, "base": base_accuracy, "interaction": interaction,
             "other": other_params, "n": n_images, "fail": sorted(self.fail), "nan": sorted(self.nan),
             **({"noise": noise, "noise_seed": self.noise_seed} if noise is not None else {}),
+            **({"precision_loss": self.precision_loss} if tuple(precisions) != FLOAT_ONLY else {}),
         }
         identity = "synthetic:" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         constraints = Constraints.from_dict({
@@ -132,27 +149,32 @@ class SyntheticObjective(RateObjective):
         super().__init__(
             layers=layers, base_bytes=4 * (sum(self.sizes.values()) + other_params), constraints=constraints,
             grid=grid, pruner=pruner, single_objective=single_objective, identity=identity,
-            robustness_cache=robustness_cache, wait_timeout=wait_timeout,
+            robustness_cache=robustness_cache, wait_timeout=wait_timeout, precisions=precisions,
         )
         self.check_confirmation()
 
-    def true_accuracy(self, rates: Mapping[str, float]) -> float:
-        """The formula's accuracy of ``rates`` (see the module docs)."""
+    def true_accuracy(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> float:
+        """The formula's accuracy of ``rates`` and ``precisions`` (see the module docs)."""
         values = [rates.get(name, 0.0) for name in self.sizes]
         loss = sum(self.sensitivity[n] * r * r for n, r in zip(self.sizes, values))
+        loss += sum(self.precision_loss[n][p] for n, p in (precisions or {}).items())
         loss += self.interaction * sum(
             values[i] * values[j] for i in range(len(values)) for j in range(i + 1, len(values))
         )
         return min(1.0, max(0.0, self.base_accuracy - loss))
 
-    def accuracy(self, rates: Mapping[str, float]) -> float:
+    def accuracy(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> float:
         """The exact accuracy (whole search images) the objective will measure for ``rates``
-        without ``noise``."""
-        return round(self.true_accuracy(rates) * self.eval_images) / self.eval_images
+        (and ``precisions``) without ``noise``."""
+        return round(self.true_accuracy(rates, precisions) * self.eval_images) / self.eval_images
 
-    def predict_bytes(self, rates: Mapping[str, float]) -> int:
-        kept = sum(round(size * (1.0 - rates.get(name, 0.0))) for name, size in self.sizes.items())
-        return 4 * (kept + self.other_params)
+    def predict_bytes(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> int:
+        total = 4 * self.other_params
+        for name, size in self.sizes.items():
+            kept = round(size * (1.0 - rates.get(name, 0.0)))
+            bits = GRID[(precisions or {}).get(name, "float")]
+            total += 4 * kept if bits is None else math.ceil(kept * bits / 8)
+        return total
 
     @property
     def eval_images(self) -> int:
@@ -162,25 +184,33 @@ class SyntheticObjective(RateObjective):
     def confirm_images(self) -> int:
         return self.n_confirm
 
-    def _simulated(self, rates: Mapping[str, float], images: slice) -> np.ndarray:
+    def precision_drift(self) -> dict[str, dict[str, float]]:
+        # the known accuracy loss is the perfect proxy
+        return {name: {p: loss for p, loss in self.precision_loss[name].items() if GRID.get(p)} for name in self.sizes}
+
+    def _simulated(self, rates: Mapping[str, float], images: slice, precisions: Mapping[str, str] | None = None
+                   ) -> np.ndarray:
         """Per-image correctness under ``noise`` (see the module docs) on ``images`` of all
         ``n_images``: the same draw for a configuration every time."""
         reference = np.random.default_rng([self.noise_seed, 0]).random(self.n_images) < self.base_accuracy
-        if not rates:
+        if not rates and not precisions:
             return reference[images]
         key = json.dumps(sorted((k, round(v, 6)) for k, v in rates.items() if v > 0))
+        if precisions:
+            key += json.dumps(sorted(precisions.items()))
         stream = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
         u = np.random.default_rng([self.noise_seed, 1, stream]).random(self.n_images)
-        drop = self.base_accuracy - self.true_accuracy(rates)
+        drop = self.base_accuracy - self.true_accuracy(rates, precisions)
         lose = min(1.0, (drop + self.noise) / self.base_accuracy)
         gain = min(1.0, self.noise / (1.0 - self.base_accuracy))
         return np.where(reference, u >= lose, u < gain)[images]
 
-    def confirm_correct(self, rates: Mapping[str, float]) -> Sequence[bool]:
+    def confirm_correct(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None
+                        ) -> Sequence[bool]:
         self._check_fail(rates)
         if self.noise is not None:
-            return self._simulated(rates, slice(self.eval_images, None)).tolist()
-        accuracy = self.true_accuracy(rates) if rates else self.base_accuracy
+            return self._simulated(rates, slice(self.eval_images, None), precisions).tolist()
+        accuracy = self.true_accuracy(rates, precisions) if rates or precisions else self.base_accuracy
         return (self._confirm_order < round(accuracy * self.n_confirm)).tolist()
 
     def _check_fail(self, rates: Mapping[str, float]) -> set[tuple[str, float]]:
@@ -189,12 +219,13 @@ class SyntheticObjective(RateObjective):
             raise RuntimeError(f"synthetic failure at {sorted(items & self.fail)}")
         return items
 
-    def iter_batches(self, rates: Mapping[str, float]) -> Iterator[tuple[Any, int]]:
+    def iter_batches(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None
+                     ) -> Iterator[tuple[Any, int]]:
         items = self._check_fail(rates)
         if self.noise is not None:
-            correct = self._simulated(rates, slice(0, self.eval_images))
+            correct = self._simulated(rates, slice(0, self.eval_images), precisions)
         else:
-            correct = self._order < round(self.accuracy(rates) * self.eval_images)
+            correct = self._order < round(self.accuracy(rates, precisions) * self.eval_images)
         start = 0
         for size in self.schedule:
             if self.delay:

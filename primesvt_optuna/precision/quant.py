@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 
 from ..errors import PrimeSVTError
-from ..pruning.adapters import layer_specs
+from ..pruning.adapters import ROOMS, layer_specs
 from ..pruning.engine import Engine
 from ..pruning.memory import QUANT_ATTR, SCALE_DTYPE, state_bytes
 from ..pruning.spec import LayerSpec
-from ..pruning.structure import structure_of
+from ..pruning.structure import GATHER_BUFFER, SCATTER_BUFFER, structure_of
 
 FLOAT = "float"
 # Precision name -> bit width (None: the weight keeps its float dtype).
@@ -138,10 +138,25 @@ class QuantState:
         return {name: t.bits for name, t in self.tensors.items()}
 
 
+def _specs(model: nn.Module, prune_embed: bool) -> list[LayerSpec]:
+    """The layers of ``model``, pruned or not. A pruned model's layers and the modules they own are
+    those of the model it was pruned from; its kept-index buffers and width-agnostic classes are the
+    engine's bookkeeping, so the registry's coverage check runs on a copy without them."""
+    if structure_of(model) is None:
+        return layer_specs(model, prune_embed)
+    original = {room.width_agnostic: cls for cls, room in ROOMS.items() if room.width_agnostic is not None}
+    bare = copy.deepcopy(model)
+    for module in bare.modules():
+        module.__class__ = original.get(type(module), type(module))
+        for buffer in (SCATTER_BUFFER, GATHER_BUFFER):
+            module._buffers.pop(buffer, None)
+    return layer_specs(bare, prune_embed)
+
+
 def quantizable(model: nn.Module, prune_embed: bool = False) -> dict[str, tuple[str, ...]]:
     """Names a precision may be given for, each with the modules whose ``weight`` it quantizes:
     the prunable layers (their ``own`` modules), then every other Conv/Linear module (the head)."""
-    specs: list[LayerSpec] = layer_specs(model, prune_embed)
+    specs = _specs(model, prune_embed)
     out = {s.name: s.own for s in specs}
     owned = {m for s in specs for m in s.own}
     for name, module in model.named_modules():
@@ -167,9 +182,9 @@ def tensor_bits(names: Mapping[str, tuple[str, ...]], precisions: Mapping[str, s
     return out
 
 
-def _prune_embed(model: nn.Module, engine: Engine | None) -> bool:
+def _prune_embed(model: nn.Module) -> bool:
     structure = structure_of(model)
-    return engine.prune_embed if engine is not None else bool(structure and structure.get("prune_embed"))
+    return bool(structure and structure.get("prune_embed"))
 
 
 def quantize(model: nn.Module, precisions: Mapping[str, str | int], *, engine: Engine | None = None,
@@ -177,12 +192,13 @@ def quantize(model: nn.Module, precisions: Mapping[str, str | int], *, engine: E
     """A copy of ``model`` (pruned or not) whose named layers compute with dequantized weights.
 
     ``precisions``: ``{layer or module name: "float" | "int8" | "int4" | "int2"}``; missing
-    layers stay float. ``engine``: the engine the rates came from (only its ``prune_embed`` is
-    read; a pruned model records it itself). ``model`` is not modified.
+    layers stay float. ``engine``: the engine the rates came from (its unpruned model names the
+    layers, which saves re-deriving them from a pruned copy). ``model`` is not modified.
     """
     if getattr(model, QUANT_ATTR, None) is not None:
         raise PrimeSVTError("this model is already quantized: quantize the float model it came from")
-    bits = tensor_bits(quantizable(model, _prune_embed(model, engine)), precisions)
+    names = quantizable(engine.model, engine.prune_embed) if engine is not None else quantizable(model, _prune_embed(model))
+    bits = tensor_bits(names, precisions)
     out = copy.deepcopy(model)
     params = dict(out.named_parameters())
     state = QuantState({k: parse_precision(v) for k, v in precisions.items()}, rule=rule)

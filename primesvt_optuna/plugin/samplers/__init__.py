@@ -1,6 +1,8 @@
 """PrimeSVT's samplers, one class per module; the claim/wait/stale machinery lives in ``_claims.py``, the layer walk in ``_walk.py``."""
 
+from ._aq4svit import AQ4SViTSampler
 from ._budget_aware import BudgetAwareSampler
+from ._precision_walk import PrecisionWalkSampler
 from ._prioritized import PrioritizedSampler
 from ._random_order import RandomOrderSampler
 from ._smallest_first import SmallestFirstSampler
@@ -9,8 +11,10 @@ from ._claims import ClaimSampler, rates_key
 from ._walk import WalkSampler
 
 __all__ = [
+    "AQ4SViTSampler",
     "BudgetAwareSampler",
     "ClaimSampler",
+    "PrecisionWalkSampler",
     "PrioritizedSampler",
     "RandomOrderSampler",
     "SmallestFirstSampler",
@@ -22,7 +26,8 @@ __all__ = [
 
 _POLICIES = {
     cls.policy: cls
-    for cls in (PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, BudgetAwareSampler)
+    for cls in (PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, BudgetAwareSampler,
+                AQ4SViTSampler, PrecisionWalkSampler)
 }
 
 
@@ -35,6 +40,8 @@ def from_settings(settings: dict) -> ClaimSampler | None:
         return None
     kwargs = {"grid": settings["grid"], "layer_sizes": settings.get("layer_sizes"), "seed": settings.get("seed"),
               "budget_images": settings.get("budget_images"), "budget_trials": settings.get("budget_trials")}
+    if "precisions" in settings:  # recorded only by a search over precisions
+        kwargs["precisions"] = settings["precisions"]
     if issubclass(cls, WalkSampler):
         # studies from before the lazy sweep ran the full one
         kwargs.update(robustness_rule=settings["robustness_rule"], walk_all=settings["walk_all"],

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
+from typing import Any
 
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
+from ...precision.quant import GRID
+from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
+from ..constraints import layer_of
 from ._claims import (ACCEPTED, FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, images_spent,
                       memory_met, rates_key)
 
 RESOLUTION = 200
 """The accuracy slack is split into this many units for the knapsack (exact to 0.5%)."""
+
+Choice = tuple[float, int]
+"""One layer's setting: (rate, bit width; 0 is float)."""
 
 
 class BudgetAwareSampler(ClaimSampler):
@@ -70,14 +78,35 @@ class BudgetAwareSampler(ClaimSampler):
             study = optuna.create_study(directions=objective.directions, sampler=BudgetAwareSampler(grid=objective.grid))
             study.optimize(objective)  # stops by itself when the plan is extended as far as it goes
 
+    With a precision grid (``precisions``, float included) a layer's setting is a (rate,
+    precision) pair and every step above plans over pairs: the bound becomes one bound per
+    precision, widest first (the highest rate that passes alone at that precision, 0 when it passes
+    only unpruned; a narrower precision searches only up to the wider one's bound, and the search
+    stops at the first precision that passes at no rate, since narrower ones pass no better); the
+    knapsack takes every pair that passed alone as one option of its layer; the repair, walk and
+    extension step through a layer's pairs ordered by the bytes they keep (``(1 - rate) x bits``),
+    each pair at most its precision's bound. With float alone every step is the one above.
+
     Args:
         grid: the pruning rates in (0, 1) tried per layer.
+        precisions: the precisions a layer may take, ``float`` included (default: float alone).
         layer_sizes: ``{parameter name: size}``; optional with PruningObjective.
         fallback, seed, wait_timeout, poll_interval, stale_after: as for the other PrimeSVT samplers.
         budget_images, budget_trials: stop before an evaluation would exceed either.
     """
 
     policy = "budget-aware"
+
+    def __init__(self, *, precisions: Sequence[str] = FLOAT_ONLY, **common: Any) -> None:
+        """``common``: the arguments of every PrimeSVT sampler (see :class:`ClaimSampler`)."""
+        super().__init__(**common)
+        self._precisions = check_precisions(precisions)
+        self._bits = [GRID[p] or 0 for p in self._precisions]  # widest first
+
+    def settings(self) -> dict[str, Any]:
+        # float alone records nothing new: a study from before precisions resumes unchanged
+        extra = {} if self._precisions == FLOAT_ONLY else {"precisions": list(self._precisions)}
+        return {**super().settings(), **extra}
 
     def _next(self, study: Study, snap: Snapshot) -> Decision:
         reference = snap.trial_for(rates_key({}))
@@ -90,51 +119,125 @@ class BudgetAwareSampler(ClaimSampler):
             return Free()
         pending, capped = False, self._bounds_capped(study, snap, layers)
         for param, _ in layers:  # every layer's bound; idle workers measure the next layers meanwhile
-            if capped and all(snap.status(rates_key({param: rate})) == FREE for rate in self._grid):
+            if capped and all(snap.status(rates_key(self._solo(param, c))) == FREE for c in self._choices()):
                 break  # its search has not started, nor has any smaller layer's: they stay unmeasured
-            known, _, candidate = _gallop(snap, [{param: rate} for rate in reversed(self._grid)], "robustness", param)
+            known, candidate = self._bound_search(snap, param)
             if candidate is not None:
                 return candidate
             pending = pending or not known
         if pending:
             return Wait("the robustness of the last layers")
         options = {p: self._options(snap, reference, p, size) for p, size in layers}
-        # a layer's bound is the highest rate it passed alone: the search's find, derived from the
-        # same trials as its options, so a plan never holds a layer whose bound is unknown
-        bounds = {p: max(o, default=None) for p, o in options.items()}
+        # a layer's settings run from its best (the most bytes saved, among those that passed alone:
+        # with float alone its bound) down, each precision up to its bound: derived from the same
+        # trials as its options, so a plan never holds a layer whose bound is unknown
+        ladders = {p: self._ladder(o) for p, o in options.items()}
+        best = {p: (ladder[0] if ladder else None) for p, ladder in ladders.items()}
         plan = dict(_knapsack(tuple((p, tuple(sorted(o.items()))) for p, o in options.items()), -_violation(reference)))
-        steps = [plan]
-        while steps[-1]:  # the repair sequence: back off the layer buying the fewest bytes per point
-            config = dict(steps[-1])
-            worst = min(config, key=lambda p: (_value(options[p][bounds[p]]), p))
-            lower = [r for r in self._grid if r < config[worst]]
+        plans = [plan]
+        while plans[-1]:  # the repair sequence: back off the layer buying the fewest bytes per point
+            chosen = dict(plans[-1])
+            worst = min(chosen, key=lambda p: (_value(options[p][best[p]]), p))
+            lower = ladders[worst][ladders[worst].index(chosen[worst]) + 1:]
             if lower:
-                config[worst] = lower[-1]
+                chosen[worst] = lower[0]
             else:
-                config.pop(worst)
-            steps.append(config)
+                chosen.pop(worst)
+            plans.append(chosen)
         # not "complete": a plan or extension below the memory target is a step towards a larger
         # saving, so the memory pre-check must not reject it unevaluated
+        steps = [self._config(c) for c in plans]
         known, found, candidate = _gallop(snap, steps, "plan")
         if not known:
             return candidate or Wait("the planned configuration")
-        config = {} if found is None else steps[found]
-        if memory_met(snap.trial_for(rates_key(config))) is False and self._walk_affordable(study, snap, layers, options, steps):
-            known, walked, candidate = _walk(snap, layers, bounds, self._grid)
+        chosen = {} if found is None else plans[found]
+        if memory_met(snap.trial_for(rates_key(self._config(chosen)))) is False and self._walk_affordable(
+                study, snap, layers, options, best, steps):
+            known, walked, candidate = self._walk(snap, layers, ladders)
             if not known:
                 return candidate or Wait("the walk from the bounds")
-            if memory_met(snap.trial_for(rates_key(walked))):
-                config = walked  # it stopped at the target, so layers are left to extend it with
-        extra = sorted((p for p in bounds if p not in config and bounds[p] is not None),
-                       key=lambda p: (-_value(options[p][bounds[p]]), -options[p][bounds[p]][1], p))
-        for param in extra:  # extend, most bytes per point first, each layer from its bound down
-            steps = [{**config, param: rate} for rate in sorted((r for r in self._grid if r <= bounds[param]), reverse=True)]
-            known, found, candidate = _gallop(snap, steps, "extend", param, last_second=True)
+            if memory_met(snap.trial_for(rates_key(self._config(walked)))):
+                chosen = walked  # it stopped at the target, so layers are left to extend it with
+        extra = sorted((p for p in best if p not in chosen and best[p] is not None),
+                       key=lambda p: (-_value(options[p][best[p]]), -options[p][best[p]][1], p))
+        if self._precisions != FLOAT_ONLY:  # a layer in the plan may still go narrower (or lower)
+            extra = [p for p in sorted(best, key=lambda p: (-_value(options[p][best[p]]), -options[p][best[p]][1], p))
+                     if best[p] is not None]
+        for param in extra:  # extend, most bytes per point first, each layer from its best down
+            tries = [{**chosen, param: c} for c in ladders[param] if param not in chosen or _kept(c) < _kept(chosen[param])]
+            if not tries:
+                continue
+            known, found, candidate = _gallop(snap, [self._config(t) for t in tries], "extend", param, last_second=True)
             if not known:
                 return candidate or Wait(f"the extension by {param}")
             if found is not None:
-                config = steps[found]
+                chosen = tries[found]
         return Done("plan verified and extended as far as the budget allows")
+
+    # ----- (rate, precision) settings --------------------------------------------------------------
+    def _choices(self) -> list[Choice]:
+        """Every setting of one layer but the unpruned float one."""
+        return [(r, b) for b in self._bits for r in (0.0, *self._grid) if r or b]
+
+    @staticmethod
+    def _solo(param: str, choice: Choice) -> dict[str, float]:
+        """The configuration of ``param`` alone at ``choice`` (float-only: ``{param: rate}``)."""
+        rate, bits = choice
+        return {**({param: rate} if rate else {}), **({precision_param(layer_of(param)): float(bits)} if bits else {})}
+
+    def _config(self, chosen: dict[str, Choice]) -> dict[str, float]:
+        """The claim configuration of one setting per layer."""
+        return {k: v for param, choice in chosen.items() for k, v in self._solo(param, choice).items()}
+
+    def _bound_search(self, snap: Snapshot, param: str) -> tuple[bool, Candidate | None]:
+        """Per precision, widest first, the highest rate at which ``param`` passes alone, at most
+        the wider precision's bound. A quantized precision is first measured unpruned (the cheap
+        option the plan most often wants); when that fails, narrower ones are not tried."""
+        cap = self._grid[-1]
+        for bits in self._bits:
+            if bits:
+                known, found, candidate = _gallop(snap, [self._solo(param, (0.0, bits))], "robustness", param)
+                if not known:
+                    return False, candidate
+                if found is None:
+                    break  # a narrower precision passes no better
+            rates = [r for r in reversed(self._grid) if r <= cap]
+            steps = [self._solo(param, (r, bits)) for r in rates] + ([self._solo(param, (0.0, bits))] if bits else [])
+            found = None
+            if rates:
+                known, found, candidate = _gallop(snap, steps, "robustness", param)
+                if not known:
+                    return False, candidate
+            cap = rates[found] if found is not None and found < len(rates) else 0.0
+        return True, None
+
+    def _ladder(self, options: dict[Choice, tuple[float, float]]) -> list[Choice]:
+        """A layer's settings from the most bytes saved down: at each precision that passed alone,
+        every rate up to its bound, ordered by the bytes kept, ``(1 - rate) x bits``."""
+        bounds: dict[int, float] = {}
+        for rate, bits in options:
+            bounds[bits] = max(rate, bounds.get(bits, 0.0))
+        found = [(r, b) for b, bound in bounds.items() for r in (0.0, *self._grid) if (r or b) and r <= bound]
+        return sorted(found, key=lambda c: (_kept(c), -c[0], -c[1]))
+
+    def _walk(self, snap: Snapshot, layers: list[tuple[str, int]], ladders: dict[str, list[Choice]]
+              ) -> tuple[bool, dict[str, Choice], Candidate | None]:
+        """(known, the walk's settings, the step to evaluate next): the paper's walk from the
+        measured bounds, largest layer first, each at the first setting of its ladder that passes
+        on top of the commits, until the memory target is met."""
+        committed: dict[str, Choice] = {}
+        for param, _ in layers:
+            if not ladders[param]:
+                continue
+            tries = [{**committed, param: c} for c in ladders[param]]
+            known, found, candidate = _gallop(snap, [self._config(t) for t in tries], "walk", param)
+            if not known:
+                return False, committed, candidate
+            if found is not None:
+                committed = tries[found]
+                if memory_met(snap.trial_for(rates_key(self._config(committed)))):
+                    break
+        return True, committed, None
 
     def _bounds_capped(self, study: Study, snap: Snapshot, layers: list[tuple[str, int]]) -> bool:
         """Whether no further bound search may start: half the budget is spent on the reference
@@ -156,7 +259,8 @@ class BudgetAwareSampler(ClaimSampler):
         return 2 * len(layers) * self._trial_cost(study, spent) > images and 2 * sum(spent) >= images
 
     def _walk_affordable(self, study: Study, snap: Snapshot, layers: list[tuple[str, int]],
-                         options: dict[str, dict[float, tuple[float, float]]], plan: list[dict[str, float]]) -> bool:
+                         options: dict[str, dict[Choice, tuple[float, float]]], best: dict[str, Choice | None],
+                         plan: list[dict[str, float]]) -> bool:
         """Whether the walk may reach the memory target within the budget left after the plan.
 
         The layers it needs are, largest first, those whose savings at their bounds (the most it
@@ -171,7 +275,7 @@ class BudgetAwareSampler(ClaimSampler):
         for param, _ in layers:
             if options[param]:
                 prefix.append(param)
-                saved += options[param][max(options[param])][1]
+                saved += options[param][best[param]][1]
                 if saved >= need:
                     break
         else:
@@ -182,23 +286,25 @@ class BudgetAwareSampler(ClaimSampler):
             found = (snap.trial_for(rates_key(c)) for c in configs)
             return [t for t in found if t is not None and t.user_attrs.get("phase") == phase]
 
-        solo = {param: evaluated([{param: rate} for rate in self._grid], "robustness") for param, _ in layers}
+        solo = {param: evaluated([self._solo(param, c) for c in self._choices()], "robustness") for param, _ in layers}
         spent = [reference, *(t for trials in solo.values() for t in trials), *evaluated(plan, "plan")]
         walk = [t for param in prefix for t in solo[param]]
         images, trials = self._search_budget(study)
         return ((images is None or images - sum(map(images_spent, spent)) >= sum(map(images_spent, walk)))
                 and (trials is None or trials - len(spent) >= len(walk)))
 
-    def _options(self, snap: Snapshot, reference: FrozenTrial, param: str, size: int) -> dict[float, tuple[float, float]]:
-        """{rate: (cost, saving)} of the rates of ``param`` that passed alone."""
+    def _options(self, snap: Snapshot, reference: FrozenTrial, param: str, size: int) -> dict[Choice, tuple[float, float]]:
+        """{(rate, bits): (cost, saving)} of the settings of ``param`` that passed alone."""
         found = {}
-        for rate in self._grid:
-            trial = snap.trial_for(rates_key({param: rate}))
-            if trial is not None and snap.status(rates_key({param: rate})) == ACCEPTED:
+        for choice in self._choices():
+            key = rates_key(self._solo(param, choice))
+            trial = snap.trial_for(key)
+            if trial is not None and snap.status(key) == ACCEPTED:
                 cost = max(0.0, _violation(trial) - _violation(reference))
                 memory = trial.constraints.get("memory"), reference.constraints.get("memory")
-                saving = memory[1] - memory[0] if None not in memory else size * rate
-                found[rate] = (cost, saving)
+                rate, bits = choice
+                saving = memory[1] - memory[0] if None not in memory else size * (1 - (1 - rate) * (bits or 32) / 32)
+                found[choice] = (cost, saving)
         return found
 
 
@@ -255,24 +361,10 @@ def _gallop(snap: Snapshot, steps: list[dict[str, float]], phase: str, param: st
             return True, passed, None
 
 
-def _walk(snap: Snapshot, layers: list[tuple[str, int]], bounds: dict[str, float | None], grid: list[float]
-          ) -> tuple[bool, dict[str, float], Candidate | None]:
-    """(known, the walk's committed rates, the step to evaluate next): the paper's walk from the
-    measured bounds, largest layer first, each at the first rate up to its bound that passes on top
-    of the commits, until the memory target is met."""
-    committed: dict[str, float] = {}
-    for param, _ in layers:
-        if bounds[param] is None:
-            continue
-        steps = [{**committed, param: rate} for rate in sorted((r for r in grid if r <= bounds[param]), reverse=True)]
-        known, found, candidate = _gallop(snap, steps, "walk", param)
-        if not known:
-            return False, committed, candidate
-        if found is not None:
-            committed = steps[found]
-            if memory_met(snap.trial_for(rates_key(committed))):
-                break
-    return True, committed, None
+def _kept(choice: Choice) -> float:
+    """The bytes a setting keeps of its layer's weights, in float parameters: ``(1 - rate) x bits / 32``."""
+    rate, bits = choice
+    return (1 - rate) * (bits or 32) / 32
 
 
 def _violation(trial: FrozenTrial) -> float:
@@ -286,16 +378,16 @@ def _value(option: tuple[float, float]) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def _knapsack(options: tuple[tuple[str, tuple[tuple[float, tuple[float, float]], ...]], ...],
-              slack: float) -> tuple[tuple[str, float], ...]:
-    """One rate or none per layer (``options``: per layer, (rate, (cost, saving)) pairs), the largest
+def _knapsack(options: tuple[tuple[str, tuple[tuple[Choice, tuple[float, float]], ...]], ...],
+              slack: float) -> tuple[tuple[str, Choice], ...]:
+    """One setting or none per layer (``options``: per layer, (setting, (cost, saving)) pairs), the largest
     total saving with the summed costs within ``slack`` (costs rounded up to 1/RESOLUTION of the
     slack, so rounding never lets the plan exceed it). Cached: the measurements behind a plan
     never change, and every later decision of the study asks for the same plan."""
     if slack <= 0:
         return ()
     best = [0.0] * (RESOLUTION + 1)  # best[c]: the largest saving within c units
-    picks: list[list[tuple[float | None, int]]] = []  # per layer and c: (rate, units it used)
+    picks: list[list[tuple[Choice | None, int]]] = []  # per layer and c: (setting, units it used)
     for _, choices in options:
         new, pick = list(best), [(None, 0)] * (RESOLUTION + 1)
         for rate, (cost, saving) in choices:

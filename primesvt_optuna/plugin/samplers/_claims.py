@@ -46,6 +46,7 @@ from ...storage import (
     worker_info,
 )
 from ...acceptance.confirm import CONFIRM, KEY_PREFIX, RUNGS, confirm_key, ladder
+from ...precision.search import bits_of, is_precision, name_of
 from ..constraints import (
     CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, Constraints, layer_of, normalize_grid,
 )
@@ -58,7 +59,9 @@ _HEARTBEAT_CHECK = 5.0  # longest pause between two heartbeat-staleness checks w
 
 
 def rates_key(rates: Mapping[str, float]) -> str:
-    """The identity of a configuration: its non-zero rates, sorted and rounded."""
+    """The identity of a configuration: its non-zero entries, sorted and rounded (rates; with a
+    precision grid also ``precision:<layer>`` bit widths, float being 0, so a float-only
+    configuration has the key it had before precisions existed)."""
     items = sorted((p, round(float(r), 6)) for p, r in rates.items() if round(float(r), 6) != 0.0)
     return "rates:" + json.dumps(items, separators=(",", ":"))
 
@@ -139,7 +142,8 @@ def trial_key(trial: FrozenTrial, is_rate: Callable[[str], bool]) -> str | None:
     claim = trial.system_attrs.get(CLAIM)
     if claim:
         return claim.get("key")
-    rates = {p: v for p, v in trial.params.items() if is_rate(p) and isinstance(v, (int, float))}
+    rates = {p: config_value(p, v) for p, v in trial.params.items()
+             if is_precision(p) or (is_rate(p) and isinstance(v, (int, float)))}
     return rates_key(rates) if rates else None
 
 
@@ -310,7 +314,7 @@ class ClaimSampler(BaseSampler):
         faults.hit("worker", trial.number)
         fixed = trial.system_attrs.get("fixed_params")
         if fixed is not None:  # enqueued by hand: record what it evaluates, so nobody repeats it
-            rates = {p: float(v) for p, v in fixed.items() if self._is_rate(p)}
+            rates = {p: config_value(p, v) for p, v in fixed.items() if self._is_rate(p) or is_precision(p)}
             phase = trial.user_attrs.get("phase") or ("reference" if not any(rates.values()) else "search")
             self._write_claim(study, trial, Candidate(rates_key(rates), phase, rates=rates, complete=True))
             return
@@ -333,10 +337,13 @@ class ClaimSampler(BaseSampler):
         claim = self._claims.get(trial._trial_id)
         if claim is None:  # e.g. the sampler of another process planned it: read it once
             claim = self._claims[trial._trial_id] = trial.system_attrs.get(CLAIM) or {}
-        if not self._is_rate(param_name) or not claim or claim.get("phase") is None:
+        precision = is_precision(param_name)
+        if not (precision or self._is_rate(param_name)) or not claim or claim.get("phase") is None:
             return self._fallback.sample_independent(study, trial, param_name, param_distribution)
         if claim["phase"] == "idle":
             raise optuna.TrialPruned(claim["reason"])
+        if precision:
+            return _fit_precision(param_name, claim.get("rates", {}).get(param_name, 0), param_distribution)
         rate = claim["uniform"] if claim.get("uniform") is not None else claim.get("rates", {}).get(param_name, 0.0)
         return _fit(param_name, float(rate), param_distribution)
 
@@ -565,6 +572,16 @@ class ClaimSampler(BaseSampler):
             written[name] = value
         return written[name]
 
+    def _started(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> Decision | list[tuple[str, int]]:
+        """The layers (see ``_layers``) once the reference is claimed and the layer table known;
+        until then the decision that gets there (the reference, a wait, or Free without layers)."""
+        if snap.status(rates_key({})) == FREE:
+            return Candidate(rates_key({}), "reference")
+        layers = self._layers(study, snap, need_sizes)
+        if layers is None:
+            return Wait("the reference trial (the layer table is not known yet)")
+        return layers or Free()
+
     def _layers(self, study: Study, snap: Snapshot, need_sizes: bool = True) -> list[tuple[str, int]] | None:
         """Rate parameters with sizes, largest first; [] when the study has none; None while
         unknown (the reference trial has not finished and the objective wrote no layer table)."""
@@ -640,6 +657,21 @@ def _fit(name: str, rate: float, distribution: BaseDistribution) -> Any:
     )
 
 
+def config_value(param: str, value: Any) -> float:
+    """A parameter's value as a configuration number: a precision's bit width (float: 0), a rate."""
+    return float(bits_of(value)) if is_precision(param) else float(value)
+
+
+def _fit_precision(name: str, bits: float, distribution: BaseDistribution) -> Any:
+    """The planned precision as the objective's categorical choice; a clear error when the
+    objective's precision grid lacks it."""
+    precision = name_of(bits)
+    if isinstance(distribution, CategoricalDistribution) and precision in distribution.choices:
+        return precision
+    raise ValueError(f"the sampler planned {precision} for {name!r}, which its distribution {distribution} cannot "
+                     "express: give the objective and the sampler the same precision grid")
+
+
 def _gave_up(me: int, timeout: float, reason: str, awaited: int | None, trials: Sequence[FrozenTrial]) -> str:
     """The one line a walk ends with when it waited ``timeout`` seconds with no trial finishing."""
     worker = next((t.system_attrs.get(WORKER) for t in trials if t.number == awaited), None) or {}
@@ -657,4 +689,5 @@ def _claimed_rates(trial: FrozenTrial) -> dict[str, float]:
     claim = trial.system_attrs.get(CLAIM) or {}
     if claim.get("rates") and claim.get("key"):
         return {p: float(r) for p, r in claim["rates"].items() if float(r) > 0}
-    return {p: float(v) for p, v in trial.params.items() if p.startswith(RATE_PREFIX) and float(v) > 0}
+    return {p: value for p, v in trial.params.items()
+            if (p.startswith(RATE_PREFIX) or is_precision(p)) and (value := config_value(p, v)) > 0}

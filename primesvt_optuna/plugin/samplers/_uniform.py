@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from optuna.study import Study
 
-from ._claims import FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, rates_key
+from ...precision.quant import GRID
+from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
+from ..constraints import layer_of
+from ._claims import FREE, HELD, Candidate, ClaimSampler, Decision, Done, Snapshot, Wait, rates_key
 
 
 class UniformSampler(ClaimSampler):
@@ -14,6 +20,11 @@ class UniformSampler(ClaimSampler):
     Each trial is a complete configuration, so a rate whose model cannot meet the memory target is
     cut before evaluation (see :class:`~primesvt_optuna.plugin.ConstraintPruner`). No layer sizes
     are needed. Multi-worker behaviour and state-in-storage are those of the other PrimeSVT samplers.
+
+    With a precision grid (``precisions``) every layer also takes one precision: float at each
+    grid rate first (the sequence above), then each narrower precision, widest first, at each grid
+    rate from the highest down and unpruned (so ``precisions=("float", "int4")`` includes the whole
+    model at int4, the uniform-int4 baseline).
 
     Example:
 
@@ -35,20 +46,28 @@ class UniformSampler(ClaimSampler):
 
     policy = "uniform"
 
+    def __init__(self, *, precisions: Sequence[str] = FLOAT_ONLY, **common: Any) -> None:
+        """``common``: the arguments of every PrimeSVT sampler (see :class:`ClaimSampler`)."""
+        super().__init__(**common)
+        self._precisions = check_precisions(precisions)
+
+    def settings(self) -> dict[str, Any]:
+        # float alone records nothing new: a study from before precisions resumes unchanged
+        extra = {} if self._precisions == FLOAT_ONLY else {"precisions": list(self._precisions)}
+        return {**super().settings(), **extra}
+
     def _next(self, study: Study, snap: Snapshot) -> Decision:
-        if snap.status(rates_key({})) == FREE:
-            return Candidate(rates_key({}), "reference")
-        layers = self._layers(study, snap, need_sizes=False)
-        if layers is None:
-            return Wait("the reference trial (the layer names are not known yet)")
-        if not layers:
-            return Free()
+        layers = self._started(study, snap, need_sizes=False)
+        if not isinstance(layers, list):
+            return layers
         pending = False
-        for rate in reversed(self._grid):
-            rates = {name: rate for name, _ in layers}
-            key = rates_key(rates)
-            status = snap.status(key)
-            if status == FREE:
-                return Candidate(key, "search", None, rate, rates, uniform=rate, complete=True)
-            pending = pending or status == HELD
+        for bits in (GRID[p] or 0 for p in self._precisions):
+            for rate in [*reversed(self._grid), *([0.0] if bits else [])]:
+                config = {name: rate for name, _ in layers if rate}
+                config.update({precision_param(layer_of(name)): float(bits) for name, _ in layers if bits})
+                key = rates_key(config)
+                status = snap.status(key)
+                if status == FREE:
+                    return Candidate(key, "search", None, rate, config, uniform=rate, complete=True)
+                pending = pending or status == HELD
         return Wait("the last uniform rates to finish") if pending else Done("every grid rate tried")
