@@ -41,7 +41,7 @@ import numpy as np
 
 from ..acceptance.confirm import DEFAULT_HOLDOUT, check_share
 from ..precision.search import FLOAT_ONLY
-from ..precision.quant import GRID
+from ..precision.grid import GRID
 from .constraints import DEFAULT_GRID, Constraints
 from .objective import RateObjective
 from .pruner import DEFAULT_FIRST_BATCH, ConstraintPruner, batch_schedule

@@ -19,15 +19,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import PrimeSVTError
+from .grid import FLOAT, GRID, parse_grid, parse_precision  # noqa: F401 (re-exported)
 from ..pruning.adapters import ROOMS, layer_specs
 from ..pruning.engine import Engine
 from ..pruning.memory import QUANT_ATTR, SCALE_DTYPE, state_bytes
 from ..pruning.spec import LayerSpec
 from ..pruning.structure import GATHER_BUFFER, SCATTER_BUFFER, structure_of
 
-FLOAT = "float"
-# Precision name -> bit width (None: the weight keeps its float dtype).
-GRID: dict[str, int | None] = {FLOAT: None, "int8": 8, "int4": 4, "int2": 2}
 RULES = ("max", "mse")
 # Max-abs is the default: on the shipped checkpoints it kept accuracy as well or better than the
 # squared-error clip (docs/precision.md, "Which clip rule").
@@ -36,27 +34,6 @@ DEFAULT_RULE = "max"
 CLIP_FRACTIONS = torch.linspace(0.05, 1.0, 96, dtype=torch.float64)
 # Alternating least-squares steps after the grid ("mse" rule): each never raises the error.
 REFINE_STEPS = 4
-
-
-def parse_precision(value: str | int) -> str:
-    """A grid name for ``value`` ("float"/"float32", "int8"/"int4"/"int2", or a bit width 8/4/2)."""
-    if isinstance(value, bool):
-        value = str(value)
-    name = f"int{value}" if isinstance(value, int) else str(value).strip().lower()
-    name = FLOAT if name == "float32" else name
-    if name not in GRID:
-        raise PrimeSVTError(f"precision {value!r} is not in the grid: choose from {', '.join(GRID)} "
-                            "(bit widths 8, 4 or 2)")
-    return name
-
-
-def parse_grid(values: str | Iterable[str | int]) -> tuple[str, ...]:
-    """A precision grid (any non-empty subset of ``GRID``, e.g. ``"float,int8,int4"``), in grid order."""
-    items = [v for v in (values.split(",") if isinstance(values, str) else values) if str(v).strip()]
-    names = {parse_precision(v) for v in items}
-    if not names:
-        raise PrimeSVTError(f"empty precision grid: give a subset of {', '.join(GRID)}")
-    return tuple(n for n in GRID if n in names)
 
 
 def qmax(bits: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..errors import PrimeSVTError
-from .quant import FLOAT, GRID, parse_grid
+from .grid import FLOAT, GRID, parse_grid
 
 PRECISION_PREFIX = "precision:"
 FLOAT_ONLY: tuple[str, ...] = (FLOAT,)

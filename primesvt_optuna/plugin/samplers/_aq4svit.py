@@ -8,7 +8,7 @@ from typing import Any
 from optuna.study import Study
 
 from ...errors import PrimeSVTError
-from ...precision.quant import GRID
+from ...precision.grid import GRID
 from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
 from ..constraints import RATE_PREFIX, layer_of
 from ._claims import ACCEPTED, FREE, HELD, Candidate, ClaimSampler, Decision, Done, Snapshot, Wait, rates_key

@@ -10,7 +10,7 @@ from typing import Any
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from ...precision.quant import GRID
+from ...precision.grid import GRID
 from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
 from ..constraints import layer_of
 from ._claims import (ACCEPTED, FREE, HELD, Candidate, ClaimSampler, Decision, Done, Free, Snapshot, Wait, images_spent,

@@ -11,7 +11,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from ...errors import PrimeSVTError
-from ...precision.quant import GRID
+from ...precision.grid import GRID
 from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
 from ..constraints import layer_of
 from ._claims import ACCEPTED, FREE, HELD, Candidate, Decision, Snapshot, Wait, rates_key
