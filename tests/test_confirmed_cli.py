@@ -111,3 +111,30 @@ def test_fine_tuned_weights_that_fail_their_bound_are_not_written(studies, capsy
     assert ckpt["meta"]["finetune_discarded"] and ckpt["meta"]["confirmation"]["written"] == "pruned"
     assert ckpt["meta"]["confirmation"]["confirmed"] and any(p.abs().sum() > 0 for p in model.head.parameters())
     assert ckpt["metrics"]["val_accuracy"] == ckpt["metrics"]["val_accuracy_before_finetune"]
+
+
+def test_evaluate_rechecks_the_promise_on_the_data_given(studies, capsys, tmp_path):
+    """The exported checkpoint and its unpruned source, paired on each split: a bound and a verdict
+    line, exit 0 whether or not it holds; a source that is not the recorded one is one error line."""
+    from primesvt_optuna.checkpoint import save_checkpoint
+
+    root = studies["root"]
+    assert export(studies["met"], "met", root / "recheck.pt") == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(root / "recheck.pt"), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("re-check on test (360 images"))
+    assert "at 95% (budget 3.00): the promise holds on these images" in line
+
+    model, ckpt = load_checkpoint(root / "recheck.pt")  # the same model, promising a drop of 0.01 points
+    meta = {**ckpt["meta"], "constraints": {**ckpt["meta"]["constraints"], "max_accuracy_drop": 0.0001}}
+    save_checkpoint(tmp_path / "strict.pt", model, ckpt["model_config"], ckpt["data"], ckpt["metrics"],
+                    structure=ckpt["structure"], meta=meta)
+    assert main(["evaluate", str(tmp_path / "strict.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "budget 0.01): the promise is NOT confirmed on these images" in out
+    assert "this split holds the images the study searched and confirmed on" in out  # the validation split
+
+    assert main(["evaluate", str(root / "recheck.pt"), "--source", str(root / "recheck.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("(SHA-256 differs): pass the original with --source") and "\n" not in err

@@ -401,7 +401,7 @@ def study_cost(study: Any, res: Any) -> dict[str, Any]:
     if first is not None:
         cost.update(first_feasible_trial=first.number, images_to_first_feasible=until(first))
     confirmation = (res.selected or {}).get("confirmation") or {}
-    if confirmation.get("confirmed"):
+    if confirmation.get("confirmed") and res.both_met:
         trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
             study._study_id, confirmation["trial"]))
         cost.update(confirming_trial=trial.number, images_to_confirmed=until(trial))
