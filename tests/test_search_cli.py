@@ -331,6 +331,7 @@ def test_default_search_delivers_a_confirmed_selection_and_its_cost(confirmed, c
     (["--eval-images", "40", "--max-accuracy-drop", "0.03"], "images, too few to confirm anything at 95% (at least 88 needed"),
     (["--accept", "point", "--holdout", "0.5"], "holdout applies to accept = 'confirmed' only"),
     (["--accept", "point", "--confidence", "0.9"], "confidence applies to accept = 'confirmed' or 'confident' only"),
+    (["--policy", "prioritized", "--compare-walk"], "--compare-walk runs the paper's walk beside another policy"),
 ])
 def test_bad_acceptance_input_is_one_line_before_any_work(confirmed, capsys, flags, message):
     db = confirmed.parent / "bad.db"
@@ -354,3 +355,19 @@ def test_a_search_too_long_for_15_minutes_stops_at_the_budget_it_picked(confirme
     assert out["cost"]["images"] <= 400 and out["selected"]["confirmation"]["confirmed"]
     assert main(["search", str(confirmed), "--storage", f"sqlite:///{db}", "--study-name", "slow", "--resume"]) == 0
     assert "image budget 400, chosen automatically (no --budget-images): within 15 minutes" in capsys.readouterr().out
+
+
+def test_compare_walk_says_what_the_papers_walk_delivers_in_one_line(confirmed, capsys):
+    db = confirmed.parent / "walk.db"
+    args = ["search", str(confirmed), "--storage", f"sqlite:///{db}", "--study-name", "cw", "--compare-walk"]
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    walk = out["walk"]
+    assert (out["policy"], walk["policy"], walk["study_name"]) == ("budget-aware", "prioritized", "cw-walk")
+    assert walk["constraints"] == out["constraints"] and walk["cost"]["images"] > 0
+    assert main([*args, "--resume"]) == 0  # both studies finished: nothing runs again
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"the paper's walk (--policy prioritized, study 'cw-walk'): {walk['message']}; "
+                    f"{walk['cost']['images']:,} images"
+                    + (f", {walk['cost']['images_to_confirmed']:,} to its confirmed selection"
+                       if walk["cost"]["images_to_confirmed"] is not None else ""))

@@ -320,10 +320,13 @@ def run(args: argparse.Namespace) -> int:
     if cfg.workers > 1 and spec.kind == "sqlite" and spec.path is None:
         raise PrimeSVTError(f"storage {spec.describe()} is in memory, so only one process sees it: "
                             "give --workers K a file (sqlite:///study.db, journal:///study.log) or a server")
+    if args.compare_walk and cfg.policy == "prioritized":
+        raise PrimeSVTError("--compare-walk runs the paper's walk beside another policy, and this study is the walk: "
+                            "drop --compare-walk or choose another --policy")
     walk_cfg = cfg.with_overrides(policy="prioritized", study_name=f"{cfg.study_name}-walk") if args.compare_walk else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = cfg.objective()  # first: a bad checkpoint or data path must not leave a new empty .db behind
-    speed = AutoBudget.measured(objective) if needs_budget(cfg) else None  # unreadable data fails here too
+    speed = AutoBudget.measured(objective) if needs_budget(walk_cfg or cfg) else None  # unreadable data fails here too
     storage = open_storage(cfg.storage)
     study, budget, code = _search(cfg, objective, storage, args.resume, args.json, speed)
     if code:
