@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pruning import Engine, model_bytes, structure_of
     from ..pruning.recalibrate import BATCH_SIZE, recalibrate_bn
     from ..storage import describe_storage, open_storage
-    from ..training import evaluate, finetune, torch_device
+    from ..training import evaluate, torch_device
     from . import output_file
 
     torch_device(args.device)  # an unknown device or a missing GPU: one line, before any work
@@ -132,18 +132,11 @@ def run(args: argparse.Namespace) -> int:
         report["confirmation"] = check.record(parts[2], spec, selected.get("confirmation"))
         report["confirmation"]["pruned"] = check.judge(pruned)
     if args.finetune_epochs:
-        seed = attrs.get(f"{STUDY_PREFIX}seed") or 0
-        before = copy.deepcopy(pruned.state_dict())
-        tuned = finetune(pruned, splits, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed,
-                         device=args.device, progress=not args.json, keep=args.finetune_keep,
-                         select_on=None if parts is None else parts[0])
-        report["finetune_kept_epoch"] = tuned["kept_epoch"]
-        report["finetuned"] = accuracy(pruned)
+        tuned = finetune_checked(pruned, splits, args, int(attrs.get(f"{STUDY_PREFIX}seed") or 0), parts, check)
+        report.update(finetune_kept_epoch=tuned["kept_epoch"], finetuned=accuracy(pruned))
         if check is not None:
-            report["confirmation"]["finetuned"] = check.judge(pruned)
-            if args.accept == "confirmed" and not report["confirmation"]["finetuned"]["passed"]:
-                pruned.load_state_dict(before)  # the written weights keep the promise: the confirmed ones
-                report["finetune_discarded"] = True
+            report["confirmation"]["finetuned"] = tuned["bound"]
+            report["finetune_discarded"] = tuned["discarded"]
     if check is not None:
         written = "finetuned" if args.finetune_epochs and not report.get("finetune_discarded") else "pruned"
         report["confirmation"].update(written=written, confirmed=args.accept == "confirmed"
@@ -247,6 +240,23 @@ class HeldBackCheck:
                 "search_images": split["search_images"], "holdout": split["holdout"], "split_seed": split["seed"],
                 "eval_images": split["eval_images"], "resplit": spec.get("resplit"),
                 "ladder": None if ladder is None else {k: ladder.get(k) for k in ("trial", "rung", "bound")}}
+
+
+def finetune_checked(pruned: Any, splits: Any, args: argparse.Namespace, seed: int,
+                     parts: tuple[Any, Any, dict[str, Any]] | None, check: HeldBackCheck | None) -> dict[str, Any]:
+    """Fine-tune ``pruned`` in place, choosing the epoch without the held-back images (on the
+    search part, or the last), then bound it on them: under confirmed acceptance, weights that
+    fail their bound are put back to the confirmed ones before fine-tuning (``discarded``)."""
+    from ..training import finetune
+
+    before = copy.deepcopy(pruned.state_dict())
+    tuned = finetune(pruned, splits, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed, device=args.device,
+                     progress=not args.json, keep=args.finetune_keep, select_on=None if parts is None else parts[0])
+    bound = None if check is None else check.judge(pruned)
+    discarded = bound is not None and args.accept == "confirmed" and not bound["passed"]
+    if discarded:
+        pruned.load_state_dict(before)  # the written weights keep the promise: the confirmed ones
+    return {"kept_epoch": tuned["kept_epoch"], "bound": bound, "discarded": discarded}
 
 
 def _print(r: dict[str, Any]) -> None:
