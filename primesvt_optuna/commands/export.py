@@ -268,9 +268,9 @@ def _print(r: dict[str, Any]) -> None:
     if "recalibrate_bn" in r:
         print(f"  BatchNorm recalibrated on {r['images_recalibrated']} training images (as in the search)")
     print(f"  model bytes {r['model_bytes']:,} of {r['base_bytes']:,} (saves {100 * r['memory_saving']:.2f}%)"
-          + ("" if r["both_constraints_met"] or r["accept"] == "point" else
+          + ("" if r["both_constraints_met"] or r.get("accept") == "point" else
              "; note: the search could not meet both constraints"))
-    if r["accept"] == "point":
+    if r.get("accept") == "point":
         print("  not confirmed (--accept point): the search's own selection; its accuracy was measured only on the "
               "images that chose it")
     columns = ["unpruned"] + (["pruned_plain"] if "pruned_plain" in r else []) + ["pruned"]
@@ -305,6 +305,6 @@ def _held_back_lines(r: dict[str, Any]) -> list[str]:
     if r.get("finetune_discarded"):
         lines.append("the fine-tuned weights fail their bound: written instead are the confirmed pruned weights, "
                      "without fine-tuning")
-    elif r["accept"] == "point" and not c[c["written"]]["passed"]:
+    elif r.get("accept") == "point" and not c[c["written"]]["passed"]:
         lines.append("the written weights do not keep the accuracy budget on the held-back images")
     return lines
