@@ -1,5 +1,6 @@
 # Two entry points (see README "Quick start"):
-#   make run   - set up .venv and run the PrimeSVT search on the embedded digits baseline
+#   make run   - set up .venv, run the default search on the embedded digits baseline (and the paper's
+#                walk beside it, in one line), then export the confirmed delivery fine-tuned
 #   make test  - set up .venv and the test services (PostgreSQL, Chromium) and run the test suite
 PY ?= python3
 # OpenMP's default busy-waiting makes torch processes that share few cores 10-40x slower.
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/primesvt search studies/digits.toml --storage sqlite:///runs/digits.db --study-name digits-demo --resume
+	$(BIN)/primesvt search studies/digits.toml --storage sqlite:///runs/digits.db --study-name digits-demo --resume --compare-walk
 	$(BIN)/primesvt export sqlite:///runs/digits.db --study-name digits-demo --output runs/digits-pruned.pt --finetune-epochs 3 --force
 
 services: $(STAMP)

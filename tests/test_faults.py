@@ -42,6 +42,7 @@ eval_images = 30
 [constraints]
 max_accuracy_drop = 0.5
 memory_target = 0.1
+accept = "point"
 [search]
 policy = "uniform"
 grid = [0.2]
@@ -207,7 +208,7 @@ def test_export_to_a_full_disk_keeps_the_old_export(searched) -> None:
 
     done = subprocess.run(
         [sys.executable, "-m", "primesvt_optuna.cli", "export", f"sqlite:///{searched['db']}",
-         "--study-name", "faults", "--output", str(export), "--force"],
+         "--study-name", "faults", "--output", str(export), "--force", "--accept", "point"],
         preexec_fn=limit_file_size, capture_output=True, text=True, timeout=600,
     )
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]

@@ -73,7 +73,7 @@ def test_search_resume_refusals_and_export(workdir, capsys):
 
     output = workdir / "pruned.pt"
     assert main(["export", url, "--study-name", "tiny", "--output", str(output), "--finetune-epochs", "1",
-                 "--json"]) == 0
+                 "--json", "--accept", "point", "--finetune-keep", "best"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(report["finetuned"]) == {"val", "test"} and report["rates"] == out["selected"]["rates"]
     # the best epoch on validation is kept, the pruned model before fine-tuning included
@@ -88,6 +88,12 @@ def test_search_resume_refusals_and_export(workdir, capsys):
     assert "--finetune-lr must be positive" in capsys.readouterr().err and not (workdir / "y.pt").exists()
     assert main(["export", url, "--study-name", "nope", "--output", str(workdir / "x.pt")]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
+    # a point-rule study confirmed nothing: exported only when asked for by name
+    assert main(["export", url, "--study-name", "tiny", "--output", str(workdir / "z.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: study 'tiny' was searched with accept = 'point', so nothing it selected is confirmed on "
+                   "held-back images: pass --accept point to export its selection unconfirmed")
+    assert not (workdir / "z.pt").exists()
 
 
 def test_prune_embed_search_and_export(workdir, capsys):
@@ -101,7 +107,7 @@ def test_prune_embed_search_and_export(workdir, capsys):
     assert search(workdir, "--study-name", "embed", "--resume") == 2  # without the flag: other settings
     assert "prune_embed" in capsys.readouterr().err
     output = workdir / "embed.pt"
-    assert main(["export", url, "--study-name", "embed", "--output", str(output), "--json"]) == 0
+    assert main(["export", url, "--study-name", "embed", "--output", str(output), "--json", "--accept", "point"]) == 0
     model, ckpt = load_checkpoint(output)
     assert ckpt["model_bytes"] == out["selected"]["model_bytes"]
     assert ckpt["structure"]["prune_embed"] is True
@@ -133,7 +139,7 @@ def test_recalibration_and_confident_acceptance_search_and_export(workdir, capsy
     assert "constraints" in capsys.readouterr().err  # without the confident rule: other settings
 
     output = workdir / "recal.pt"
-    assert main(["export", url, "--study-name", "recal", "--output", str(output), "--json"]) == 0
+    assert main(["export", url, "--study-name", "recal", "--output", str(output), "--json", "--accept", "point"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rates = out["selected"]["rates"]
     assert report["rates"] == rates
@@ -164,7 +170,7 @@ def test_search_and_export_deliver_the_best_trial_not_the_walks_commit(workdir, 
     assert search(workdir, *args, "--resume") == 0
     assert f"the walk committed trial {walk['trial']}" in capsys.readouterr().out
     output = workdir / "best.pt"
-    assert main(["export", url, "--study-name", "best", "--output", str(output)]) == 0
+    assert main(["export", url, "--study-name", "best", "--output", str(output), "--accept", "point"]) == 0
     printed = capsys.readouterr().out
     assert f"exported trial {out['selected']['trial']}" in printed and "not the walk's commit" in printed
     assert load_checkpoint(output)[1]["model_bytes"] == out["selected"]["model_bytes"]
@@ -308,7 +314,7 @@ def test_default_search_delivers_a_confirmed_selection_and_its_cost(confirmed, c
     assert cost["images_to_first_feasible"] < cost["images_to_confirmed"] <= cost["images"] == (
         out["stats"]["images_evaluated"] + out["stats"]["images_recalibrated"])
     budget = out["image_budget"]
-    assert budget["minutes"] == 15 and budget["images"] > cost["images"]
+    assert budget.pop("reached") is False and budget["minutes"] == 15 and budget["images"] > cost["images"]
     assert study.user_attrs["primesvt:sampler"]["budget_images"] == budget["images"]
     assert study.user_attrs["primesvt:auto_budget"] == budget
 
@@ -327,6 +333,7 @@ def test_default_search_delivers_a_confirmed_selection_and_its_cost(confirmed, c
     (["--eval-images", "40", "--max-accuracy-drop", "0.03"], "images, too few to confirm anything at 95% (at least 88 needed"),
     (["--accept", "point", "--holdout", "0.5"], "holdout applies to accept = 'confirmed' only"),
     (["--accept", "point", "--confidence", "0.9"], "confidence applies to accept = 'confirmed' or 'confident' only"),
+    (["--policy", "prioritized", "--compare-walk"], "--compare-walk runs the paper's walk beside another policy"),
 ])
 def test_bad_acceptance_input_is_one_line_before_any_work(confirmed, capsys, flags, message):
     db = confirmed.parent / "bad.db"
@@ -334,3 +341,35 @@ def test_bad_acceptance_input_is_one_line_before_any_work(confirmed, capsys, fla
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not db.exists()
+
+
+def test_a_search_too_long_for_15_minutes_stops_at_the_budget_it_picked(confirmed, capsys, monkeypatch):
+    """Measured as slow (a stand-in speed), the command picks a budget the search reaches: it stops
+    there, keeps the confirmations' room, and says so."""
+    from primesvt_optuna.commands import search as command
+
+    slow = command.AutoBudget(400, 1.0, 0.5)
+    monkeypatch.setattr(command.AutoBudget, "measured", classmethod(lambda cls, objective: slow))
+    db = confirmed.parent / "slow.db"
+    assert main(["search", str(confirmed), "--storage", f"sqlite:///{db}", "--study-name", "slow", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["image_budget"]["images"] == 400 and out["image_budget"]["reached"], out["cost"]
+    assert out["cost"]["images"] <= 400 and out["selected"]["confirmation"]["confirmed"]
+    assert main(["search", str(confirmed), "--storage", f"sqlite:///{db}", "--study-name", "slow", "--resume"]) == 0
+    assert "image budget 400, chosen automatically (no --budget-images): within 15 minutes" in capsys.readouterr().out
+
+
+def test_compare_walk_says_what_the_papers_walk_delivers_in_one_line(confirmed, capsys):
+    db = confirmed.parent / "walk.db"
+    args = ["search", str(confirmed), "--storage", f"sqlite:///{db}", "--study-name", "cw", "--compare-walk"]
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    walk = out["walk"]
+    assert (out["policy"], walk["policy"], walk["study_name"]) == ("budget-aware", "prioritized", "cw-walk")
+    assert walk["constraints"] == out["constraints"] and walk["cost"]["images"] > 0
+    assert main([*args, "--resume"]) == 0  # both studies finished: nothing runs again
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"the paper's walk (--policy prioritized, study 'cw-walk'): {walk['message']}; "
+                    f"{walk['cost']['images']:,} images"
+                    + (f", {walk['cost']['images_to_confirmed']:,} to its confirmed selection"
+                       if walk["cost"]["images_to_confirmed"] is not None else ""))

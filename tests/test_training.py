@@ -86,6 +86,29 @@ def test_finetune_keeps_the_best_epoch_on_validation(small: Splits, monkeypatch:
         finetune(model, small, epochs=1, keep="first", progress=False)
 
 
+def test_finetune_selects_the_epoch_on_the_images_it_is_given(small: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``select_on`` replaces the validation split for the epoch choice: the held-back images of a
+    confirmed study are never measured while fine-tuning."""
+    import primesvt_optuna.training as training
+
+    measured: list[object] = []
+    scores: list[float] = []
+    real = training.evaluate
+
+    def spy(model: torch.nn.Module, data, **kwargs) -> float:
+        measured.append(data)
+        scores.append(real(model, data, **kwargs))
+        return scores[-1]
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    search = subset(small.val, 20, 1)
+    result = finetune(_fresh(), small, epochs=2, batch_size=32, progress=False, max_steps=2, select_on=search)
+    assert len(measured) == 3 and all(data is search for data in measured)  # before training, after each epoch
+    assert "val_accuracy" not in result and set(result["history"][0]) == {
+        "epoch", "loss", "train_accuracy", "selection_accuracy", "lr"}
+    assert result["selection_accuracy"] == max(scores) and result["kept_epoch"] == scores.index(max(scores))
+
+
 def test_bad_arguments() -> None:
     small = load_splits(make_spec("digits", img_size=16))
     with pytest.raises(PrimeSVTError, match="unknown device"):

@@ -18,6 +18,13 @@ checkpoint that the search can start from:
 
   primesvt evaluate spikformer_8_512.pth --preset spikformer-8-512 --data imagefolder \\
       --data-path /data/imagenet --output spikformer-8-512.pt
+
+A pruned checkpoint written by `primesvt export` from a confirmed study records its promise (the
+accuracy budget, kept at 95% on held-back images). evaluate re-checks it on the data given here:
+the unpruned source model (the path and SHA-256 recorded at export; --source when it moved) and the
+pruned one see the same images, and the paired bound on the drop says whether the promise holds
+on them. The test split and data you bring (--data-path) are fair judges; the validation split
+holds the images the study searched and confirmed on. Exit 0 either way.
 """
 
 
@@ -32,6 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("val", "test", "both"), default="both", help="which split (default %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: the recorded one, else 256)")
+    p.add_argument("--source", default=None,
+                   help="the unpruned checkpoint a confirmed export was pruned from, when it moved (its hash must match)")
     original = p.add_argument_group("original Spikformer checkpoints")
     original.add_argument("--preset", default=None, help="model preset of an original-layout state dict")
     original.add_argument("--data", default=None, help="its data set: cifar10, cifar100, imagefolder, digits, digits-hard")
@@ -42,18 +51,57 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _accuracy(model, dataset, batch_size: int, device: str, split: str) -> float:
-    """``training.evaluate`` with a progress bar (an ImageNet split takes minutes)."""
+def _correct(model, dataset, batch_size: int, device: str, split: str) -> list[bool]:
+    """Per-image correctness as ``training.evaluate`` counts it, with a progress bar (an ImageNet
+    split takes minutes)."""
     from tqdm.auto import tqdm
 
-    from ..training import iter_eval
+    from ..training import iter_correct
 
-    correct = total = 0
+    right: list[bool] = []
     with tqdm(total=len(dataset), desc=split, unit="img", leave=False) as bar:
-        for c, n in iter_eval(model, dataset, batch_size=batch_size, device=device):
-            correct, total = correct + c, total + n
-            bar.update(n)
-    return correct / total
+        for batch in iter_correct(model, dataset, batch_size=batch_size, device=device):
+            right += batch.tolist()
+            bar.update(len(batch))
+    return right
+
+
+def _source(path, meta: dict, given: str | None, device: str):
+    """The unpruned model a confirmed export was pruned from: ``given`` or the recorded path, its
+    SHA-256 checked against the recorded one."""
+    from ..checkpoint import checkpoint_sha256, load_checkpoint, resolve_checkpoint
+    from ..errors import PrimeSVTError
+
+    where = given or meta.get("source_checkpoint")
+    if not where:
+        raise PrimeSVTError(f"{path} does not record its unpruned source checkpoint: pass --source")
+    source = resolve_checkpoint(where)
+    if not source.exists():
+        raise PrimeSVTError(f"the unpruned source of {path}, {source}, does not exist: pass --source")
+    if checkpoint_sha256(source) != meta.get("source_checkpoint_sha256"):
+        raise PrimeSVTError(f"{source} is not the checkpoint {path} was pruned from (SHA-256 differs): pass the "
+                            "original with --source")
+    return load_checkpoint(source, device=device)[0]
+
+
+def recheck_line(split: str, reference: list[bool], pruned: list[bool], meta: dict) -> str:
+    """The promise re-checked on one split: the paired bound of the drop and whether it holds."""
+    from ..acceptance.confirm import judge
+    from ..plugin.constraints import Constraints
+
+    constraints = Constraints.from_dict(meta["constraints"])
+    level = f"{100 * constraints.confidence:g}%"
+    v = judge(reference, pruned, constraints, constraints.confidence)
+    drop = 100 * (v.base_accuracy - v.accuracy)
+    if constraints.min_accuracy is not None:
+        bound = f"accuracy at least {100 * v.bound:.2f}% at {level} (floor {100 * constraints.min_accuracy:.2f}%)"
+    else:
+        bound = f"drop at most {100 * v.bound:.2f} points at {level} (budget {100 * constraints.max_accuracy_drop:.2f})"
+    verdict = ("the promise holds on these images" if v.passed else
+               "the promise is NOT confirmed on these images (too few, or the model lost more than the budget)")
+    note = "; this split holds the images the study searched and confirmed on" if split == "val" else ""
+    return (f"re-check on {split} ({v.images} images, unpruned {100 * v.base_accuracy:.2f}%, measured drop "
+            f"{drop:.2f} points): {bound}: {verdict}{note}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,13 +139,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"{path}: {config.get('preset') or config['family']}, {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, {model_bytes(model):,} bytes, data {spec['name']}")
     measured = {}
+    meta = {} if args.preset is not None else ckpt.get("meta") or {}
+    source = _source(path, meta, args.source, args.device) if meta.get("confirmation") else None
     for split in ("val", "test") if args.split == "both" or args.output else (args.split,):
-        acc = measured[f"{split}_accuracy"] = _accuracy(model, getattr(splits, split), batch, args.device, split)
+        right = _correct(model, getattr(splits, split), batch, args.device, split)
+        acc = measured[f"{split}_accuracy"] = sum(right) / len(right)
         before = recorded.get(f"{split}_accuracy")
         note = "" if before is None else (
             "  (recorded, reproduced exactly)" if acc == before else f"  (recorded {before:.4f}, differs by {acc - before:+.4f})"
         )
         print(f"{split:>4} accuracy {acc:.4f}  [{len(getattr(splits, split))} images]{note}")
+        if source is not None:
+            reference = _correct(source, getattr(splits, split), batch, args.device, f"{split} (unpruned)")
+            print(recheck_line(split, reference, right, meta))
     if args.output:
         sizes = splits.sizes()
         metrics = {**measured, "val_images": sizes["val"], "test_images": sizes["test"], "eval_batch_size": batch}

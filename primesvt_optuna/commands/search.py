@@ -222,27 +222,47 @@ def _work(cfg: Any, auto_images: int | None, worker: int) -> Any:
 
 
 AUTO_MINUTES = 15
-AUTO_SHARE = 0.5  # of those minutes spent evaluating: the rest covers pruning, storage and the sampler per trial
+AUTO_MARGIN = 0.8  # of those minutes for the trials: loading, the result and a slower spell get the rest
+STORAGE_SECONDS = 0.2  # per trial outside the objective (sampler, storage): 75 s over 370 trials of digits-8-64
 
 
 @dataclass(frozen=True)
 class AutoBudget:
-    """The image budget a search without one gets: what this machine evaluates (the unpruned
-    model, the slowest there is) in ``AUTO_SHARE`` of ``AUTO_MINUTES`` minutes. Recorded on the
+    """The image budget a search without one gets: enough images to fill ``AUTO_MARGIN`` of
+    ``AUTO_MINUTES`` minutes at the speed measured when the study began, even if every trial were
+    cut at its first look (the most trials, so the most per-trial time, per image). Recorded on the
     study, so a resume anywhere keeps it."""
 
     images: int
     images_per_second: float
+    trial_seconds: float
+
+    @classmethod
+    def measured(cls, objective: Any) -> AutoBudget:
+        rate, trial = evaluation_rate(objective), trial_seconds(objective)
+        per_image = 1.0 / rate + trial / objective.schedule[0]
+        return cls(int(AUTO_MARGIN * 60 * AUTO_MINUTES / per_image), rate, trial)
 
     def record(self) -> dict[str, Any]:
         return {"images": self.images, "images_per_second": round(self.images_per_second, 1),
-                "minutes": AUTO_MINUTES}
+                "trial_seconds": round(self.trial_seconds, 3), "minutes": AUTO_MINUTES}
 
-    def line(self, spent: int) -> str:
-        end = ("reached: the search stopped there" if spent + 1 > self.images * 0.98
+    def reached(self, study: Any, spent: int) -> bool:
+        """Whether the budget ended the search: one more full evaluation (and the room the
+        confirmations keep) would not have fitted."""
+        from ..acceptance.confirm import RUNGS
+        from ..plugin.constraints import STUDY_PREFIX
+
+        attrs = study.user_attrs
+        reserve = (RUNGS + 1) * int(attrs.get(f"{STUDY_PREFIX}confirm_images") or 0)
+        return spent + int(attrs.get(f"{STUDY_PREFIX}trial_images") or 0) + reserve > self.images
+
+    def line(self, study: Any, spent: int) -> str:
+        end = ("reached: it ended the search" if self.reached(study, spent)
                else f"the search ended within it ({spent:,} spent)")
-        return (f"image budget {self.images:,}, chosen automatically (no --budget-images: about {AUTO_MINUTES} "
-                f"minutes at the {self.images_per_second:,.0f} images/s measured when the study began); {end}")
+        return (f"image budget {self.images:,}, chosen automatically (no --budget-images): within {AUTO_MINUTES} "
+                f"minutes at the speed measured when the study began ({self.images_per_second:,.0f} images/s, "
+                f"{self.trial_seconds:.2f} s per trial besides); {end}")
 
 
 def needs_budget(cfg: Any) -> bool:
@@ -251,21 +271,22 @@ def needs_budget(cfg: Any) -> bool:
     return cfg.budget_images is None and cfg.policy not in ("tpe", "nsga2")
 
 
-def auto_budget(cfg: Any, storage: Any, rate: float | None) -> AutoBudget | None:
-    """The image budget the command picks when none is given (see ``AutoBudget``; ``rate``: the
-    images/s measured here): read back from an existing study, from ``rate`` for a new one; None
-    when ``needs_budget`` says so and for an existing study that has none."""
+def auto_budget(cfg: Any, storage: Any, measured: AutoBudget | None) -> AutoBudget | None:
+    """The image budget the command picks when none is given: the one an existing study recorded,
+    ``measured`` for a new one; None when ``needs_budget`` says so and for an existing study
+    that has none."""
     import optuna
 
     from ..plugin.constraints import STUDY_PREFIX
 
-    if rate is None or not needs_budget(cfg):
+    if measured is None or not needs_budget(cfg):
         return None
     if cfg.study_name in optuna.get_all_study_names(storage):
         recorded = optuna.load_study(study_name=cfg.study_name, storage=storage).user_attrs.get(
             f"{STUDY_PREFIX}auto_budget")
-        return None if recorded is None else AutoBudget(int(recorded["images"]), float(recorded["images_per_second"]))
-    return AutoBudget(int(rate * 60 * AUTO_MINUTES * AUTO_SHARE), rate)
+        return None if recorded is None else AutoBudget(
+            int(recorded["images"]), float(recorded["images_per_second"]), float(recorded["trial_seconds"]))
+    return measured
 
 
 def evaluation_rate(objective: Any, images: int = 512, seconds: float = 5.0) -> float:
@@ -284,6 +305,14 @@ def evaluation_rate(objective: Any, images: int = 512, seconds: float = 5.0) -> 
     if not seen:
         return first[0] / max(first[1], 1e-9)
     return seen / max(time.perf_counter() - started, 1e-9)
+
+
+def trial_seconds(objective: Any) -> float:
+    """Seconds a trial costs besides its images: pruning (the largest layer at the top rate, timed)
+    and ``STORAGE_SECONDS``."""
+    started = time.perf_counter()
+    objective.engine.prune({objective.layers[0][0]: objective.grid[-1]})
+    return time.perf_counter() - started + STORAGE_SECONDS
 
 
 def run(args: argparse.Namespace) -> int:
@@ -308,44 +337,48 @@ def run(args: argparse.Namespace) -> int:
     if cfg.workers > 1 and spec.kind == "sqlite" and spec.path is None:
         raise PrimeSVTError(f"storage {spec.describe()} is in memory, so only one process sees it: "
                             "give --workers K a file (sqlite:///study.db, journal:///study.log) or a server")
+    if args.compare_walk and cfg.policy == "prioritized":
+        raise PrimeSVTError("--compare-walk runs the paper's walk beside another policy, and this study is the walk: "
+                            "drop --compare-walk or choose another --policy")
     walk_cfg = cfg.with_overrides(policy="prioritized", study_name=f"{cfg.study_name}-walk") if args.compare_walk else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = cfg.objective()  # first: a bad checkpoint or data path must not leave a new empty .db behind
-    rate = evaluation_rate(objective) if needs_budget(cfg) else None  # unreadable data fails here too
+    speed = AutoBudget.measured(objective) if needs_budget(walk_cfg or cfg) else None  # unreadable data fails here too
     storage = open_storage(cfg.storage)
-    study, budget, code = _search(cfg, objective, storage, args.resume, args.json, rate)
+    study, budget, code = _search(cfg, objective, storage, args.resume, args.json, speed)
     if code:
         return code
     res = save_result_note(study)
     cost = study_cost(study, res)
     walk = None
     if walk_cfg is not None:  # the same objective: the walk's study records the same settings
-        walk_study, _, code = _search(walk_cfg, objective, storage, True, args.json, rate)
+        walk_study, _, code = _search(walk_cfg, objective, storage, True, args.json, speed)
         if code:
             return code
         walk_res = save_result_note(walk_study)
         walk = (walk_res, study_cost(walk_study, walk_res))
     if args.json:
         payload = {"study_name": cfg.study_name, "storage": describe_storage(cfg.storage), **res.to_dict(),
-                   "cost": cost, "image_budget": None if budget is None else budget.record()}
+                   "cost": cost, "image_budget": None if budget is None else {
+                       **budget.record(), "reached": budget.reached(study, cost["images"])}}
         if walk is not None:
             payload["walk"] = {"study_name": walk_cfg.study_name, **walk[0].to_dict(), "cost": walk[1]}
         print(json.dumps(payload, default=_plain))
         return 0
-    _print(res, describe_storage(cfg.storage), cost, budget)
+    _print(res, describe_storage(cfg.storage), cost, None if budget is None else budget.line(study, cost["images"]))
     if walk is not None:
         print(walk_line(walk[0], walk_cfg.study_name, walk[1]))
     return 0
 
 
 def _search(cfg: Any, objective: Any, storage: Any, resume: bool, quiet: bool,
-            rate: float | None) -> tuple[Any, AutoBudget | None, int]:
+            speed: AutoBudget | None) -> tuple[Any, AutoBudget | None, int]:
     """Prepare the study and run its policy to the end (nothing to do when it is finished):
     ``(study, the image budget chosen for it, exit code)``, 130 when Ctrl-C stopped a worker."""
     from ..plugin.samplers import ClaimSampler
     from ..workers import interrupted_message, optimize, run_workers
 
-    budget = auto_budget(cfg, storage, rate)
+    budget = auto_budget(cfg, storage, speed)
     study = prepare_study(cfg, storage, objective, resume, budget)
     auto_images = None if budget is None else budget.images
     sampler = make_sampler(cfg, auto_images=auto_images)
@@ -388,7 +421,7 @@ def study_cost(study: Any, res: Any) -> dict[str, Any]:
     if first is not None:
         cost.update(first_feasible_trial=first.number, images_to_first_feasible=until(first))
     confirmation = (res.selected or {}).get("confirmation") or {}
-    if confirmation.get("confirmed"):
+    if confirmation.get("confirmed") and res.both_met:
         trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
             study._study_id, confirmation["trial"]))
         cost.update(confirming_trial=trial.number, images_to_confirmed=until(trial))
@@ -424,7 +457,7 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _print(res: Any, storage: str, cost: dict[str, Any], budget: AutoBudget | None) -> None:
+def _print(res: Any, storage: str, cost: dict[str, Any], budget: str | None) -> None:
     s = res.stats
     print(f"study {res.study_name!r} ({res.policy}) in {storage}: {s['trials']} trials "
           f"({s['complete']} complete, {s['pruned']} cut, {s['failed']} failed), "
@@ -433,7 +466,7 @@ def _print(res: Any, storage: str, cost: dict[str, Any], budget: AutoBudget | No
     print(res.message)
     print(cost_line(cost))
     if budget is not None:
-        print(budget.line(cost["images"]))
+        print(budget)
     sel = res.selected
     confirmation = (sel or {}).get("confirmation")
     if sel:

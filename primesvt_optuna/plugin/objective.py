@@ -699,7 +699,7 @@ class PruningObjective(RateObjective):
         flops_target: float | None = None,
         precisions: Sequence[str] = FLOAT_ONLY,
     ) -> None:
-        from ..data import Splits, check_fits, load_splits, subset
+        from ..data import Splits, check_fits, load_splits
         from ..pruning import Engine
         from ..training import torch_device
 
@@ -726,13 +726,12 @@ class PruningObjective(RateObjective):
         if checkpoint is not None:
             check_fits(self.splits, ckpt["model_config"], str(path), (self.data_spec or {}).get("img_size"))
         self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
-        self.eval_set = subset(self.splits.val, eval_images, seed)
-        self.confirm_set = None
         if accept == "confirmed":
-            from ..acceptance.split import search_confirm
-
             self.holdout = check_share(holdout)
-            self.eval_set, self.confirm_set = search_confirm(self.eval_set, self.holdout, seed)
+        self.split = {"eval_images": eval_images, "holdout": self.holdout if accept == "confirmed" else 0.0,
+                      "seed": int(seed)}
+        self.eval_set, self.confirm_set = evaluation_parts(self.splits.val, **self.split)
+        self.split.update(search_images=len(self.eval_set), confirm_images=self.confirm_images)
         self.batch_size = batch_size
         self.first_batch = None if first_batch is None or first_batch >= batch_size else int(first_batch)
         batch_schedule(1, self.batch_size, self.first_batch)  # validates both sizes
@@ -824,9 +823,10 @@ class PruningObjective(RateObjective):
                               device=self.device)
 
     def informative_attrs(self) -> dict[str, Any]:
-        # checkpoint: where export finds the baseline (hash checked); what the automatic
+        # checkpoint: where export finds the baseline (hash checked); split: how export and
+        # evaluate rebuild the search and confirmation parts (evaluation_parts); what the automatic
         # recalibration measured (the reference trial is charged its images)
-        return {**super().informative_attrs(), "checkpoint": self.checkpoint_path,
+        return {**super().informative_attrs(), "checkpoint": self.checkpoint_path, "split": self.split,
                 **({"recalibration_probe": self.recalibration_probe} if self.recalibration_probe else {})}
 
     def schedule_attrs(self) -> dict[str, Any]:
@@ -887,6 +887,17 @@ class PruningObjective(RateObjective):
             yield from iter_eval(model, self.eval_set, batch_size=self.batch_size, device=self.device)
         else:
             yield from iter_schedule(model, self.eval_set, self.eval_order, self.schedule, self.device)
+
+
+def evaluation_parts(val: Any, eval_images: int | None, holdout: float, seed: int) -> tuple[Any, Any | None]:
+    """The search part and the confirmation part (None when ``holdout`` is 0) of a validation
+    split: a seeded subset of ``eval_images`` images (None: all), of which ``holdout`` is held back
+    (:func:`primesvt_optuna.acceptance.split.search_confirm`). The study records these arguments
+    (``primesvt:split``, with the parts' sizes), so export rebuilds the same parts."""
+    from ..acceptance.split import search_confirm
+    from ..data import subset
+
+    return search_confirm(subset(val, eval_images, seed), holdout, seed)
 
 
 def torch_randperm(n: int, seed: int) -> list[int]:
