@@ -19,7 +19,7 @@ from primesvt_optuna.data import Splits
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.models import PRESETS, build_model
 from primesvt_optuna.data._common import TensorImages
-from primesvt_optuna.plugin.objective import PruningObjective
+from _paper_rule import PruningObjective  # the samplers on every family, under the point rule
 from primesvt_optuna.plugin.result import result
 from primesvt_optuna.plugin.samplers import (
     BudgetAwareSampler, PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler,
