@@ -144,6 +144,7 @@ def plot_layer_rates(records: list[StudyRecord], outdir: Path) -> list[Path]:
     sizes = {row["layer"]: int(row["params"]) for row in layers}
     fig, ax = plt.subplots(figsize=(7, 5))
     policies = _policies(records)
+    plotted = False
     for k, policy in enumerate(policies):
         color, marker = _style(policy)
         xs, ys = [], []
@@ -157,7 +158,9 @@ def plot_layer_rates(records: list[StudyRecord], outdir: Path) -> list[Path]:
                 xs.append(size * (1 + 0.04 * (k - len(policies) / 2)))  # a small offset per policy
                 ys.append(100 * best.rates.get(layer, 0.0))
         ax.scatter(xs, ys, color=color, marker=marker, alpha=0.6, s=22, label=policy)
-    ax.set_xscale("log")
+        plotted = plotted or bool(xs)
+    if plotted:  # a log axis needs a point: with no selection (nothing confirmed) the plot stays empty
+        ax.set_xscale("log")
     ax.set_xlabel("layer size (parameters, log scale)")
     ax.set_ylabel("pruning rate in the selected configuration (%)")
     ax.set_title("Per-layer rates of each policy's selection (one point per layer and seed)")
