@@ -192,10 +192,12 @@ def study_ladder(trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial]
     """The ladder replayed from a study's trials: the rungs from the search trials (one per
     configuration, its lowest-numbered finished trial) and each rung's confirmation; a
     confirmation that died without an outcome (killed, interrupted) is none."""
+    from ..plugin.samplers._claims import accuracy_outcome
+
     trials = sorted(trials, key=lambda t: t.number)
     search: dict[str, FrozenTrial] = {}
-    for t in trials:
-        if not is_confirmation(t) and t.state.is_finished():
+    for t in trials:  # as the samplers index them: a trial killed before its outcome is no evaluation
+        if not is_confirmation(t) and accuracy_outcome(t) is not None:
             search.setdefault(key_of_rates(rates_of(t)), t)
     steps = ladder(search.values(), rates_of, rungs)
     finished: dict[str, FrozenTrial] = {}
