@@ -52,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     from ..plugin.constraints import STUDY_PREFIX, Constraints
     from ..plugin.result import result
     from ..pruning import Engine, model_bytes, structure_of
-    from ..pruning.recalibrate import BATCH_SIZE, recalibrate_bn
     from ..storage import describe_storage, open_storage
     from ..training import evaluate, torch_device
     from . import output_file
@@ -121,12 +120,7 @@ def run(args: argparse.Namespace) -> int:
     recalibration = attrs.get(f"{STUDY_PREFIX}recalibrate_bn")
     if recalibration and rates:
         # the search evaluated every pruned configuration after adaptive BN: apply it identically
-        report["pruned_plain"] = accuracy(pruned.to(args.device))
-        report["recalibrate_bn"] = recalibration
-        report["images_recalibrated"] = recalibrate_bn(
-            pruned, splits.train, images=int(recalibration["images"]), seed=int(recalibration.get("seed", 0)),
-            batch_size=int(recalibration.get("batch_size", BATCH_SIZE)), device=args.device,
-        )
+        _recalibrate_as_searched(pruned, recalibration, splits, report, accuracy, args.device)
     report["pruned"] = accuracy(pruned.to(args.device))
     check = None
     if parts is not None:
@@ -188,7 +182,6 @@ def _export_quantized(args: argparse.Namespace, study: Any, res: Any, engine: An
     from ..plugin.constraints import STUDY_PREFIX
     from ..precision import artifact_sizes, finetune_quantized, quantize, save_quantized
     from ..pruning import model_bytes
-    from ..pruning.recalibrate import BATCH_SIZE, recalibrate_bn
     from ..training import evaluate
 
     attrs = study.user_attrs
@@ -213,12 +206,7 @@ def _export_quantized(args: argparse.Namespace, study: Any, res: Any, engine: An
     }
     recalibration = attrs.get(f"{STUDY_PREFIX}recalibrate_bn")
     if recalibration:
-        report["pruned_plain"] = accuracy(qmodel.to(args.device))
-        report["recalibrate_bn"] = recalibration
-        report["images_recalibrated"] = recalibrate_bn(
-            qmodel, splits.train, images=int(recalibration["images"]), seed=int(recalibration.get("seed", 0)),
-            batch_size=int(recalibration.get("batch_size", BATCH_SIZE)), device=args.device,
-        )
+        _recalibrate_as_searched(qmodel, recalibration, splits, report, accuracy, args.device)
     report["pruned"] = accuracy(qmodel.to(args.device))
     if args.finetune_epochs:
         tuned = finetune_quantized(qmodel, splits, scales="fixed", epochs=args.finetune_epochs, lr=args.finetune_lr,
@@ -250,6 +238,20 @@ def _export_quantized(args: argparse.Namespace, study: Any, res: Any, engine: An
         print(f"  quantized {len(precisions)} layers ({', '.join(sorted(set(precisions.values())))}); file "
               f"{report['file_bytes']:,} bytes on disk for {report['payload_bytes']:,} predicted model bytes")
     return 0
+
+
+def _recalibrate_as_searched(model: Any, recalibration: dict[str, Any], splits: Any, report: dict[str, Any],
+                             accuracy: Any, device: str) -> None:
+    """Adaptive BatchNorm on ``model`` in place, with the settings the study recorded, so the written
+    model is the one the search evaluated; the report gets the accuracy before it and its images."""
+    from ..pruning.recalibrate import BATCH_SIZE, recalibrate_bn
+
+    report["pruned_plain"] = accuracy(model.to(device))
+    report["recalibrate_bn"] = recalibration
+    report["images_recalibrated"] = recalibrate_bn(
+        model, splits.train, images=int(recalibration["images"]), seed=int(recalibration.get("seed", 0)),
+        batch_size=int(recalibration.get("batch_size", BATCH_SIZE)), device=device,
+    )
 
 
 def delivery(res: Any, name: str, accept: str) -> dict[str, Any]:
