@@ -59,6 +59,10 @@ BENCHMARKS = {  # name: (study config, checkpoint, image budget per study)
     "digits": ("studies/digits.toml", "digits-2-64", 40_000),
     "digits-hard": ("studies/digits.toml", "digits-hard-2-64", 80_000),
     "digits-8-64": ("studies/digits-8-64.toml", "digits-8-64", 50_000),
+    # the other spikingjelly families (issue 33): the same wall time as digits-8-64's 50,000 images
+    # buys fewer of their images (an SDT image costs ~1.3x, a QKFormer image at 64x64 ~3x on CPU)
+    "digits-sdt-8-64": ("studies/digits-sdt-8-64.toml", "digits-sdt-8-64", 25_000),
+    "digits-qkformer-8-64": ("studies/digits-qkformer-8-64.toml", "digits-qkformer-8-64", 12_500),
 }
 DEFAULT_AND_NEW = ("prioritized", "budget-aware")
 VARIANTS = {  # name: (study config overrides, policies run by default)

@@ -130,6 +130,21 @@ def test_the_ladder_climbs_from_the_safest_configuration_that_meets_the_target()
     assert steps.delivered is rungs[1] and steps.done and steps.next_rung() is None, "stops at the first failure"
 
 
+def test_a_lucky_search_drop_far_above_the_target_does_not_go_first() -> None:
+    """Rungs come from saving bands: the least pruned candidates go first, so a configuration whose
+    search drop was lucky (0 at 62% saving) cannot become rung 1 and stop the ladder at its
+    failure; the point rule's selection is still the last rung."""
+    trials = [
+        _trial(1, 0.010, 0.30, {"a": 0.5}),
+        _trial(2, 0.012, 0.35, {"a": 0.6}),
+        _trial(3, 0.000, 0.62, {"a": 0.9, "b": 0.5}),
+        _trial(4, 0.029, 0.65, {"a": 0.9, "b": 0.6}),
+    ]
+    rungs = ladder(trials, _claimed_rates)
+    assert [r.trial.number for r in rungs] == [1, 3, 4]
+    assert [r.number for r in rungs] == [1, 3, 4], "rung 2's band is empty: it repeats rung 3's choice, one rung"
+
+
 def _study(url: str, name: str, k: int) -> dict:
     study = walk.create(url, name, walk.make_sampler())
     study.optimize(walk.make_objective(), n_jobs=k)
