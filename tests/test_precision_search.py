@@ -218,6 +218,28 @@ def test_search_and_export_a_quantized_selection(workdir, capsys):
     assert "quantized" in capsys.readouterr().err
 
 
+def test_a_confirmed_quantized_export_is_bounded_on_the_held_back_images(workdir, capsys):
+    """Under the default (confirmed) acceptance the quantized export is checked like a float one:
+    its fine-tuning epoch is chosen without the held-back images, the written weights' paired
+    bound on them is reported and travels with the quantized checkpoint."""
+    config = workdir / "confirmed.toml"
+    config.write_text((workdir / "tiny.toml").read_text().replace('study_name = "tiny"', 'study_name = "qc"')
+                      .replace("eval_images = 48", "eval_images = 96"))
+    url = f"sqlite:///{workdir / 'tiny.db'}"
+    assert main(["search", str(config), "--policy", "budget-aware", "--precisions", "float,int8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["selected"]["confirmation"]["confirmed"]
+    output = workdir / "qc.pt"
+    assert main(["export", url, "--study-name", "qc", "--output", str(output), "--finetune-epochs", "1",
+                 "--finetune-keep", "best", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    c = report["confirmation"]
+    assert report["precisions"], "the selection is quantized"
+    assert c["images"] + c["search_images"] == 96 and c["images"] >= 40 and {"pruned", "finetuned"} <= set(c)
+    assert c["written"] in ("pruned", "finetuned") and c["confirmed"] == c[c["written"]]["passed"]
+    _, ckpt = load_checkpoint(output, quantized=True)
+    assert ckpt["meta"]["confirmation"] == c and ckpt["meta"]["precisions"] == report["precisions"]
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--precisions", "float,int3"], "not in the grid"),
     (["--precisions", "int8,int4"], "lacks float"),

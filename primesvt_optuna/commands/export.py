@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 from typing import Any
@@ -90,14 +91,17 @@ def run(args: argparse.Namespace) -> int:
     layers = [row["layer"] for row in attrs.get(f"{STUDY_PREFIX}layers", [])]
     if layers and sorted(layers) != sorted(engine.layers):
         raise PrimeSVTError("the study's layer table does not match this checkpoint's prunable layers")
-    if precisions := _selected_precisions(study, selected["trial"]):
-        return _export_quantized(args, study, res, engine, ckpt, precisions, output)
     rates = selected["rates"]
+    precisions = _selected_precisions(study, selected["trial"])
     pruned = engine.prune(rates)
+    if precisions:  # the pruned model quantized exactly as the search evaluated it
+        from ..precision import quantize
+
+        pruned, _ = quantize(pruned, precisions, engine=engine)
     if model_bytes(pruned) != selected["model_bytes"]:
         raise PrimeSVTError(
-            f"the pruned model has {model_bytes(pruned):,} bytes, the study recorded {selected['model_bytes']:,}: "
-            "the pruning engine changed since the search; re-run it"
+            f"the {'quantized' if precisions else 'pruned'} model has {model_bytes(pruned):,} bytes, the study recorded "
+            f"{selected['model_bytes']:,}: the pruning or precision code changed since the search; re-run it"
         )
 
     spec = attrs.get(f"{STUDY_PREFIX}data") or ckpt["data"]
@@ -109,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         return {split: evaluate(m, getattr(splits, split), device=args.device) for split in ("val", "test")}
 
     report: dict[str, Any] = {
-        "study_name": args.study_name, "trial": selected["trial"], "rates": rates, "output": str(output),
+        "study_name": args.study_name, "trial": selected["trial"], "rates": rates,
+        **({"precisions": precisions} if precisions else {}), "output": str(output),
         "accept": args.accept, "base_bytes": engine.base_bytes, "model_bytes": model_bytes(pruned),
         "memory_saving": 1 - model_bytes(pruned) / engine.base_bytes, "both_constraints_met": res.both_met,
         "unpruned": accuracy(model.to(args.device)),
@@ -118,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if res.walk_commit is not None and not selected.get("walk_commit", True):
         report["walk_commit"] = res.walk_commit  # the selection saves more than the walk's commit
     recalibration = attrs.get(f"{STUDY_PREFIX}recalibrate_bn")
-    if recalibration and rates:
-        # the search evaluated every pruned configuration after adaptive BN: apply it identically
+    if recalibration and (rates or precisions):
+        # the search evaluated every pruned (quantized) configuration after adaptive BN: apply it identically
         _recalibrate_as_searched(pruned, recalibration, splits, report, accuracy, args.device)
     report["pruned"] = accuracy(pruned.to(args.device))
     check = None
@@ -128,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         report["confirmation"] = check.record(parts[2], spec, selected.get("confirmation"))
         report["confirmation"]["pruned"] = check.judge(pruned)
     if args.finetune_epochs:
-        tuned = finetune_checked(pruned, splits, args, int(attrs.get(f"{STUDY_PREFIX}seed") or 0), parts, check)
+        tuned = finetune_checked(pruned, splits, args, int(attrs.get(f"{STUDY_PREFIX}seed") or 0), parts, check,
+                                 quantized=bool(precisions))
         report.update(finetune_kept_epoch=tuned["kept_epoch"], finetuned=accuracy(pruned))
         if check is not None:
             report["confirmation"]["finetuned"] = tuned["bound"]
@@ -145,22 +151,35 @@ def run(args: argparse.Namespace) -> int:
     }
     meta = {
         "source_checkpoint": str(path.resolve()), "source_checkpoint_sha256": expected or checkpoint_sha256(path),
-        "study_name": args.study_name, "trial": selected["trial"],
-        "rates": rates, "policy": res.policy, "constraints": res.constraints, "accept": args.accept,
+        "study_name": args.study_name, "trial": selected["trial"], "rates": rates,
+        **({"precisions": precisions} if precisions else {}),
+        "policy": res.policy, "constraints": res.constraints, "accept": args.accept,
         "finetune_epochs": args.finetune_epochs, "finetune_kept_epoch": report.get("finetune_kept_epoch"),
         "finetune_discarded": report.get("finetune_discarded", False), "recalibrate_bn": report.get("recalibrate_bn"),
         "confirmation": report.get("confirmation"),
     }
     try:
-        save_checkpoint(output, pruned.cpu(), ckpt["model_config"], spec, metrics, structure=structure_of(pruned),
-                        meta=meta, force=args.force)
+        if precisions:
+            from ..precision import save_quantized
+
+            save_quantized(output, pruned.cpu(), ckpt["model_config"], spec, metrics, meta=meta, force=args.force)
+        else:
+            save_checkpoint(output, pruned.cpu(), ckpt["model_config"], spec, metrics, structure=structure_of(pruned),
+                            meta=meta, force=args.force)
     except OSError as exc:
         raise PrimeSVTError(f"cannot write {output}: {exc.strerror or exc}; no existing file was changed") from None
+    if precisions:
+        from ..precision import artifact_sizes
+
+        report.update(artifact_sizes(output))  # file_bytes on disk, payload_bytes == model_bytes
 
     if args.json:
         print(json.dumps(report))
     else:
         _print(report)
+        if precisions:
+            print(f"  quantized {len(precisions)} layers ({', '.join(sorted(set(precisions.values())))}); file "
+                  f"{report['file_bytes']:,} bytes on disk for {report['payload_bytes']:,} predicted model bytes")
     return 0
 
 
@@ -170,74 +189,6 @@ def _selected_precisions(study: Any, number: int) -> dict[str, str]:
 
     params = study.trials[number].params
     return {p[len(PRECISION_PREFIX):]: str(v) for p, v in params.items() if p.startswith(PRECISION_PREFIX) and v != "float"}
-
-
-def _export_quantized(args: argparse.Namespace, study: Any, res: Any, engine: Any, ckpt: dict[str, Any],
-                      precisions: dict[str, str], output: Any) -> int:
-    """A selection with precisions: the pruned model quantized exactly as the search evaluated it
-    (BatchNorm recalibrated after quantizing when the study did), fine-tuned with the quantizer in
-    the loop (straight-through, same precisions and bytes), written as a ``primesvt-quant/1``
-    checkpoint whose size on disk is reported beside the predicted bytes."""
-    from ..data import check_fits, load_splits
-    from ..plugin.constraints import STUDY_PREFIX
-    from ..precision import artifact_sizes, finetune_quantized, quantize, save_quantized
-    from ..pruning import model_bytes
-    from ..training import evaluate
-
-    attrs = study.user_attrs
-    rates = res.selected["rates"]
-    qmodel, _ = quantize(engine.prune(rates), precisions, engine=engine)
-    if model_bytes(qmodel) != res.selected["model_bytes"]:
-        raise PrimeSVTError(f"the quantized model has {model_bytes(qmodel):,} bytes, the study recorded "
-                            f"{res.selected['model_bytes']:,}: the pruning or precision code changed since the search; re-run it")
-    spec = attrs.get(f"{STUDY_PREFIX}data") or ckpt["data"]
-    splits = load_splits(spec)
-    check_fits(splits, ckpt["model_config"], "the study's checkpoint", spec.get("img_size"))
-
-    def accuracy(m: Any) -> dict[str, float]:
-        return {split: evaluate(m, getattr(splits, split), device=args.device) for split in ("val", "test")}
-
-    report: dict[str, Any] = {
-        "study_name": args.study_name, "trial": res.selected["trial"], "rates": rates, "precisions": precisions,
-        "output": str(output), "base_bytes": engine.base_bytes, "model_bytes": model_bytes(qmodel),
-        "memory_saving": 1 - model_bytes(qmodel) / engine.base_bytes, "both_constraints_met": res.both_met,
-        "unpruned": accuracy(engine.model.to(args.device)),
-        "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "finetune_keep": args.finetune_keep,
-    }
-    recalibration = attrs.get(f"{STUDY_PREFIX}recalibrate_bn")
-    if recalibration:
-        _recalibrate_as_searched(qmodel, recalibration, splits, report, accuracy, args.device)
-    report["pruned"] = accuracy(qmodel.to(args.device))
-    if args.finetune_epochs:
-        tuned = finetune_quantized(qmodel, splits, scales="fixed", epochs=args.finetune_epochs, lr=args.finetune_lr,
-                                   seed=attrs.get(f"{STUDY_PREFIX}seed") or 0, device=args.device,
-                                   progress=not args.json, keep=args.finetune_keep)
-        report["finetune_kept_epoch"] = tuned["kept_epoch"]
-        report["finetuned"] = accuracy(qmodel)
-    final = report.get("finetuned", report["pruned"])
-    metrics = {
-        "val_accuracy": final["val"], "test_accuracy": final["test"],
-        "val_accuracy_before_finetune": report["pruned"]["val"], "test_accuracy_before_finetune": report["pruned"]["test"],
-        "unpruned_val_accuracy": report["unpruned"]["val"], "unpruned_test_accuracy": report["unpruned"]["test"],
-    }
-    meta = {
-        "source_checkpoint_sha256": attrs.get(f"{STUDY_PREFIX}checkpoint_sha256"), "study_name": args.study_name,
-        "trial": res.selected["trial"], "rates": rates, "precisions": precisions, "policy": res.policy,
-        "constraints": res.constraints, "finetune_epochs": args.finetune_epochs,
-        "finetune_kept_epoch": report.get("finetune_kept_epoch"), "recalibrate_bn": report.get("recalibrate_bn"),
-    }
-    try:
-        save_quantized(output, qmodel.cpu(), ckpt["model_config"], spec, metrics, meta=meta, force=args.force)
-    except OSError as exc:
-        raise PrimeSVTError(f"cannot write {output}: {exc.strerror or exc}; no existing file was changed") from None
-    report.update(artifact_sizes(output))  # file_bytes on disk, payload_bytes == model_bytes
-    if args.json:
-        print(json.dumps(report))
-    else:
-        _print(report)
-        print(f"  quantized {len(precisions)} layers ({', '.join(sorted(set(precisions.values())))}); file "
-              f"{report['file_bytes']:,} bytes on disk for {report['payload_bytes']:,} predicted model bytes")
-    return 0
 
 
 def _recalibrate_as_searched(model: Any, recalibration: dict[str, Any], splits: Any, report: dict[str, Any],
@@ -329,15 +280,20 @@ class HeldBackCheck:
 
 
 def finetune_checked(pruned: Any, splits: Any, args: argparse.Namespace, seed: int,
-                     parts: tuple[Any, Any, dict[str, Any]] | None, check: HeldBackCheck | None) -> dict[str, Any]:
+                     parts: tuple[Any, Any, dict[str, Any]] | None, check: HeldBackCheck | None,
+                     quantized: bool = False) -> dict[str, Any]:
     """Fine-tune ``pruned`` in place, choosing the epoch without the held-back images (on the
     search part, or the last), then bound it on them: under confirmed acceptance, weights that
-    fail their bound are put back to the confirmed ones before fine-tuning (``discarded``)."""
+    fail their bound are put back to the confirmed ones before fine-tuning (``discarded``). A
+    quantized model is fine-tuned with its quantizer in the loop (straight-through, the searched
+    precisions and scales kept), never as a float model."""
+    from ..precision import finetune_quantized
     from ..training import finetune
 
     before = copy.deepcopy(pruned.state_dict())
-    tuned = finetune(pruned, splits, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed, device=args.device,
-                     progress=not args.json, keep=args.finetune_keep, select_on=None if parts is None else parts[0])
+    tune = functools.partial(finetune_quantized, scales="fixed") if quantized else finetune
+    tuned = tune(pruned, splits, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed, device=args.device,
+                 progress=not args.json, keep=args.finetune_keep, select_on=None if parts is None else parts[0])
     bound = None if check is None else check.judge(pruned)
     discarded = bound is not None and args.accept == "confirmed" and not bound["passed"]
     if discarded:
