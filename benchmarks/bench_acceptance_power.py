@@ -2,7 +2,8 @@
 default (confirmed) acceptance, per shipped checkpoint, and how the ladder's rung rule uses it.
 
 Every configuration any comparison study evaluated on a benchmark (its search trials, read from
-``benchmarks/results/comparison/comparison-<benchmark>.db``), plus uniform rates 0.1 .. 0.7, is
+``benchmarks/results/comparison/comparison-<benchmark>.db``, which ``bench_comparison.py``
+writes: run it first), plus uniform rates 0.1 .. 0.7, is
 pruned, BatchNorm-recalibrated as the default does (512 training images, seed 0) and evaluated on
 the checkpoint's validation and test images pooled; the unpruned model too. Per configuration
 this gives its pooled drop and its disagreement with the unpruned model (the share of images on
@@ -63,7 +64,11 @@ TARGETS = {"digits": (0.15, 0.4), "digits-hard": (0.15, 0.4), "digits-8-64": (0.
 
 def configurations(bench: str, layers: list[str]) -> list[dict[str, float]]:
     """Every configuration a comparison study of ``bench`` evaluated, and the uniform ones."""
-    url = f"sqlite:///{OUT}/comparison-{bench}.db"
+    path = OUT / f"comparison-{bench}.db"
+    if not path.exists():
+        raise SystemExit(f"error: {path} is missing: run benchmarks/bench_comparison.py on {bench} first "
+                         "(the storages are not committed)")
+    url = f"sqlite:///{path}"
     found: dict[str, dict[str, float]] = {}
     for summary in optuna.get_all_study_summaries(url):
         for t in optuna.load_study(study_name=summary.study_name, storage=url).get_trials(deepcopy=False):

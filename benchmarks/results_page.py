@@ -1,4 +1,5 @@
-"""docs/results.md's tables and figures, and benchmarks/results/MANIFEST.csv, from the result CSVs.
+"""docs/results.md's tables and figures, the README's headline table, and
+benchmarks/results/MANIFEST.csv, from the result CSVs.
 
 The page is hand-written prose around generated tables. A table sits between two markers,
 
@@ -33,11 +34,12 @@ from pathlib import Path
 import pandas as pd
 
 from _results import RESULTS
-from bench_comparison import BENCHMARKS, VARIANTS, headline
+from bench_comparison import BENCHMARKS, VARIANTS, _cell_text, _cells, headline
 from primesvt_optuna.reporting.table import to_markdown
 
 ROOT = RESULTS.parents[1]
 PAGE = ROOT / "docs" / "results.md"
+README = ROOT / "README.md"
 IMAGES = ROOT / "docs" / "img"
 MANIFEST = RESULTS / "MANIFEST.csv"
 MARKER = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
@@ -146,7 +148,7 @@ def setting(frames: Frames) -> pd.DataFrame:
     table, ref = comparison(frames), unpruned(frames)
     runs = pd.concat([f.assign(prefix=p.split("/")[1]) for p, f in frames.items() if p.endswith("runs.csv")])
     rows = []
-    for bench, group in table.groupby("benchmark", sort=False):
+    for bench, group in table[~table.benchmark.isin(FAMILIES)].groupby("benchmark", sort=False):
         checkpoint = BENCHMARKS[bench][1]
         images = runs[runs.prefix == study_prefix(bench, group.target.min(), "main")].iloc[0]
         rows.append({
@@ -169,11 +171,86 @@ def comparison_headline(frames: Frames) -> str:
     return headline(table[keep])
 
 
+FAMILIES = ("digits-sdt-8-64", "digits-qkformer-8-64")
+"""The other spikingjelly families' baselines: compared under the default only, in their own table."""
+
+
 def default(frames: Frames) -> str:
     """The default as ``primesvt search`` runs it (confirmed acceptance, automatic recalibration,
-    each seed re-drawing the split): a row per policy, a column per cell."""
+    each seed re-drawing the split): a row per policy, a column per cell (Spikformer benchmarks)."""
     table = comparison(frames)
-    return headline(table[table.variant == "default"])
+    return headline(table[(table.variant == "default") & ~table.benchmark.isin(FAMILIES)])
+
+
+README_ROWS = {  # README headline: (variant, policy) -> row label
+    ("default", "budget-aware"): "the default: budget-aware, confirmed",
+    ("default", "prioritized"): "the paper's walk, confirmed",
+    ("main", "prioritized"): "the paper's walk, point rule (fixed split)",
+    ("main", "budget-aware"): "budget-aware, point rule (fixed split)",
+    ("recal", "budget-aware"): "budget-aware + recalibration, point rule (fixed split)",
+}
+
+
+def readme_headline(frames: Frames) -> str:
+    """The README's table: the default, the paper's walk under it and under the point rule, and
+    the point-rule rows with the largest savings; a column per Spikformer cell."""
+    table = comparison(frames)
+    table = table[~table.benchmark.isin(FAMILIES)]
+    cells = [cell(b, t) for b, t in _cells(table)]
+    text = {(r.variant, r.policy, cell(r.benchmark, r.target)): _cell_text(pd.Series(r._asdict()))
+            for r in table.itertuples(index=False)}
+    lines = ["| | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(text.get((*key, c), "not run") for c in cells) + " |"
+              for key, label in README_ROWS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def families(frames: Frames) -> str:
+    """The Spike-Driven Transformer and QKFormer baselines under the default: every policy."""
+    table = comparison(frames)
+    return headline(table[(table.variant == "default") & table.benchmark.isin(FAMILIES)])
+
+
+POWER = ("comparison/power-ceiling.csv", "comparison/power-ladder.csv")
+GOALS = {"digits": 0.575, "digits-hard": 0.454, "digits-8-64": 0.45}
+"""The held-out accuracy issue's saving goals per benchmark (3-point budget)."""
+
+
+def power_ceiling(frames: Frames) -> pd.DataFrame:
+    """Per benchmark: the largest saving within 3 points on the pooled images, the largest whose
+    expected bound passes on the held-back half, and the images needed to confirm the goal's saving."""
+    table = frames["comparison/power-ceiling.csv"]
+    table = table[table.budget == 0.03]
+    rows = []
+    for bench, group in table.groupby("benchmark", sort=False):
+        by = group.set_index("ceiling")
+        frontier = group[group.ceiling == "frontier"]
+        goal = frontier[frontier.saving >= GOALS.get(bench, 1.0)]
+        rows.append({
+            "benchmark": bench, "configurations (pooled images)": f"{by.configurations.iloc[0]} ({by.pooled_images.iloc[0]:,})",
+            "largest saving within 3 points (pooled)": f"{pct(by.saving['pooled drop within budget'])} "
+                                                        f"(drop {100 * by.pooled_drop['pooled drop within budget']:.2f}, "
+                                                        f"disagreement {pct(by.disagreement['pooled drop within budget'])})",
+            "largest confirmable on the held-back half": f"{pct(by.saving['confirmable on the held-back half'])} "
+                                                          f"({by.held_back_images.iloc[0]} images)",
+            "goal": pct(GOALS[bench]) if bench in GOALS else "–",
+            "images to confirm the goal's saving": count(goal.images_to_confirm.min()) if len(goal) else "no configuration",
+        })
+    return pd.DataFrame(rows)
+
+
+def power_ladder(frames: Frames) -> pd.DataFrame:
+    """The confirmation replayed on the pooled images, 30 seeds: the shipped rung rule (bands)
+    against the rule it replaced (at least s_j)."""
+    table = frames["comparison/power-ladder.csv"]
+    rows = []
+    for (bench, target), group in table.groupby(["benchmark", "target"], sort=False):
+        by = group.set_index("rule")
+        rows.append({"cell": cell(bench, target)} | {
+            f"{rule}: delivered median (target met), test holds": f"{pct(by.delivered_median[rule])} "
+            f"({by.target_met[rule]}/{by.seeds[rule]}), {by.test_holds[rule]}/{by.seeds[rule]}"
+            for rule in ("bands", "at-least")})
+    return pd.DataFrame(rows)
 
 
 def order_verdict(walk: pd.Series, other: pd.Series) -> str:
@@ -337,6 +414,10 @@ TABLES = (
     Table("setting", COMPARISON + FINETUNE + ("comparison/*/runs.csv",), setting),
     Table("comparison", COMPARISON, comparison_headline),
     Table("default", COMPARISON, default),
+    Table("power-ceiling", POWER, power_ceiling),
+    Table("power-ladder", POWER, power_ladder),
+    Table("families", COMPARISON, families),
+    Table("readme-headline", COMPARISON, readme_headline),
     Table("claim-order", COMPARISON, claim_order),
     Table("claim-walk", COMPARISON, by_rule("prioritized")),
     Table("budget-aware", COMPARISON, by_rule("budget-aware")),
@@ -445,15 +526,24 @@ def render(table: Table) -> str:
     return shaped if isinstance(shaped, str) else to_markdown(shaped)
 
 
+def pages() -> dict[str, Path]:
+    """The pages whose marked tables this command writes: docs/results.md and the README's headline."""
+    return {"docs/results.md": PAGE, "README.md": README}
+
+
 def fill(page: str) -> str:
     """The page with every marked table rewritten from its CSVs."""
     specs = {t.name: t for t in TABLES}
-    named = [m.group("name") for m in MARKER.finditer(page)]
-    unknown = sorted(set(named) - set(specs))
-    unused = sorted(set(specs) - set(named))
-    if unknown or unused:
-        raise SystemExit(f"error: page markers without a Table: {unknown}; Tables without a marker: {unused}")
+    unknown = sorted({m.group("name") for m in MARKER.finditer(page)} - set(specs))
+    if unknown:
+        raise SystemExit(f"error: page markers without a Table: {unknown}")
     return MARKER.sub(lambda m: m.group(1) + render(specs[m.group("name")]) + m.group(4), page)
+
+
+def unplaced() -> list[str]:
+    """Tables that no page marks."""
+    named = {m.group("name") for path in pages().values() for m in MARKER.finditer(path.read_text(encoding="utf-8"))}
+    return sorted({t.name for t in TABLES} - named)
 
 
 # ------------------------------------------------------------------ the manifest
@@ -490,6 +580,7 @@ PRODUCERS = (
     ("search_cost/sampler_overhead*.csv", "bench_sampler_overhead.py",
      "python benchmarks/bench_sampler_overhead.py --output benchmarks/results/search_cost/{stem}.csv"),
     ("search_cost/compare_cli-digits.csv", "primesvt compare", "{command} (from a fresh clone, timed)"),
+    ("comparison/power-*.csv", "bench_acceptance_power.py", "{command}"),
     ("precision/*.csv", "bench_precision.py", "python benchmarks/bench_precision.py {stem}"),
     ("search_cost/robustness_sharing.csv", "bench_robustness.py", "python benchmarks/bench_robustness.py"),
     ("search_cost/workers.csv", "bench_workers.py", "python benchmarks/bench_workers.py"),
@@ -606,10 +697,13 @@ def manifest() -> pd.DataFrame:
 
 def check() -> str | None:
     """The first way the page or the manifest differs from the result files, or None."""
-    page = PAGE.read_text(encoding="utf-8")
-    for m in MARKER.finditer(fill(page)):
-        if m.group(0) not in page:
-            return f"docs/results.md: table '{m.group('name')}' differs from its CSVs: run python benchmarks/results_page.py"
+    if unplaced():
+        return f"Tables without a marker on any page: {', '.join(unplaced())}"
+    for label, path in pages().items():
+        page = path.read_text(encoding="utf-8")
+        for m in MARKER.finditer(fill(page)):
+            if m.group(0) not in page:
+                return f"{label}: table '{m.group('name')}' differs from its CSVs: run python benchmarks/results_page.py"
     missing = [f.name for f in FIGURES if not (IMAGES / f"{f.name}.png").exists()]
     if missing:
         return f"docs/img: figures {', '.join(missing)} missing: run python benchmarks/results_page.py"
@@ -631,14 +725,17 @@ def main() -> int:
             print(problem, file=sys.stderr)
             return 1
         return 0
-    PAGE.write_text(fill(PAGE.read_text(encoding="utf-8")), encoding="utf-8")
+    if unplaced():
+        raise SystemExit(f"error: Tables without a marker on any page: {', '.join(unplaced())}")
+    for path in pages().values():
+        path.write_text(fill(path.read_text(encoding="utf-8")), encoding="utf-8")
     import matplotlib
 
     matplotlib.use("Agg")
     for figure in FIGURES:
         figure.draw(read(figure.sources), IMAGES / f"{figure.name}.png")
     manifest().to_csv(MANIFEST, index=False)
-    print(f"wrote {PAGE.relative_to(ROOT)}, {len(FIGURES)} figures in {IMAGES.relative_to(ROOT)}, "
+    print(f"wrote {', '.join(pages())}, {len(FIGURES)} figures in {IMAGES.relative_to(ROOT)}, "
           f"{MANIFEST.relative_to(ROOT)}")
     return 0
 

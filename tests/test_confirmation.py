@@ -145,6 +145,27 @@ def test_a_lucky_search_drop_far_above_the_target_does_not_go_first() -> None:
     assert [r.number for r in rungs] == [1, 3, 4], "rung 2's band is empty: it repeats rung 3's choice, one rung"
 
 
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_budget_aware_gives_the_ladder_a_safe_step_near_the_target(confirmed: bool) -> None:
+    """Under confirmed acceptance the budget-aware plan (which maximizes the saving) is backed off
+    along its repair sequence to the last step still predicted to meet the memory target, and that
+    step is evaluated: the ladder's first rung saves far less than the plan and still meets the
+    target. The point rule's search has no such step."""
+    objective = SyntheticObjective(SIZES, sensitivity={k: v / 2 for k, v in SENSITIVITY.items()}, max_accuracy_drop=BUDGET,
+                                   memory_target=0.1, n_images=2000, noise=0.02, noise_seed=0, grid=GRID, pruner=None,
+                                   accept="confirmed" if confirmed else "point")
+    study = optuna.create_study(directions=objective.directions, sampler=BudgetAwareSampler(grid=GRID))
+    study.optimize(objective)
+    plans = [t for t in study.trials if t.user_attrs.get("phase") == "plan" and t.constraints["accuracy"] <= 0]
+    savings = sorted(t.user_attrs["memory_saving"] for t in plans)
+    if not confirmed:
+        assert len(savings) == 1, "the point rule verifies the plan and extends it: one passing plan step"
+        return
+    assert len(savings) == 2 and 0.1 <= savings[0] < savings[1] - 0.2, savings
+    rungs = study_ladder(study.trials, _claimed_rates).rungs
+    assert rungs[0].saving == savings[0], "the safe step is the ladder's first rung"
+
+
 def _study(url: str, name: str, k: int) -> dict:
     study = walk.create(url, name, walk.make_sampler())
     study.optimize(walk.make_objective(), n_jobs=k)

@@ -40,6 +40,9 @@ class BudgetAwareSampler(ClaimSampler):
        it is backed off along the repair sequence (each step backs off the layer that buys the
        fewest bytes per unit of cost, alone at its bound, by one grid step, dropping it below the
        lowest) to the first step that passes.
+    3b. *A safe step* (confirmed acceptance only): the repair step furthest from the plan whose
+       predicted saving still meets the memory target, evaluated once, so the confirmation ladder
+       has a candidate near the target to start from (see ``_safe_step``).
     4. *Walk when the plan misses the memory target*: solo costs add up badly near the floor, so
        the paper's walk runs from the bounds already measured (largest layer first, each at the
        first rate up to its bound that passes on top of the walk's commits) until the target is
@@ -151,6 +154,10 @@ class BudgetAwareSampler(ClaimSampler):
         if not known:
             return candidate or Wait("the planned configuration")
         chosen = {} if found is None else plans[found]
+        if found is not None and self._confirming(study) is not None:
+            known, candidate = self._safe_step(snap, reference, plans, options, dict(layers), found)
+            if not known:
+                return candidate or Wait("the plan's safe step")
         if memory_met(snap.trial_for(rates_key(self._config(chosen)))) is False and self._walk_affordable(
                 study, snap, layers, options, best, steps):
             known, walked, candidate = self._walk(snap, layers, ladders)
@@ -173,6 +180,33 @@ class BudgetAwareSampler(ClaimSampler):
             if found is not None:
                 chosen = tries[found]
         return Done("plan verified and extended as far as the budget allows")
+
+    def _safe_step(self, snap: Snapshot, reference: FrozenTrial, plans: list[dict[str, Choice]],
+                   options: dict[str, dict[Choice, tuple[float, float]]], sizes: dict[str, int],
+                   found: int) -> tuple[bool, Candidate | None]:
+        """Under confirmed acceptance: the repair step that backs the verified plan off the furthest
+        while its predicted saving (the layers' savings alone, summed: measured where the layer was
+        evaluated alone at that setting, else its size times the share removed) still meets the memory
+        target, evaluated once. The plan maximizes the saving, so without it every candidate the
+        confirmation ladder sees may lie far above the target, and the ladder's first rung (the
+        safest candidate near the target) would be a configuration that spent the whole accuracy
+        budget on the search images: on held-back images it fails as often as not and the ladder
+        stops there. (known, the step to evaluate; None while another worker holds it)."""
+        need = reference.constraints.get("memory")
+        if need is None or need <= 0:
+            return True, None
+        def saving(p: str, c: Choice) -> float:
+            return options[p][c][1] if c in options[p] else sizes[p] * (1 - _kept(c))
+
+        predicted = [sum(saving(p, c) for p, c in plan.items()) for plan in plans]
+        safe = max((k for k in range(found, len(plans)) if predicted[k] >= need), default=found)
+        if safe == found:
+            return True, None
+        key = rates_key(self._config(plans[safe]))
+        status = snap.status(key)
+        if status == FREE:
+            return False, Candidate(key, "plan", rates=self._config(plans[safe]))
+        return status != HELD, None
 
     # ----- (rate, precision) settings --------------------------------------------------------------
     def _choices(self) -> list[Choice]:
