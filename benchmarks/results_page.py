@@ -281,7 +281,7 @@ def by_rule(policy: str) -> Callable[[Frames], pd.DataFrame]:
 
     def shape(frames: Frames) -> pd.DataFrame:
         table = comparison(frames)
-        table = table[(table.policy == policy) & (table.variant != "nocut")]
+        table = table[(table.policy == policy) & (table.variant != "nocut") & ~table.benchmark.isin(FAMILIES)]
         rules = list(dict.fromkeys(table.variant))
         rows = []
         for (bench, target), group in table.groupby(["benchmark", "target"], sort=False):
@@ -472,7 +472,8 @@ def draw_heldout(frames: Frames, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     table = comparison(frames)
-    table = table[(table.variant != "nocut") & (table.policy_selection_saving_median > 0)]
+    table = table[(table.variant != "nocut") & (table.policy_selection_saving_median > 0)
+                  & ~table.benchmark.isin(FAMILIES)]
     ref = unpruned(frames)
     drop = 100 * (table.benchmark.map(lambda b: ref.test_before[BENCHMARKS[b][1]]) - table.test_accuracy_median)
     fig, ax = plt.subplots(figsize=(7, 4.5))
