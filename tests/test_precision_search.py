@@ -218,7 +218,7 @@ def test_search_and_export_a_quantized_selection(workdir, capsys):
     assert "quantized" in capsys.readouterr().err
 
 
-def test_a_confirmed_quantized_export_is_bounded_on_the_held_back_images(workdir, capsys):
+def test_a_confirmed_quantized_export_is_bounded_on_the_held_back_images(workdir, capsys, monkeypatch):
     """Under the default (confirmed) acceptance the quantized export is checked like a float one:
     its fine-tuning epoch is chosen without the held-back images, the written weights' paired
     bound on them is reported and travels with the quantized checkpoint."""
@@ -238,6 +238,19 @@ def test_a_confirmed_quantized_export_is_bounded_on_the_held_back_images(workdir
     assert c["written"] in ("pruned", "finetuned") and c["confirmed"] == c[c["written"]]["passed"]
     _, ckpt = load_checkpoint(output, quantized=True)
     assert ckpt["meta"]["confirmation"] == c and ckpt["meta"]["precisions"] == report["precisions"]
+
+    # fine-tuned weights that fail their bound are discarded: the confirmed quantized weights (and
+    # their integers) are written, still an exact quantized model
+    from primesvt_optuna.commands import export
+
+    judge = export.HeldBackCheck.judge
+    monkeypatch.setattr(export.HeldBackCheck, "judge", lambda self, m: {**judge(self, m), "passed": False})
+    again = workdir / "qc-discarded.pt"
+    assert main(["export", url, "--study-name", "qc", "--output", str(again), "--finetune-epochs", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["finetune_discarded"] and report["confirmation"]["written"] == "pruned"
+    written, _ = load_checkpoint(again, quantized=True)
+    assert artifact_sizes(again)["payload_bytes"] == report["model_bytes"]
 
 
 @pytest.mark.parametrize(("flags", "message"), [

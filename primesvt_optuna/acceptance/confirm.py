@@ -9,16 +9,16 @@ search data alone, before any confirmation image is seen:
   layer alone (robustness trials) only its highest passing rate: idle workers evaluate lower rates
   of a layer speculatively, and the ladder must not depend on how many workers ran; their savings
   span from the memory target (0 without one) to the largest, ``s_max``;
-* the savings ``s_j = target + (s_max - target) (j - 1) / (RUNGS - 1)`` (``j = 1 .. RUNGS``) cut
-  the candidates into bands; rung ``j`` is the candidate with the smallest search drop in band
-  ``[s_j, s_{j+1})`` (the last band: ``s_max`` itself; an empty band: all saving at least ``s_j``;
-  ties: fewer bytes, then lower trial number). Rung 1 is the safest configuration near the memory
-  target, rung ``RUNGS`` the point rule's own selection; rungs that repeat a configuration are one
-  rung (when no candidate meets the target, the ladder spans all of them). Bands, not "at least
-  ``s_j``": the smallest search drop over every saving above the target is, among a hundred
-  candidates, mostly the luckiest one, often far above the target, and the fixed sequence stops at
-  its failure; the least pruned candidates are the ones most likely to pass, so they go first
-  (measured in docs/acceptance.md);
+* the savings ``s_j = s_min + (s_max - s_min) (j - 1) / (RUNGS - 1)`` (``j = 1 .. RUNGS``, from the
+  smallest candidate saving to the largest) cut the candidates into bands; rung ``j`` is the
+  candidate with the smallest search drop in band ``[s_j, s_{j+1})`` (the last band: ``s_max``
+  itself; ties: fewer bytes, then lower trial number), and an empty band gives no rung, so the
+  rungs keep the order of their savings. Rung 1 is the safest configuration near the memory
+  target, the last the point rule's own selection (when no candidate meets the target, the ladder
+  spans all of them). Bands, not "at least ``s_j``": the smallest search drop over every saving
+  above the target is, among a hundred candidates, mostly the luckiest one, often far above the
+  target, and the fixed sequence stops at its failure; the least pruned candidates are the ones
+  most likely to pass, so they go first (measured in docs/results.md, "What can be confirmed");
 * the unpruned model is evaluated on the confirmation part first, then the rungs from the first
   (the safest) upwards, each with the paired bound of :mod:`.bounds` at ``confidence``; the
   ladder stops at the first rung that fails and delivers the last one that passed.
@@ -109,8 +109,9 @@ def ladder(search_trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial
     for j, least in enumerate(steps, start=1):
         below = steps[j] if j < rungs else math.inf
         band = [t for t in pool if least <= float(t.user_attrs["memory_saving"]) < below]
-        fits = band or [t for t in pool if float(t.user_attrs["memory_saving"]) >= least]
-        best = min(fits, key=lambda t: (float(t.user_attrs["accuracy_drop"]), t.user_attrs["model_bytes"], t.number))
+        if not band:  # no candidate saves this much but less than the next step: no rung
+            continue
+        best = min(band, key=lambda t: (float(t.user_attrs["accuracy_drop"]), t.user_attrs["model_bytes"], t.number))
         if chosen and rates_of(chosen[-1].trial) == rates_of(best):
             chosen[-1] = Rung(j, chosen[-1].trial, chosen[-1].rates)
             continue

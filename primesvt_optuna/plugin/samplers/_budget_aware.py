@@ -155,7 +155,7 @@ class BudgetAwareSampler(ClaimSampler):
             return candidate or Wait("the planned configuration")
         chosen = {} if found is None else plans[found]
         if found is not None and self._confirming(study) is not None:
-            known, candidate = self._safe_step(snap, reference, plans, options, dict(layers), found)
+            known, candidate = self._safe_step(snap, reference, plans, options, found)
             if not known:
                 return candidate or Wait("the plan's safe step")
         if memory_met(snap.trial_for(rates_key(self._config(chosen)))) is False and self._walk_affordable(
@@ -182,31 +182,41 @@ class BudgetAwareSampler(ClaimSampler):
         return Done("plan verified and extended as far as the budget allows")
 
     def _safe_step(self, snap: Snapshot, reference: FrozenTrial, plans: list[dict[str, Choice]],
-                   options: dict[str, dict[Choice, tuple[float, float]]], sizes: dict[str, int],
-                   found: int) -> tuple[bool, Candidate | None]:
+                   options: dict[str, dict[Choice, tuple[float, float]]], found: int) -> tuple[bool, Candidate | None]:
         """Under confirmed acceptance: the repair step that backs the verified plan off the furthest
-        while its predicted saving (the layers' savings alone, summed: measured where the layer was
-        evaluated alone at that setting, else its size times the share removed) still meets the memory
-        target, evaluated once. The plan maximizes the saving, so without it every candidate the
-        confirmation ladder sees may lie far above the target, and the ladder's first rung (the
-        safest candidate near the target) would be a configuration that spent the whole accuracy
-        budget on the search images: on held-back images it fails as often as not and the ladder
-        stops there. (known, the step to evaluate; None while another worker holds it)."""
-        need = reference.constraints.get("memory")
-        if need is None or need <= 0:
-            return True, None
-        def saving(p: str, c: Choice) -> float:
-            return options[p][c][1] if c in options[p] else sizes[p] * (1 - _kept(c))
+        while its predicted saving still meets the memory target, evaluated once. The plan
+        maximizes the saving, so without it every candidate the confirmation ladder sees may lie
+        far above the target, and the ladder's first rung (the safest candidate near the target)
+        would be a configuration that spent the whole accuracy budget on the search images: on
+        held-back images it fails as often as not and the ladder stops there.
 
-        predicted = [sum(saving(p, c) for p, c in plan.items()) for plan in plans]
-        safe = max((k for k in range(found, len(plans)) if predicted[k] >= need), default=found)
-        if safe == found:
+        A step's predicted saving is the sum of its layers' savings alone, each scaled from the
+        layer's measured bound (a share of the model's bytes, the unit of the memory constraint):
+        fixed once the bounds are known, so the choice does not move as trials finish. A step of
+        one layer that was not measured alone is passed over: evaluated, it would become one of
+        that layer's options and change the plan it came from. (known, the step to evaluate; None
+        while another worker holds it.)"""
+        need = reference.constraints.get("memory")
+        if need is None or need <= 0 or not memory_met(snap.trial_for(rates_key(self._config(plans[found])))):
             return True, None
-        key = rates_key(self._config(plans[safe]))
-        status = snap.status(key)
-        if status == FREE:
-            return False, Candidate(key, "plan", rates=self._config(plans[safe]))
-        return status != HELD, None
+        per_share = {}  # a layer's saving per share of its weights removed, from its measured bound
+        for param, measured in options.items():
+            if measured:
+                widest = max(measured, key=lambda c: 1 - _kept(c))
+                per_share[param] = measured[widest][1] / max(1e-12, 1 - _kept(widest))
+
+        def predicted(plan: dict[str, Choice]) -> float:
+            return sum(per_share[p] * (1 - _kept(c)) for p, c in plan.items())
+
+        for plan in reversed(plans[found + 1:]):  # the furthest back-off first
+            key = rates_key(self._config(plan))
+            if not plan or predicted(plan) < need or (len(plan) == 1 and snap.status(key) == FREE):
+                continue
+            status = snap.status(key)
+            if status == FREE:
+                return False, Candidate(key, "plan", rates=self._config(plan))
+            return status != HELD, None
+        return True, None
 
     # ----- (rate, precision) settings --------------------------------------------------------------
     def _choices(self) -> list[Choice]:
