@@ -192,10 +192,12 @@ class BudgetAwareSampler(ClaimSampler):
 
         A step's predicted saving is the sum of its layers' savings alone, each scaled from the
         layer's measured bound (a share of the model's bytes, the unit of the memory constraint):
-        fixed once the bounds are known, so the choice does not move as trials finish. A step of
-        one layer that was not measured alone is passed over: evaluated, it would become one of
-        that layer's options and change the plan it came from. (known, the step to evaluate; None
-        while another worker holds it.)"""
+        fixed once the bounds are known, so the choice does not move as trials finish. Coupled
+        layers' savings overlap, so the sum can overestimate: a step that misses the target (the
+        memory pre-check refuses it before any image is evaluated) passes to the next, less
+        backed-off one. A step of one layer that was not measured alone is passed over: evaluated,
+        it would become one of that layer's options and change the plan it came from. (known, the
+        step to evaluate; None while another worker holds it.)"""
         need = reference.constraints.get("memory")
         if need is None or need <= 0 or not memory_met(snap.trial_for(rates_key(self._config(plans[found])))):
             return True, None
@@ -213,9 +215,14 @@ class BudgetAwareSampler(ClaimSampler):
             if not plan or predicted(plan) < need or (len(plan) == 1 and snap.status(key) == FREE):
                 continue
             status = snap.status(key)
-            if status == FREE:
-                return False, Candidate(key, "plan", rates=self._config(plan))
-            return status != HELD, None
+            if status == FREE:  # complete: the memory pre-check refuses it unevaluated when it misses the target
+                return False, Candidate(key, "plan", rates=self._config(plan), complete=True)
+            if status == HELD:
+                return False, None
+            if memory_met(snap.trial_for(key)) is not False:
+                return True, None
+            # solo savings overlap where layers are coupled (an MLP's two layers share its hidden
+            # width), so the sum overestimates: the next, less backed-off step is tried
         return True, None
 
     # ----- (rate, precision) settings --------------------------------------------------------------
