@@ -175,6 +175,20 @@ def test_an_empty_band_gives_no_rung_so_the_rungs_keep_their_order() -> None:
     assert [(r.number, r.trial.number) for r in ladder(trials, _claimed_rates)] == [(1, 1), (3, 2), (4, 3)]
 
 
+@pytest.mark.parametrize("sampler", [BudgetAwareSampler, PrioritizedSampler])
+def test_a_search_its_image_budget_ended_is_finished(sampler: type) -> None:
+    """A budget too small for the whole search: the sampler stops, confirms what it has, and the
+    result calls the search finished (it asked for one more trial than the budget holds)."""
+    objective = SyntheticObjective(SIZES, sensitivity=SENSITIVITY, max_accuracy_drop=BUDGET, memory_target=0.7,
+                                   n_images=2000, grid=GRID, pruner=None)
+    study = optuna.create_study(directions=objective.directions,
+                                sampler=sampler(grid=GRID, budget_images=(4 + 5) * 1000 + 500))
+    study.optimize(objective)
+    found = result(study)
+    searched = [t for t in study.trials if t.user_attrs.get("phase") not in (CONFIRM, "idle")]
+    assert len(searched) == 4 and found.finished and not found.message.startswith("Search not finished"), found.message
+
+
 def _study(url: str, name: str, k: int) -> dict:
     study = walk.create(url, name, walk.make_sampler())
     study.optimize(walk.make_objective(), n_jobs=k)

@@ -186,7 +186,7 @@ def result(study: Study) -> Result:
     if isinstance(sampler, WalkSampler):
         is_walk = True
         state = sampler.walk_state(study)
-        finished = state.done
+        finished = state.done or sampler.is_exhausted(study)  # a walk its image budget ended is finished too
         walk = trials.get(state.selected_trial) if state.selected_trial is not None else None
     elif sampler is not None:
         finished = sampler.is_exhausted(study)

@@ -527,13 +527,14 @@ class ClaimSampler(BaseSampler):
         images, trials_cap = (self._budget["budget_images"], self._budget["budget_trials"]) if confirming \
             else self._search_budget(study)
         planned = [t for t in trials if (t.system_attrs.get(CLAIM) or {}).get("key") or t.number == me]
-        if trials_cap is not None and len(planned) > trials_cap:
-            return Done(f"trial budget spent ({len(planned) - 1} trials)")
+        asking = 1 if me < 0 else 0  # is_exhausted asks for a trial not yet created: count it as this one
+        if trials_cap is not None and len(planned) + asking > trials_cap:
+            return Done(f"trial budget spent ({len(planned) + asking - 1} trials)")
         if images is None:
             return None
         cost = [images_spent(t) for t in trials if t.state.is_finished()]
         full = int(self._written_attr(study, "confirm_images") or 0) if confirming else self._trial_cost(study, cost)
-        reserved = sum(1 for t in planned if not t.state.is_finished())
+        reserved = sum(1 for t in planned if not t.state.is_finished()) + asking
         if not full:
             return Wait("the cost of one trial (the first trial to finish)") if reserved > 1 else None
         if sum(cost) + reserved * full > images:
