@@ -324,9 +324,10 @@ def _print(r: dict[str, Any]) -> None:
     heads = {"unpruned": "unpruned", "pruned_plain": "pruned, no BN recal.",
              "pruned": "pruned, BN recal." if "pruned_plain" in r else "pruned",
              "finetuned": f"fine-tuned (ep {r.get('finetune_kept_epoch')}/{r['finetune_epochs']})"}
-    print("  " + f"{'accuracy':<12}" + "".join(f"{heads[c]:>20}" for c in columns))
+    width = 2 + max(len(heads[c]) for c in columns)  # a header never runs into its neighbour
+    print("  " + f"{'accuracy':<12}" + "".join(f"{heads[c]:>{width}}" for c in columns))
     for split, name in (("val", "validation"), ("test", "test")):
-        print("  " + f"{name:<12}" + "".join(f"{100 * r[c][split]:>19.2f}%" for c in columns))
+        print("  " + f"{name:<12}" + "".join(f"{100 * r[c][split]:>{width - 1}.2f}%" for c in columns))
     if "confirmation" in r:
         for line in _held_back_lines(r):
             print("  " + line)
