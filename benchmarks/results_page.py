@@ -1,4 +1,4 @@
-"""docs/results.md's (and docs/costs.md's) tables and figures, the README's headline table, and
+"""docs/results.md's (and docs/costs.md's, docs/acceptance.md's) tables and figures, the README's headline table, and
 benchmarks/results/MANIFEST.csv, from the result CSVs.
 
 The page is hand-written prose around generated tables. A table sits between two markers,
@@ -532,9 +532,10 @@ def render(table: Table) -> str:
 
 
 def pages() -> dict[str, Path]:
-    """The pages whose marked tables this command writes: docs/results.md, docs/costs.md and the
-    README's headline."""
-    return {"docs/results.md": PAGE, "docs/costs.md": PAGE.parent / "costs.md", "README.md": README}
+    """The pages whose marked tables this command writes: docs/results.md, docs/costs.md,
+    docs/acceptance.md and the README's headline."""
+    return {"docs/results.md": PAGE, "docs/costs.md": PAGE.parent / "costs.md",
+            "docs/acceptance.md": PAGE.parent / "acceptance.md", "README.md": README}
 
 
 def fill(page: str) -> str:
