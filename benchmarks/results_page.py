@@ -534,8 +534,8 @@ def render(table: Table) -> str:
 def pages() -> dict[str, Path]:
     """The pages whose marked tables this command writes: docs/results.md, docs/costs.md,
     docs/acceptance.md and the README's headline."""
-    return {"docs/results.md": PAGE, "docs/costs.md": PAGE.parent / "costs.md",
-            "docs/acceptance.md": PAGE.parent / "acceptance.md", "README.md": README}
+    return {"docs/results.md": PAGE, "docs/costs.md": ROOT / "docs" / "costs.md",
+            "docs/acceptance.md": ROOT / "docs" / "acceptance.md", "README.md": README}
 
 
 def fill(page: str) -> str:
