@@ -288,20 +288,19 @@ def finetune_checked(pruned: Any, splits: Any, args: argparse.Namespace, seed: i
     quantized model is fine-tuned with its quantizer in the loop (straight-through, the searched
     precisions and scales kept), never as a float model."""
     from ..precision import finetune_quantized
+    from ..pruning.memory import QUANT_ATTR
     from ..training import finetune
 
-    from ..pruning.memory import QUANT_ATTR
-
-    before = copy.deepcopy(pruned.state_dict()), getattr(pruned, QUANT_ATTR, None)
+    state, quant = copy.deepcopy(pruned.state_dict()), getattr(pruned, QUANT_ATTR, None)
     tune = functools.partial(finetune_quantized, scales="fixed") if quantized else finetune
     tuned = tune(pruned, splits, epochs=args.finetune_epochs, lr=args.finetune_lr, seed=seed, device=args.device,
                  progress=not args.json, keep=args.finetune_keep, select_on=None if parts is None else parts[0])
     bound = None if check is None else check.judge(pruned)
     discarded = bound is not None and args.accept == "confirmed" and not bound["passed"]
     if discarded:  # the written weights keep the promise: the confirmed ones (and their integers)
-        pruned.load_state_dict(before[0])
+        pruned.load_state_dict(state)
         if quantized:
-            setattr(pruned, QUANT_ATTR, before[1])
+            setattr(pruned, QUANT_ATTR, quant)
     return {"kept_epoch": tuned["kept_epoch"], "bound": bound, "discarded": discarded}
 
 
