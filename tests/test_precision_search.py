@@ -33,8 +33,8 @@ ALL = ("float", "int8", "int4", "int2")
 LOSS = {"qkv": {"int2": 0.05}, "proj": {"int2": 0.05, "int4": 0.008}, "fc1": {"int2": 0.004}, "fc2": {"int2": 0.03}}
 
 
-def make(precisions=ALL, **kwargs) -> SyntheticObjective:
-    return SyntheticObjective(SIZES, **{"sensitivity": SENS, "max_accuracy_drop": 0.03, "memory_target": 0.3,
+def make(precisions=ALL, sizes=SIZES, **kwargs) -> SyntheticObjective:
+    return SyntheticObjective(sizes, **{"sensitivity": SENS, "max_accuracy_drop": 0.03, "memory_target": 0.3,
                                         "grid": GRID, "n_images": 4000, "batch_size": 500, "precisions": precisions,
                                         "precision_loss": LOSS, **kwargs})
 
@@ -67,6 +67,17 @@ def test_plan_over_rate_and_precision_saves_more_than_pruning_alone():
     assert trial.user_attrs["model_bytes"] == make().predict_bytes(rates, precisions)
     # the parameters the dashboard shows: a categorical per layer over the study's grid
     assert joint.trials[1].distributions["precision:fc1"].choices == ALL
+
+
+def test_a_layer_that_passes_at_no_setting_stays_out_of_the_extension():
+    # "head" fails alone at every rate and precision: it has no option, and the extension over
+    # the other layers must pass it by rather than look its best setting up
+    sizes = {**SIZES, "head": 800}
+    objective = make(sizes=sizes, sensitivity={**SENS, "head": 5.0},
+                     precision_loss={**LOSS, "head": {"int8": 0.05, "int4": 0.05, "int2": 0.05}}, accept="point")
+    study = run(BudgetAwareSampler(grid=GRID, precisions=ALL), objective)
+    res = result(study)
+    assert res.both_met and not {p for p in selected(study) if p.endswith(":head")}
 
 
 def test_confirmation_re_evaluates_the_same_quantized_model():

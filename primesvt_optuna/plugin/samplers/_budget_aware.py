@@ -168,8 +168,8 @@ class BudgetAwareSampler(ClaimSampler):
         extra = sorted((p for p in best if p not in chosen and best[p] is not None),
                        key=lambda p: (-_value(options[p][best[p]]), -options[p][best[p]][1], p))
         if self._precisions != FLOAT_ONLY:  # a layer in the plan may still go narrower (or lower)
-            extra = [p for p in sorted(best, key=lambda p: (-_value(options[p][best[p]]), -options[p][best[p]][1], p))
-                     if best[p] is not None]
+            extra = sorted((p for p in best if best[p] is not None),
+                           key=lambda p: (-_value(options[p][best[p]]), -options[p][best[p]][1], p))
         for param in extra:  # extend, most bytes per point first, each layer from its best down
             tries = [{**chosen, param: c} for c in ladders[param] if param not in chosen or _kept(c) < _kept(chosen[param])]
             if not tries:
