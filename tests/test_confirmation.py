@@ -27,7 +27,7 @@ import pytest
 
 import _synthetic_walk as walk
 from primesvt_optuna.acceptance.bounds import drop_upper_bound, min_images
-from primesvt_optuna.acceptance.confirm import CONFIRM, Ladder, ladder, study_ladder
+from primesvt_optuna.acceptance.confirm import CONFIRM, Ladder, anticipated_drop, ladder, study_ladder
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, PruningObjective, SyntheticObjective
 from primesvt_optuna.plugin.result import result
@@ -236,6 +236,35 @@ def test_a_worker_killed_during_confirmation_resumes_without_a_duplicate(tmp_pat
     assert "RUNNING" not in got["states"]
 
 
+@pytest.mark.parametrize(("budget", "n", "k"), [(0.03, 180, 1), (0.03, 539, 9), (0.015, 180, 0), (0.02, 400, 3)])
+def test_the_anticipated_drop_is_the_largest_loss_the_held_back_images_still_confirm(budget, n, k) -> None:
+    assert anticipated_drop(budget, n, 0.95) == k / n
+    assert drop_upper_bound(k, 0, n, 0.95) <= budget < drop_upper_bound(k + 1, 0, n, 0.95)
+
+
+def test_anticipate_steps_the_search_by_the_anticipated_drop_and_confirms_against_the_budget() -> None:
+    """The search's accuracy constraint uses the allowance (every accepted search trial lost at
+    most that much), the study records it, and the confirmation still judges the whole budget."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    objective = SyntheticObjective(SIZES, sensitivity=SENSITIVITY, max_accuracy_drop=BUDGET, memory_target=0.3,
+                                   grid=GRID, n_images=2000, noise=0.02, noise_seed=3, pruner=None,
+                                   search_drop="anticipate")
+    allowance = anticipated_drop(BUDGET, 1000, 0.95)
+    assert objective.constraints.search_allowance == allowance < BUDGET
+    study = optuna.create_study(directions=objective.directions, sampler=BudgetAwareSampler(grid=GRID))
+    study.optimize(objective)
+    assert study.user_attrs["primesvt:constraints"]["search_allowance"] == allowance
+    searched = [t for t in study.trials if t.user_attrs.get("phase") not in (None, CONFIRM)
+                and t.user_attrs.get("accuracy_drop") is not None]
+    assert searched and all((t.constraints["accuracy"] <= 0) == (t.user_attrs["accuracy_drop"] <= allowance + 1e-9)
+                            for t in searched if "accuracy" in t.constraints)
+    res = result(study)
+    assert res.both_met and res.selected["accuracy_drop"] <= allowance + 1e-9
+    assert res.selected["confirmation"]["bound"] <= BUDGET  # judged against the user's budget
+    budget = SyntheticObjective(SIZES, sensitivity=SENSITIVITY, max_accuracy_drop=BUDGET, n_images=1000)
+    assert budget.constraints.search_allowance is None and "search_allowance" not in budget.constraints.to_dict()
+
+
 def test_bad_settings_end_in_one_line_before_any_work() -> None:
     with pytest.raises(PrimeSVTError, match=r"^holdout is the share .* must lie in \(0, 1\), got 1.0$"):
         SyntheticObjective(SIZES, holdout=1.0)
@@ -246,6 +275,10 @@ def test_bad_settings_end_in_one_line_before_any_work() -> None:
         SyntheticObjective(SIZES, n_images=80)
     with pytest.raises(PrimeSVTError, match=r"^the confirmation part has \d+ images, too few"):
         PruningObjective("digits-2-64", eval_images=100, holdout=0.2)
+    with pytest.raises(PrimeSVTError, match=r"^search_drop = 'anticipate' needs accept = 'confirmed'"):
+        SyntheticObjective(SIZES, accept="point", search_drop="anticipate")
+    with pytest.raises(PrimeSVTError, match=r"^search_drop must be one of budget, anticipate, got 'half'$"):
+        SyntheticObjective(SIZES, search_drop="half")
 
 
 def test_a_study_under_the_point_rule_has_no_confirmation() -> None:

@@ -90,6 +90,13 @@ def test_confirmed_acceptance_settings():
     assert "confidence" not in point.constraints.to_dict()
     with pytest.raises(PrimeSVTError, match="holdout applies to accept = 'confirmed' only"):
         cfg.with_overrides(accept="point", holdout=0.3)
+    anticipate = parse_study_config(GOOD + "search_drop = 'anticipate'\n")
+    assert anticipate.search_drop == "anticipate" and cfg.search_drop == "budget"
+    assert anticipate.with_overrides(accept="point").search_drop == "budget"
+    with pytest.raises(PrimeSVTError, match="search_drop = 'anticipate' needs accept = 'confirmed'"):
+        cfg.with_overrides(accept="point", search_drop="anticipate")
+    with pytest.raises(PrimeSVTError, match="search_drop must be one of budget, anticipate"):
+        cfg.with_overrides(search_drop="all")
 
 
 @pytest.mark.parametrize(

@@ -225,6 +225,46 @@ def key_of_rates(rates: Mapping[str, float]) -> str:
     return rates_key(rates)
 
 
+SEARCH_DROPS = ("budget", "anticipate")
+"""What the search steps by under confirmed acceptance: the user's whole budget, or the drop the
+held-back images could still confirm (:func:`anticipated_drop`)."""
+
+
+def anticipated_drop(max_drop: float, confirm_images: int, confidence: float) -> float:
+    """The largest drop ``k / n`` (``n`` held-back images) that, lost again on the held-back images
+    with nothing gained back, still confirms within ``max_drop``: the search's point rule at this
+    allowance keeps the candidates the confirmation can pass. With the whole budget the search
+    picks, among hundreds of configurations, those that spent it to the last image on the search
+    images, and the paired bound on 180 held-back images passes a loss of at most one image
+    within 3 points (docs/acceptance.md)."""
+    if confirm_images <= 0 or drop_upper_bound(0, 0, confirm_images, confidence) > max_drop + 1e-12:
+        return 0.0
+    lo, hi = 0, confirm_images  # the bound grows with k: the last k that passes
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if drop_upper_bound(mid, 0, confirm_images, confidence) <= max_drop + 1e-12:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo / confirm_images
+
+
+def with_search_drop(constraints: Any, rule: str, confirm_images: int) -> Any:
+    """``constraints`` with the search's allowance of ``rule`` (``"budget"``: unchanged), refused
+    with one line where it does not apply."""
+    if rule not in SEARCH_DROPS:
+        raise PrimeSVTError(f"search_drop must be one of {', '.join(SEARCH_DROPS)}, got {rule!r}")
+    if rule == "budget":
+        return constraints
+    if not constraints.confirmed or constraints.max_accuracy_drop is None:
+        raise PrimeSVTError("search_drop = 'anticipate' needs accept = 'confirmed' and a max_accuracy_drop "
+                            "(it sizes the search's allowance by the held-back images)")
+    import dataclasses
+
+    allowance = anticipated_drop(constraints.max_accuracy_drop, confirm_images, constraints.confidence)
+    return dataclasses.replace(constraints, search_allowance=allowance)
+
+
 def check_share(holdout: float) -> float:
     """The held-back share, refused with one line when it is not a fraction strictly inside (0, 1)."""
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0.0 < holdout < 1.0:

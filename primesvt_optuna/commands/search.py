@@ -72,6 +72,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", type=float, metavar="SHARE",
                    help="confirmed acceptance: share of the evaluation images held back to confirm the delivery "
                         "(default 0.5; config: [constraints] holdout)")
+    p.add_argument("--search-drop", choices=("budget", "anticipate"),
+                   help="confirmed acceptance: the drop the search steps by on its images, the whole budget "
+                        "('budget', the default) or the largest drop the held-back images could still confirm "
+                        "if it were lost again there ('anticipate'; config: [constraints] search_drop)")
     p.add_argument("--interval", choices=("clopper-pearson", "wilson"),
                    help="lower bound of the confident acceptance (default clopper-pearson, exact binomial; "
                         "implies --accept confident)")
@@ -329,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
         first_batch=args.first_batch, sweep=args.sweep, budget_images=args.budget_images, prune_embed=args.prune_embed,
         recalibrate_bn=args.recalibrate_bn, flops_target=args.flops_target, accept=args.accept,
         accept_confidence=args.confidence, accept_interval=args.interval, holdout=args.holdout,
+        search_drop=args.search_drop,
         precisions=None if args.precisions is None else tuple(args.precisions.split(",")),
     )
     if cfg.policy in ("tpe", "nsga2") and cfg.trials is None:

@@ -166,6 +166,10 @@ def lower_confidence_bound(correct: int, n: int, confidence: float, interval: st
 class Constraints:
     """The user's two constraints.
 
+    ``search_allowance`` (confirmed acceptance only): the drop the search steps by on the search
+    images, when smaller than the user's budget (None: the budget itself); the delivery is still
+    confirmed against ``max_accuracy_drop`` (see :func:`~primesvt_optuna.acceptance.confirm.anticipated_drop`).
+
     Accuracy: ``max_accuracy_drop`` (fraction below the unpruned model's accuracy, 0.03 = 3 points)
     or ``min_accuracy`` (absolute floor). Memory: ``memory_target`` (fraction of the model's bytes
     to save) or ``memory_budget`` (bytes the pruned model may take); neither means "no memory
@@ -183,6 +187,7 @@ class Constraints:
     accept: str = "point"
     confidence: float = DEFAULT_ACCEPT_CONFIDENCE
     interval: str = "clopper-pearson"
+    search_allowance: float | None = None
 
     def __post_init__(self) -> None:
         if (self.max_accuracy_drop is None) == (self.min_accuracy is None):
@@ -207,6 +212,11 @@ class Constraints:
             raise PrimeSVTError(f"confidence (of the accuracy's lower bound) must lie in (0.5, 1), got {self.confidence}")
         if self.interval not in INTERVALS:
             raise PrimeSVTError(f"interval must be one of {', '.join(INTERVALS)}, got {self.interval!r}")
+        if self.search_allowance is not None and not (
+                self.confirmed and self.max_accuracy_drop is not None
+                and 0.0 <= self.search_allowance <= self.max_accuracy_drop + 1e-12):
+            raise PrimeSVTError("search_allowance (the drop the search steps by) applies to accept = 'confirmed' "
+                                "with a max_accuracy_drop, and lies in [0, max_accuracy_drop]")
 
     @property
     def confident(self) -> bool:
@@ -225,7 +235,7 @@ class Constraints:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Constraints:
         known = {"max_accuracy_drop", "min_accuracy", "memory_target", "memory_budget", "accept", "confidence",
-                 "interval"}
+                 "interval", "search_allowance"}
         unknown = set(data) - known
         if unknown:
             raise PrimeSVTError(f"unknown constraint keys {sorted(unknown)}")
@@ -234,7 +244,7 @@ class Constraints:
             data["memory_budget"] = parse_bytes(data["memory_budget"])
         if "max_accuracy_drop" not in data and data.get("min_accuracy") is not None:
             data["max_accuracy_drop"] = None
-        for key in ("accept", "confidence", "interval"):  # None: the default
+        for key in ("accept", "confidence", "interval", "search_allowance"):  # None: the default
             if key in data and data[key] is None:
                 del data[key]
         return cls(**data)
@@ -243,6 +253,8 @@ class Constraints:
         """The four constraint values, and the acceptance settings only when they are not the
         point rule (so studies recorded before the other rules existed still resume)."""
         data = asdict(self)
+        if self.search_allowance is None:  # likewise: studies recorded before it resume
+            del data["search_allowance"]
         if self.accept == "point":
             for key in ("accept", "confidence", "interval"):
                 del data[key]
@@ -265,7 +277,7 @@ class Constraints:
         if base_accuracy is None:
             return None
         assert self.max_accuracy_drop is not None
-        return base_accuracy - self.max_accuracy_drop
+        return base_accuracy - (self.max_accuracy_drop if self.search_allowance is None else self.search_allowance)
 
     def target_saving(self, base_bytes: int) -> float | None:
         """The memory saving asked for, as a fraction of the unpruned model's bytes."""
@@ -328,7 +340,10 @@ class Constraints:
             acc += (f" (accepted when the one-sided {100 * self.confidence:g}% "
                     f"{'Clopper-Pearson' if self.interval == 'clopper-pearson' else 'Wilson'} lower bound meets it)")
         elif self.confirmed:
-            acc += f" (confirmed at {100 * self.confidence:g}% on held-back images)"
+            acc += f" (confirmed at {100 * self.confidence:g}% on held-back images"
+            if self.search_allowance is not None:
+                acc += f"; the search steps by {100 * self.search_allowance:.2f} points"
+            acc += ")"
         return f"{acc}; {mem}"
 
 

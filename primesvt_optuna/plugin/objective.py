@@ -52,7 +52,7 @@ from optuna.study import Study
 from optuna.trial import Trial, TrialState
 
 from .. import faults
-from ..acceptance.confirm import CONFIRM, DEFAULT_HOLDOUT, check_holdout, check_share, confirm_key, judge
+from ..acceptance.confirm import CONFIRM, DEFAULT_HOLDOUT, check_holdout, check_share, confirm_key, judge, with_search_drop
 from ..errors import PrimeSVTError
 from ..precision.search import FLOAT_ONLY, bits_of, check_precisions, precision_param
 from .constraints import CLAIM, DEFAULT_GRID, STUDY_PREFIX, WORKER, Constraints, normalize_grid, rate_param
@@ -648,6 +648,10 @@ class PruningObjective(RateObjective):
             binomial, or ``"wilson"``).
         holdout: under confirmed acceptance, the share of the evaluation images held back for
             confirmation (stratified by class, whole source images, seeded by ``seed``).
+        search_drop: under confirmed acceptance, the drop the search steps by: ``"budget"``
+            (default: ``max_accuracy_drop``) or ``"anticipate"`` (the largest drop the held-back
+            images could still confirm if lost again there, e.g. 0.56 points of a 3-point budget
+            on 180 images; :func:`~primesvt_optuna.acceptance.confirm.anticipated_drop`).
         recalibrate_bn: before evaluating a pruned configuration, re-estimate the BatchNorm
             statistics on this many training images (EagleEye's adaptive BN; seeded by ``seed``,
             batches of 64, see :mod:`primesvt_optuna.pruning.recalibrate`); 0 (default): off;
@@ -698,6 +702,7 @@ class PruningObjective(RateObjective):
         recalibrate_bn: int = 0,
         flops_target: float | None = None,
         precisions: Sequence[str] = FLOAT_ONLY,
+        search_drop: str = "budget",
     ) -> None:
         from ..data import Splits, check_fits, load_splits
         from ..pruning import Engine
@@ -764,6 +769,7 @@ class PruningObjective(RateObjective):
             "min_accuracy": min_accuracy, "memory_target": memory_target, "memory_budget": memory_budget,
             "accept": accept, "confidence": confidence, "interval": interval,
         })
+        constraints = with_search_drop(constraints, search_drop, self.confirm_images)
         table = self.engine.table
         super().__init__(
             layers=list(zip(table["layer"], table["params"])), base_bytes=self.engine.base_bytes,

@@ -20,6 +20,8 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
                                             #   images; "point" (the paper's rule) or "confident"
     # confidence = 0.95                     # level of the bound (confirmed and confident)
     # holdout = 0.5                         # confirmed: share of the evaluation images held back
+    # search_drop = "budget"                # confirmed: the search steps by the whole budget, or by
+                                            #   "anticipate": what the held-back images could confirm
     # interval = "clopper-pearson"          # confident only ("wilson" also works)
 
     [search]
@@ -55,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..acceptance.confirm import DEFAULT_HOLDOUT, check_share
+from ..acceptance.confirm import DEFAULT_HOLDOUT, SEARCH_DROPS, check_share
 from ..errors import PrimeSVTError
 from .constraints import DEFAULT_GRID, Constraints, normalize_grid
 from .pruner import DEFAULT_FIRST_BATCH
@@ -71,7 +73,7 @@ DEFAULT_ACCEPT = "confirmed"
 _TOP = {"study_name": str, "storage": str, "checkpoint": str, "device": str}
 _DATA = {"eval_images": int, "batch_size": int, "first_batch": int, "name": str, "path": str, "img_size": int, "seed": int}
 _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str),
-                "accept": str, "confidence": float, "interval": str, "holdout": float}
+                "accept": str, "confidence": float, "interval": str, "holdout": float, "search_drop": str}
 _SEARCH = {
     "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "budget_images": int,
     "trials": int, "seed": int, "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float,
@@ -109,6 +111,7 @@ class StudyConfig:
     recalibrate_bn: int | str = "auto"
     flops_target: float | None = None
     holdout: float | None = None  # confirmed acceptance's held-back share (None: DEFAULT_HOLDOUT)
+    search_drop: str = "budget"  # confirmed acceptance: the drop the search steps by (SEARCH_DROPS)
     precisions: tuple[str, ...] = ("float",)
     source: str = "<config>"
 
@@ -153,6 +156,10 @@ class StudyConfig:
                 check_share(self.holdout)
             except PrimeSVTError as exc:
                 raise bad(str(exc)) from None
+        if self.search_drop not in SEARCH_DROPS:
+            raise bad(f"search_drop must be one of {', '.join(SEARCH_DROPS)}, got {self.search_drop!r}")
+        if self.search_drop != "budget" and not (self.constraints.confirmed and self.constraints.max_accuracy_drop is not None):
+            raise bad("search_drop = 'anticipate' needs accept = 'confirmed' and a max_accuracy_drop")
         try:
             object.__setattr__(self, "grid", normalize_grid(self.grid))
         except PrimeSVTError as exc:
@@ -183,6 +190,8 @@ class StudyConfig:
         rule = acceptance.get("accept", self.constraints.accept)
         if rule != "confirmed" and "holdout" not in changes:
             changes["holdout"] = None
+        if rule != "confirmed" and "search_drop" not in changes:
+            changes["search_drop"] = "budget"
         constraint_keys = {"max_accuracy_drop", "min_accuracy", "memory_target", "memory_budget"}
         if constraint_keys & changes.keys() or acceptance:
             current = {**self.constraints.to_dict(), "accept": self.constraints.accept}
@@ -227,7 +236,7 @@ class StudyConfig:
             robustness_cache=robustness_cache, wait_timeout=self.wait_timeout,
             accept=c.accept, confidence=c.confidence, interval=c.interval, recalibrate_bn=self.recalibrate_bn,
             flops_target=self.flops_target, holdout=DEFAULT_HOLDOUT if self.holdout is None else self.holdout,
-            precisions=self.precisions,
+            precisions=self.precisions, search_drop=self.search_drop,
         ), **overrides})
 
 
@@ -286,6 +295,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
     search = sections["search"]
     constraints = dict(sections["constraints"])
     holdout = constraints.pop("holdout", None)
+    search_drop = constraints.pop("search_drop", "budget")
     return StudyConfig(
         study_name=top["study_name"],
         storage=top.get("storage", f"sqlite:///{top['study_name']}.db"),
@@ -312,6 +322,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         recalibrate_bn=search.get("recalibrate_bn", "auto"),
         flops_target=search.get("flops_target"),
         holdout=holdout,
+        search_drop=search_drop,
         precisions=tuple(search["precisions"].split(",") if isinstance(search.get("precisions"), str)
                          else search.get("precisions", ("float",))),
         source=source,

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..acceptance.confirm import DEFAULT_HOLDOUT, check_share
+from ..acceptance.confirm import DEFAULT_HOLDOUT, check_share, with_search_drop
 from ..precision.search import FLOAT_ONLY
 from ..precision.grid import GRID
 from .constraints import DEFAULT_GRID, Constraints
@@ -77,7 +77,7 @@ class SyntheticObjective(RateObjective):
         fail, nan: ``(layer, rate)`` pairs whose configurations raise / yield NaN.
         batch_size, first_batch: the batch schedule (see ``PruningObjective``).
         delay: seconds slept per batch (to simulate slow evaluations in multi-worker tests).
-        accept, confidence, holdout: the acceptance rule (see ``PruningObjective``).
+        accept, confidence, holdout, search_drop: the acceptance rule (see ``PruningObjective``).
         noise, noise_seed: simulate per-image sampling error (see the module docs).
         precisions, precision_loss: the precision grid (float alone: pruning only) and
             ``{layer: {precision: accuracy lost}}`` (see the module docs).
@@ -113,6 +113,7 @@ class SyntheticObjective(RateObjective):
         noise_seed: int = 0,
         precisions: Sequence[str] = FLOAT_ONLY,
         precision_loss: Mapping[str, Mapping[str, float]] | None = None,
+        search_drop: str = "budget",
     ) -> None:
         self.sizes = dict(layer_sizes)
         self.precision_loss = {name: {**DEFAULT_PRECISION_LOSS, **dict((precision_loss or {}).get(name, {}))}
@@ -145,6 +146,7 @@ class SyntheticObjective(RateObjective):
             "min_accuracy": min_accuracy, "memory_target": memory_target, "memory_budget": memory_budget,
             "accept": accept, "confidence": confidence,
         })
+        constraints = with_search_drop(constraints, search_drop, self.n_confirm)
         layers = sorted(self.sizes.items(), key=lambda kv: -kv[1])
         super().__init__(
             layers=layers, base_bytes=4 * (sum(self.sizes.values()) + other_params), constraints=constraints,
