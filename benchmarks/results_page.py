@@ -414,6 +414,31 @@ def speed(frames: Frames) -> pd.DataFrame:
     return out
 
 
+PRECISION = ("precision/comparison.csv",)
+PRECISION_GOAL = 0.9
+"""Issue 34's saving goal, within 3 points and within 1.5 points."""
+
+
+def precision(frames: Frames) -> pd.DataFrame:
+    """Per checkpoint and accuracy budget, each precision policy's delivered saving (median over
+    seeds, seeds at 90% or more), how often something was confirmed, how often the delivery held
+    on the seed's test part, and the images it spent (maximize mode, AQ4SViT's budget)."""
+    table = frames["precision/comparison.csv"]
+    rows = []
+    for (bench, drop, policy), group in table.groupby(["benchmark", "drop", "policy"], sort=False):
+        delivered = group[group.confirmed.astype(bool)]
+        rows.append({
+            "checkpoint, budget": f"{bench}, {100 * drop:g} points", "policy": policy,
+            "delivered saving, median (seeds >= 90%)": f"{pct(group.saving.median())} "
+                                                        f"({int((group.saving >= PRECISION_GOAL).sum())}/{len(group)})",
+            "best seed": pct(group.saving.max()),
+            "confirmed": f"{len(delivered)}/{len(group)}",
+            "test holds": f"{int(delivered.test_ok.astype(bool).sum())}/{len(delivered)}",
+            "images, median": count(group.images.median()),
+        })
+    return pd.DataFrame(rows)
+
+
 TABLES = (
     Table("setting", COMPARISON + FINETUNE + ("comparison/*/runs.csv",), setting),
     Table("comparison", COMPARISON, comparison_headline),
@@ -421,6 +446,7 @@ TABLES = (
     Table("power-ceiling", POWER, power_ceiling),
     Table("power-ladder", POWER, power_ladder),
     Table("families", COMPARISON, families),
+    Table("precision", PRECISION, precision),
     Table("readme-headline", COMPARISON, readme_headline),
     Table("claim-order", COMPARISON, claim_order),
     Table("claim-walk", COMPARISON, by_rule("prioritized")),

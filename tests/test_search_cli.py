@@ -332,6 +332,7 @@ def test_default_search_delivers_a_confirmed_selection_and_its_cost(confirmed, c
     (["--holdout", "0.1"], "the confirmation part has 10 images, too few to confirm anything at 95%"),
     (["--eval-images", "40", "--max-accuracy-drop", "0.03"], "images, too few to confirm anything at 95% (at least 88 needed"),
     (["--accept", "point", "--holdout", "0.5"], "holdout applies to accept = 'confirmed' only"),
+    (["--accept", "point", "--search-drop", "anticipate"], "search_drop = 'anticipate' needs accept = 'confirmed'"),
     (["--accept", "point", "--confidence", "0.9"], "confidence applies to accept = 'confirmed' or 'confident' only"),
     (["--policy", "prioritized", "--compare-walk"], "--compare-walk runs the paper's walk beside another policy"),
 ])
