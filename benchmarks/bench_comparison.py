@@ -220,11 +220,13 @@ def tables(table: pd.DataFrame) -> str:
 
 PRECISION_RESULTS = RESULTS.parent / "precision"
 FULL_GRID = ("float", "int8", "int4", "int2")
-PRECISION_POLICIES = {  # name: (sampler, precision grid, search_drop); the budget is the AQ4SViT row's images
+PRECISION_POLICIES = {  # name: (sampler, precision grid, search_drop); the image budget is the images
+    # of the AQ4SViT row with the same search_drop (the same images and acceptance as its anchor)
     "aq4svit": ("aq4svit", FULL_GRID, "budget"),
     "aq4svit, anticipate": ("aq4svit", FULL_GRID, "anticipate"),
-    "joint (budget-aware)": ("budget-aware", FULL_GRID, "budget"),
-    "joint, anticipate": ("budget-aware", FULL_GRID, "anticipate"),
+    "joint": ("joint", FULL_GRID, "budget"),
+    "joint, anticipate": ("joint", FULL_GRID, "anticipate"),
+    "budget-aware knapsack": ("budget-aware", FULL_GRID, "budget"),
     "int8 + walk": ("precision-walk", ("float", "int8"), "budget"),
 }
 UNIFORM_POINTS = ("int8", "int4")
@@ -232,25 +234,35 @@ UNIFORM_POINTS = ("int8", "int4")
 held-back images like any delivery."""
 
 
-def precision_comparison(bench: str, drop: float, seeds: int) -> pd.DataFrame:
+def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "") -> pd.DataFrame:
     """The joint (rate, precision) search against its baselines (issue 34), in maximize mode (no
     memory target): per seed (which re-draws the validation/test split, the search/confirmation
     split and the evaluation order), the AQ4SViT-style search runs first and its evaluated images
     are every other search's image budget; the uniform precisions are single points. Confirmed
     acceptance at 95% with the accuracy budget ``drop``; each delivery is evaluated once on the
-    seed's test part. Rows replace the cell's in benchmarks/results/precision/comparison.csv."""
+    seed's test part. Rows replace the cell's in benchmarks/results/precision/comparison[-<tag>].csv,
+    written after every row (a run cut short keeps what it measured)."""
     import optuna
 
     from primesvt_optuna.acceptance.confirm import judge
     from primesvt_optuna.plugin.result import result
-    from primesvt_optuna.plugin.samplers import AQ4SViTSampler, BudgetAwareSampler, PrecisionWalkSampler
+    from primesvt_optuna.plugin.samplers import AQ4SViTSampler, BudgetAwareSampler, JointSampler, PrecisionWalkSampler
     from primesvt_optuna.precision.search import PRECISION_PREFIX
     from primesvt_optuna.training import evaluate
 
     config, checkpoint, _ = BENCHMARKS[bench]
     cfg = load_study_config(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rows = []
+    rows: list[dict] = []
+    PRECISION_RESULTS.mkdir(parents=True, exist_ok=True)
+    path = PRECISION_RESULTS / (f"comparison-{tag}.csv" if tag else "comparison.csv")
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["benchmark", "drop"])
+    old = old[~((old.benchmark == bench) & (old["drop"] == drop))]  # other cells' rows stay
+
+    def save() -> pd.DataFrame:
+        table = pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
+        table.to_csv(path, index=False)
+        return table
 
     def objective_for(seed: int, grid: tuple[str, ...], search_drop: str) -> PruningObjective:
         return cfg.objective(checkpoint=checkpoint, max_accuracy_drop=drop, memory_target=None, precisions=grid,
@@ -264,16 +276,18 @@ def precision_comparison(bench: str, drop: float, seeds: int) -> pd.DataFrame:
                    precisions=" ".join(f"{k}={v}" for k, v in sorted(precisions.items())),
                    rates=" ".join(f"{k}={v:g}" for k, v in sorted(rates.items()) if v))
         rows.append({**row, **machine()})
+        save()
         print({k: row[k] for k in ("benchmark", "drop", "policy", "seed", "images", "saving", "confirmed", "test_drop")},
               flush=True)
 
     for seed in range(seeds):
-        budget = None
+        budgets: dict[str, int] = {}  # per search_drop: the AQ4SViT-style search's images
         for name, (policy, grid, search_drop) in PRECISION_POLICIES.items():
+            budget = budgets.get(search_drop)
             objective = objective_for(seed, grid, search_drop)
             walk = {"walk_all": True} if policy == "precision-walk" else {}  # maximize mode
             sampler = {"budget-aware": BudgetAwareSampler, "precision-walk": PrecisionWalkSampler,
-                       "aq4svit": AQ4SViTSampler}[policy](grid=cfg.grid, precisions=grid, seed=seed,
+                       "aq4svit": AQ4SViTSampler, "joint": JointSampler}[policy](grid=cfg.grid, precisions=grid, seed=seed,
                                                           budget_images=None if policy == "aq4svit" else budget, **walk)
             started = time.perf_counter()
             study = optuna.create_study(directions=objective.directions, sampler=sampler)
@@ -281,8 +295,8 @@ def precision_comparison(bench: str, drop: float, seeds: int) -> pd.DataFrame:
             wall = time.perf_counter() - started
             res = result(study)
             spent = res.stats["images_evaluated"] + res.stats["images_recalibrated"]  # what a budget counts
-            if name == "aq4svit":
-                budget = spent
+            if policy == "aq4svit":
+                budgets[search_drop] = budget = spent
             confirmation = (res.selected or {}).get("confirmation") or {}
             row = {"benchmark": bench, "drop": drop, "policy": name, "seed": seed, "search_drop": search_drop,
                    "budget_images": budget, "trials": len(study.trials), "images": spent,
@@ -293,6 +307,7 @@ def precision_comparison(bench: str, drop: float, seeds: int) -> pd.DataFrame:
                    "bound": confirmation.get("bound"), "confirm_images": objective.confirm_images}
             if not res.both_met:  # nothing delivered: nothing reaches the test split
                 rows.append({**row, "test_drop": None, "test_ok": True, **machine()})
+                save()
                 print({k: row[k] for k in ("policy", "seed", "images", "saving")}, flush=True)
                 continue
             params = study.trials[res.selected["trial"]].params
@@ -315,15 +330,7 @@ def precision_comparison(bench: str, drop: float, seeds: int) -> pd.DataFrame:
                    "confirmed": ok, "saving": saving if ok else 0.0, "search_drop_measured": base_search - search,
                    "bound": verdict.bound, "confirm_images": objective.confirm_images}
             record(row, objective, {}, every)  # its test drop even when it is not delivered
-    table = pd.DataFrame(rows)
-    PRECISION_RESULTS.mkdir(parents=True, exist_ok=True)
-    path = PRECISION_RESULTS / "comparison.csv"
-    if path.exists():  # keep other cells' rows
-        old = pd.read_csv(path)
-        if "drop" in old.columns:
-            table = pd.concat([old[~((old.benchmark == bench) & (old["drop"] == drop))], table], ignore_index=True)
-    table.to_csv(path, index=False)
-    return table
+    return save()
 
 
 def main() -> None:
@@ -350,7 +357,7 @@ def main() -> None:
     if args.precision:
         for item in args.cells:
             bench, _, drop = item.partition(":")
-            precision_comparison(bench, float(drop), args.seeds)
+            precision_comparison(bench, float(drop), args.seeds, args.tag)
         return
     path = RESULTS / (f"comparison-{args.tag}.csv" if args.tag else "comparison.csv")
     if args.tables:

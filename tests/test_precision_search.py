@@ -20,7 +20,7 @@ from primesvt_optuna.models import build_model
 from primesvt_optuna.plugin import SyntheticObjective
 from primesvt_optuna.plugin.result import result
 from primesvt_optuna.plugin.samplers import (
-    AQ4SViTSampler, BudgetAwareSampler, PrecisionWalkSampler, UniformSampler, rates_key,
+    AQ4SViTSampler, BudgetAwareSampler, JointSampler, PrecisionWalkSampler, UniformSampler, rates_key,
 )
 from primesvt_optuna.precision import artifact_sizes
 from primesvt_optuna.storage import open_storage
@@ -146,6 +146,48 @@ def test_aq4svit_lowers_the_smallest_drift_per_byte_first_and_stops_at_the_first
         pytest.fail("the search never failed a step: the stop rule was not exercised")
     # free steps first (int8 everywhere costs nothing), int2 of fc2 (0.03 alone) is what breaks it
     assert [t.params for t in steps[:4]] and all(p == "int8" for p in [steps[3].params[f"precision:{n}"] for n in SIZES])
+
+
+def test_joint_gallops_the_drift_order_freezes_what_fails_then_prunes_on_top():
+    """The precision descent follows AQ4SViT's order but gallops over it (fewer evaluations than
+    one step at a time), goes on past the step that fails with that layer frozen (AQ4SViT stops
+    there), and the budget-aware plan then prunes on top of the precisions it found."""
+    objective = make(accept="point", memory_target=None)
+    joint = run(JointSampler(grid=GRID, precisions=ALL), objective)
+    aq = run(AQ4SViTSampler(grid=GRID, precisions=ALL), make(accept="point", memory_target=None))
+    descent = [t for t in joint.trials if t.user_attrs.get("phase") == "precision"]
+    aq_steps = [t for t in aq.trials if t.user_attrs.get("phase") == "search"]
+    proxy = joint.user_attrs["primesvt:precision_proxy"]
+    # every descent trial is a prefix of the drift order (from float, frozen layers left out)
+    assert all(all(t.params[f"rate:{n}"] == 0.0 for n in SIZES) for t in descent)
+    passed = [t for t in descent if t.constraints["accuracy"] <= 0]
+    base = max(passed, key=lambda t: t.user_attrs["memory_saving"])
+    # fc2 at int2 (0.03 alone) fails: AQ4SViT stops at that step, the joint descent freezes fc2 at
+    # int4 and goes on lowering the others, past AQ4SViT's last configuration
+    assert base.params["precision:fc2"] == "int4" and base.params["precision:fc1"] == "int2"
+    assert base.user_attrs["memory_saving"] > max(t.user_attrs["memory_saving"] for t in aq_steps
+                                                  if t.constraints["accuracy"] <= 0)
+    assert len(descent) < len(aq_steps) + 3
+    # pruning on top: later trials keep the base's precisions and add rates
+    on_top = [t for t in joint.trials if t.user_attrs.get("phase") not in ("precision", "reference", None)
+              and any(t.params[f"rate:{n}"] for n in SIZES)]
+    assert on_top and all(t.params[f"precision:{n}"] == base.params[f"precision:{n}"] for t in on_top for n in SIZES)
+    res = result(joint)
+    assert res.both_met and res.selected["memory_saving"] >= base.user_attrs["memory_saving"]
+    assert proxy and joint.user_attrs["primesvt:sampler"]["precisions"] == list(ALL)
+
+
+def test_joint_resumes_and_refuses_a_float_grid(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'j.db'}"
+    first = optuna.create_study(storage=storage, study_name="j", directions=make().directions,
+                                sampler=JointSampler(grid=GRID, precisions=ALL))
+    first.optimize(make(), n_trials=6)
+    again = optuna.load_study(study_name="j", storage=storage, sampler=JointSampler(grid=GRID, precisions=ALL))
+    again.optimize(make())
+    whole = run(JointSampler(grid=GRID, precisions=ALL), make())
+    assert selected(again) == selected(whole)
+    with pytest.raises(PrimeSVTError, match="the joint search lowers precisions"):
+        JointSampler(grid=GRID, precisions=("float",))
 
 
 def test_uniform_and_precision_walk_baselines():

@@ -84,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "NAME-walk and say in one line what it delivers")
     p.add_argument("--precisions", metavar="LIST",
                    help="also choose a weight precision per layer from this grid, e.g. float,int8,int4,int2 "
-                        "(default float: pruning only; policies budget-aware, uniform, precision-walk, aq4svit, "
+                        "(default float: pruning only; policies budget-aware, uniform, precision-walk, aq4svit, joint, "
                         "tpe, nsga2; config: [search] precisions)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     p.add_argument("--resume", action="store_true",
@@ -99,7 +99,7 @@ def make_sampler(cfg: Any, worker: int = 0, auto_images: int | None = None) -> A
     import optuna
 
     from ..plugin import BudgetAwareSampler, PrioritizedSampler, RandomOrderSampler, SmallestFirstSampler, UniformSampler
-    from ..plugin.samplers import AQ4SViTSampler, PrecisionWalkSampler
+    from ..plugin.samplers import AQ4SViTSampler, JointSampler, PrecisionWalkSampler
 
     common = {"grid": cfg.grid, "wait_timeout": cfg.wait_timeout,
               "budget_images": cfg.budget_images if cfg.budget_images is not None else auto_images}
@@ -122,6 +122,8 @@ def make_sampler(cfg: Any, worker: int = 0, auto_images: int | None = None) -> A
         return PrecisionWalkSampler(seed=cfg.seed, **common, **walk, **quant)
     if cfg.policy == "aq4svit":
         return AQ4SViTSampler(seed=cfg.seed, **common, **quant)
+    if cfg.policy == "joint":
+        return JointSampler(seed=cfg.seed, **common, **quant)
     if cfg.policy == "tpe":
         return optuna.samplers.TPESampler(seed=cfg.seed + worker)
     return optuna.samplers.NSGAIISampler(seed=cfg.seed + worker)

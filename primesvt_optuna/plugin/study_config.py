@@ -42,7 +42,7 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     # flops_target = 0.3                    # also save this fraction of FLOPs per image (constraint "flops")
     # precisions = "float,int8,int4,int2"   # also choose a weight precision per layer (default: float alone,
                                             #   pruning only); policies budget-aware, uniform, precision-walk,
-                                            #   aq4svit, tpe, nsga2
+                                            #   aq4svit, joint, tpe, nsga2
 
 Relative paths are relative to the current directory. Every mistake (malformed TOML, unknown
 key, wrong type, grid outside [0, 1), negative accuracy budget, memory target >= 1) is one
@@ -63,8 +63,8 @@ from .constraints import DEFAULT_GRID, Constraints, normalize_grid
 from .pruner import DEFAULT_FIRST_BATCH
 
 POLICIES = ("budget-aware", "prioritized", "uniform", "random-order", "smallest-first", "tpe", "nsga2",
-            "precision-walk", "aq4svit")
-PRECISION_POLICIES = ("budget-aware", "uniform", "precision-walk", "aq4svit", "tpe", "nsga2")
+            "precision-walk", "aq4svit", "joint")
+PRECISION_POLICIES = ("budget-aware", "uniform", "precision-walk", "aq4svit", "joint", "tpe", "nsga2")
 WALK_POLICIES = ("prioritized", "random-order", "smallest-first")
 EARLY_CUTS = ("exact", "statistical", "off")
 DEFAULT_POLICY = "budget-aware"  # finds the largest confirmed savings (docs/results.md); "prioritized" is the paper's walk
@@ -172,7 +172,7 @@ class StudyConfig:
             raise bad(f"[search] precisions: {exc}") from None
         if self.precisions != FLOAT_ONLY and self.policy not in PRECISION_POLICIES:
             raise bad(f"policy {self.policy!r} prunes only: with precisions choose one of {', '.join(PRECISION_POLICIES)}")
-        if self.precisions == FLOAT_ONLY and self.policy in ("precision-walk", "aq4svit"):
+        if self.precisions == FLOAT_ONLY and self.policy in ("precision-walk", "aq4svit", "joint"):
             raise bad(f"policy {self.policy!r} chooses precisions: give precisions, e.g. float,int8,int4")
 
     def with_overrides(self, **overrides: Any) -> StudyConfig:

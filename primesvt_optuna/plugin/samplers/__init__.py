@@ -2,6 +2,7 @@
 
 from ._aq4svit import AQ4SViTSampler
 from ._budget_aware import BudgetAwareSampler
+from ._joint import JointSampler
 from ._precision_walk import PrecisionWalkSampler
 from ._prioritized import PrioritizedSampler
 from ._random_order import RandomOrderSampler
@@ -14,6 +15,7 @@ __all__ = [
     "AQ4SViTSampler",
     "BudgetAwareSampler",
     "ClaimSampler",
+    "JointSampler",
     "PrecisionWalkSampler",
     "PrioritizedSampler",
     "RandomOrderSampler",
@@ -27,7 +29,7 @@ __all__ = [
 _POLICIES = {
     cls.policy: cls
     for cls in (PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, BudgetAwareSampler,
-                AQ4SViTSampler, PrecisionWalkSampler)
+                AQ4SViTSampler, PrecisionWalkSampler, JointSampler)
 }
 
 

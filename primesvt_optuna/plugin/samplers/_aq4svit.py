@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from optuna.study import Study
@@ -73,18 +73,25 @@ class AQ4SViTSampler(ClaimSampler):
         return Done("every layer at the narrowest precision")
 
     def next_step(self, proxy: dict[str, dict[str, dict[str, float]]], current: dict[str, int]) -> str | None:
-        """The layer to lower next: the smallest drift added per byte saved by its next step (ties:
-        the layer name); None when every layer is at the narrowest precision."""
-        best: tuple[float, str] | None = None
-        for layer, index in current.items():
-            if index + 1 >= len(self._precisions):
-                continue
-            now, then = (proxy[layer][self._precisions[i]] for i in (index, index + 1))
-            saved = now["bytes"] - then["bytes"]
-            cost = max(0.0, then["drift"] - now["drift"]) / saved if saved > 0 else float("inf")
-            if best is None or (cost, layer) < best:
-                best = (cost, layer)
-        return None if best is None else best[1]
+        """The layer to lower next (see :func:`lowest_drift_step`)."""
+        return lowest_drift_step(proxy, self._precisions, current)
 
     def _config(self, current: dict[str, int]) -> dict[str, float]:
         return {precision_param(layer): float(GRID[self._precisions[i]]) for layer, i in current.items() if i}
+
+
+def lowest_drift_step(proxy: dict[str, dict[str, dict[str, float]]], precisions: Sequence[str],
+                      current: dict[str, int], frozen: Collection[str] = ()) -> str | None:
+    """The layer to lower next by one step of ``precisions`` (``current``: each layer's index in
+    it): the smallest drift added per byte saved (ties: the layer name), ``frozen`` layers left
+    out; None when every other layer is at the narrowest precision."""
+    best: tuple[float, str] | None = None
+    for layer, index in current.items():
+        if index + 1 >= len(precisions) or layer in frozen:
+            continue
+        now, then = (proxy[layer][precisions[i]] for i in (index, index + 1))
+        saved = now["bytes"] - then["bytes"]
+        cost = max(0.0, then["drift"] - now["drift"]) / saved if saved > 0 else float("inf")
+        if best is None or (cost, layer) < best:
+            best = (cost, layer)
+    return None if best is None else best[1]

@@ -35,6 +35,9 @@ class _OnTop:
     def trial_for(self, key: str) -> FrozenTrial | None:
         return self._snap.trial_for(self.key(key))
 
+    def __getattr__(self, name: str) -> Any:  # everything else (e.g. the finished trials) as it is
+        return getattr(self._snap, name)
+
 
 class PrecisionWalkSampler(PrioritizedSampler):
     """Precision first, then the paper's largest-first walk on what is left.
