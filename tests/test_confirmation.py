@@ -238,8 +238,10 @@ def test_a_worker_killed_during_confirmation_resumes_without_a_duplicate(tmp_pat
 
 @pytest.mark.parametrize(("budget", "n", "k"), [(0.03, 180, 1), (0.03, 539, 9), (0.015, 180, 0), (0.02, 400, 3)])
 def test_the_anticipated_drop_is_the_largest_loss_the_held_back_images_still_confirm(budget, n, k) -> None:
-    assert anticipated_drop(budget, n, 0.95) == k / n
+    assert anticipated_drop(budget, n, 0.95) == (k + 0.5) / n
     assert drop_upper_bound(k, 0, n, 0.95) <= budget < drop_upper_bound(k + 1, 0, n, 0.95)
+    # k images lost of a search part one image smaller still pass, k + 1 of one image larger do not
+    assert k / (n - 1) <= anticipated_drop(budget, n, 0.95) < (k + 1) / (n + 1)
 
 
 def test_anticipate_steps_the_search_by_the_anticipated_drop_and_confirms_against_the_budget() -> None:

@@ -231,12 +231,14 @@ held-back images could still confirm (:func:`anticipated_drop`)."""
 
 
 def anticipated_drop(max_drop: float, confirm_images: int, confidence: float) -> float:
-    """The largest drop ``k / n`` (``n`` held-back images) that, lost again on the held-back images
-    with nothing gained back, still confirms within ``max_drop``: the search's point rule at this
-    allowance keeps the candidates the confirmation can pass. With the whole budget the search
-    picks, among hundreds of configurations, those that spent it to the last image on the search
-    images, and the paired bound on 180 held-back images passes a loss of at most one image
-    within 3 points (docs/acceptance.md)."""
+    """The drop the search steps by under ``search_drop="anticipate"``: ``(k + 1/2) / n``, where
+    ``k`` is the most images (of ``n`` held back) a configuration may lose, gaining none back, and
+    still be confirmed within ``max_drop``. The search's point rule at this allowance keeps the
+    candidates the confirmation can pass: with the whole budget the search picks, among hundreds
+    of configurations, those that spent it to the last image on the search images, while the
+    paired bound on 180 held-back images passes a loss of at most one image within 3 points. The
+    half image lets a search part one image smaller or larger than the held-back part lose ``k``
+    images too (one of 179 is more than one of 180)."""
     if confirm_images <= 0 or drop_upper_bound(0, 0, confirm_images, confidence) > max_drop + 1e-12:
         return 0.0
     lo, hi = 0, confirm_images  # the bound grows with k: the last k that passes
@@ -246,7 +248,7 @@ def anticipated_drop(max_drop: float, confirm_images: int, confidence: float) ->
             lo = mid
         else:
             hi = mid - 1
-    return lo / confirm_images
+    return min(max_drop, (lo + 0.5) / confirm_images)
 
 
 def with_search_drop(constraints: Any, rule: str, confirm_images: int) -> Any:

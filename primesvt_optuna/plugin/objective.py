@@ -650,8 +650,8 @@ class PruningObjective(RateObjective):
             confirmation (stratified by class, whole source images, seeded by ``seed``).
         search_drop: under confirmed acceptance, the drop the search steps by: ``"budget"``
             (default: ``max_accuracy_drop``) or ``"anticipate"`` (the largest drop the held-back
-            images could still confirm if lost again there, e.g. 0.56 points of a 3-point budget
-            on 180 images; :func:`~primesvt_optuna.acceptance.confirm.anticipated_drop`).
+            images could still confirm if lost again there, e.g. one image of 180 for a 3-point
+            budget; :func:`~primesvt_optuna.acceptance.confirm.anticipated_drop`).
         recalibrate_bn: before evaluating a pruned configuration, re-estimate the BatchNorm
             statistics on this many training images (EagleEye's adaptive BN; seeded by ``seed``,
             batches of 64, see :mod:`primesvt_optuna.pruning.recalibrate`); 0 (default): off;
