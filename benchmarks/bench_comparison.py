@@ -229,6 +229,10 @@ PRECISION_POLICIES = {  # name: (sampler, precision grid, search_drop); the imag
     "budget-aware knapsack": ("budget-aware", FULL_GRID, "budget"),
     "int8 + walk": ("precision-walk", ("float", "int8"), "budget"),
 }
+PRECISION_HOLDOUT = {0.015: 0.6}
+"""Held-back share per accuracy budget where the default (0.5) cannot confirm anything: at 1.5
+points and 95% a confirmation part needs 178 images, and half of a re-drawn digits validation
+split can be 177."""
 UNIFORM_POINTS = ("int8", "int4")
 """Single points, no search: every prunable layer at this precision, unpruned, confirmed on the
 held-back images like any delivery."""
@@ -266,7 +270,8 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "") -> 
 
     def objective_for(seed: int, grid: tuple[str, ...], search_drop: str) -> PruningObjective:
         return cfg.objective(checkpoint=checkpoint, max_accuracy_drop=drop, memory_target=None, precisions=grid,
-                             seed=seed, search_drop=search_drop, data={"resplit": seed})
+                             seed=seed, search_drop=search_drop, data={"resplit": seed},
+                             holdout=PRECISION_HOLDOUT.get(drop, 0.5))
 
     def record(row: dict, objective: PruningObjective, rates: dict, precisions: dict) -> None:
         model = objective.build(rates, precisions)
@@ -304,7 +309,8 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "") -> 
                    "wall_s": round(wall, 1), "confirmed": bool(res.both_met),
                    "saving": res.selected["memory_saving"] if res.both_met else 0.0,
                    "search_drop_measured": None if res.selected is None else res.selected["accuracy_drop"],
-                   "bound": confirmation.get("bound"), "confirm_images": objective.confirm_images}
+                   "bound": confirmation.get("bound"), "confirm_images": objective.confirm_images,
+                   "holdout": objective.holdout}
             if not res.both_met:  # nothing delivered: nothing reaches the test split
                 rows.append({**row, "test_drop": None, "test_ok": True, **machine()})
                 save()
@@ -328,7 +334,8 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "") -> 
                    "search_drop": "budget", "budget_images": None, "trials": 1, "images_recalibrated": 0,
                    "images": objective.eval_images + objective.confirm_images, "wall_s": round(time.perf_counter() - started, 1),
                    "confirmed": ok, "saving": saving if ok else 0.0, "search_drop_measured": base_search - search,
-                   "bound": verdict.bound, "confirm_images": objective.confirm_images}
+                   "bound": verdict.bound, "confirm_images": objective.confirm_images,
+                   "holdout": objective.holdout}
             record(row, objective, {}, every)  # its test drop even when it is not delivered
     return save()
 

@@ -74,6 +74,19 @@ def test_acceptance_rule_and_recalibration():
         plain.with_overrides(accept="point", accept_confidence=0.9)
 
 
+def test_the_default_policy_follows_the_precision_grid():
+    """Not named, the policy is budget-aware for pruning alone and joint with a precision grid
+    (from the file or from --precisions); a named policy stays what it is."""
+    assert parse_study_config(GOOD).policy == "budget-aware"
+    quantized = parse_study_config(GOOD + "[search]\nprecisions = 'float,int8,int4'\n")
+    assert quantized.policy == "joint"
+    assert parse_study_config(GOOD).with_overrides(precisions=("float", "int4")).policy == "joint"
+    assert quantized.with_overrides(precisions=("float",)).policy == "budget-aware"
+    named = parse_study_config(GOOD + "[search]\npolicy = 'budget-aware'\n")
+    assert named.with_overrides(precisions=("float", "int4")).policy == "budget-aware"
+    assert parse_study_config(GOOD).with_overrides(policy="aq4svit", precisions=("float", "int4")).policy == "aq4svit"
+
+
 def test_confirmed_acceptance_settings():
     """accept, confidence and holdout of the confirmed rule, from the file and from flags; the
     objective gets them (its confirmation part is the held-back share of the evaluation images)."""
