@@ -483,9 +483,10 @@ def _print(res: Any, storage: str, cost: dict[str, Any], budget: str | None) -> 
         print(f"selected: trial {sel['trial']}: {where} accuracy {accuracy}"
               + (f" (unpruned {100 * base_acc:.2f}%)" if base_acc is not None else "")
               + f", {sel['model_bytes']:,} bytes of {sel['base_bytes']:,} (saves {100 * sel['memory_saving']:.2f}%)")
-        for layer, rate in sel["rates"].items():
-            print(f"  {layer:<40} {rate:g}")
-        if not sel["rates"]:
+        precisions = sel.get("precisions", {})
+        for layer in dict.fromkeys([*sel["rates"], *precisions]):
+            print(f"  {layer:<40} {sel['rates'].get(layer, 0.0):g}" + (f"  {precisions[layer]}" if layer in precisions else ""))
+        if not sel["rates"] and not precisions:
             print("  (no layer pruned)")
         command = f"primesvt export '{storage}' --study-name {res.study_name} --output pruned.pt --finetune-epochs 3"
         if confirmation is None or res.both_met:

@@ -268,6 +268,12 @@ def _selection(chosen: FrozenTrial, attrs: dict[str, Any]) -> dict[str, Any]:
     }
     if "accuracy_lower_bound" in a:
         selected["accuracy_lower_bound"] = a["accuracy_lower_bound"]
+    from ..precision.search import PRECISION_PREFIX
+
+    precisions = {p[len(PRECISION_PREFIX):]: v for p, v in chosen.params.items()
+                  if p.startswith(PRECISION_PREFIX) and v != "float"}
+    if precisions:  # only a search over precisions has them
+        selected["precisions"] = precisions
     return selected
 
 
