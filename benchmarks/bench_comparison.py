@@ -238,7 +238,7 @@ UNIFORM_POINTS = ("int8", "int4")
 held-back images like any delivery."""
 
 
-def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "") -> pd.DataFrame:
+def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", first_seed: int = 0) -> pd.DataFrame:
     """The joint (rate, precision) search against its baselines (issue 34), in maximize mode (no
     memory target): per seed (which re-draws the validation/test split, the search/confirmation
     split and the evaluation order), the AQ4SViT-style search runs first and its evaluated images
@@ -260,8 +260,8 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "") -> 
     rows: list[dict] = []
     PRECISION_RESULTS.mkdir(parents=True, exist_ok=True)
     path = PRECISION_RESULTS / (f"comparison-{tag}.csv" if tag else "comparison.csv")
-    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["benchmark", "drop"])
-    old = old[~((old.benchmark == bench) & (old["drop"] == drop))]  # other cells' rows stay
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["benchmark", "drop", "seed"])
+    old = old[~((old.benchmark == bench) & (old["drop"] == drop) & old.seed.between(first_seed, first_seed + seeds - 1))]
 
     def save() -> pd.DataFrame:
         table = pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
@@ -285,7 +285,7 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "") -> 
         print({k: row[k] for k in ("benchmark", "drop", "policy", "seed", "images", "saving", "confirmed", "test_drop")},
               flush=True)
 
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         budgets: dict[str, int] = {}  # per search_drop: the AQ4SViT-style search's images
         for name, (policy, grid, search_drop) in PRECISION_POLICIES.items():
             budget = budgets.get(search_drop)
@@ -353,6 +353,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=None, help="images per study (default: per benchmark)")
     parser.add_argument("--max-trials", type=int, default=1500, help="safety net; reported when hit")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="--precision: seeds first .. first + seeds - 1")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the cells' reports and CSV rows from the studies already in storage (no wall time)")
@@ -364,7 +365,7 @@ def main() -> None:
     if args.precision:
         for item in args.cells:
             bench, _, drop = item.partition(":")
-            precision_comparison(bench, float(drop), args.seeds, args.tag)
+            precision_comparison(bench, float(drop), args.seeds, args.tag, args.first_seed)
         return
     path = RESULTS / (f"comparison-{args.tag}.csv" if args.tag else "comparison.csv")
     if args.tables:
