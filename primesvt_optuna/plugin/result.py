@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..acceptance.confirm import Ladder, is_confirmation, study_ladder
 from .constraints import RATE_PREFIX, STUDY_PREFIX, Constraints, layer_of
 from .samplers import WalkSampler, from_settings
-from .samplers._claims import _claimed_rates, rates_key
+from .samplers._claims import _claimed_rates
 
 COLUMNS = [
     "trial", "state", "phase", "layer", "rate", "accuracy", "accuracy_drop", "model_bytes", "memory_saving",

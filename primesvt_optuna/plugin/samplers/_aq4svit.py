@@ -48,13 +48,10 @@ class AQ4SViTSampler(ClaimSampler):
         return {**super().settings(), "precisions": list(self._precisions)}
 
     def _next(self, study: Study, snap: Snapshot) -> Decision:
-        layers = self._started(study, snap, need_sizes=False)
-        if not isinstance(layers, list):
-            return layers
-        proxy = self._written_attr(study, "precision_proxy")
-        if proxy is None:
-            return Wait("the objective's precision proxy (it writes it when it first sees the study)")
-        current = {layer_of(p): 0 for p, _ in layers}  # index into the precision grid, 0 = float
+        started = proxy_start(self, study, snap)
+        if not isinstance(started, tuple):
+            return started
+        proxy, current = started
         for _ in range(len(current) * (len(self._precisions) - 1)):
             step = self.next_step(proxy, current)
             if step is None:
@@ -95,3 +92,16 @@ def lowest_drift_step(proxy: dict[str, dict[str, dict[str, float]]], precisions:
         if best is None or (cost, layer) < best:
             best = (cost, layer)
     return None if best is None else best[1]
+
+
+def proxy_start(sampler: ClaimSampler, study: Study, snap: Snapshot
+                ) -> Decision | tuple[dict[str, dict[str, dict[str, float]]], dict[str, int]]:
+    """(the objective's drift table, every layer at index 0 of the precision grid: float) once the
+    reference trial and the table are known, else the decision that waits for them."""
+    layers = sampler._started(study, snap, need_sizes=False)
+    if not isinstance(layers, list):
+        return layers
+    proxy = sampler._written_attr(study, "precision_proxy")
+    if proxy is None:
+        return Wait("the objective's precision proxy (it writes it when it first sees the study)")
+    return proxy, {layer_of(p): 0 for p, _ in layers}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,11 +11,10 @@ from optuna.study import Study
 from ...errors import PrimeSVTError
 from ...precision.grid import GRID
 from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
-from ..constraints import layer_of
-from ._aq4svit import lowest_drift_step
+from ._aq4svit import lowest_drift_step, proxy_start
 from ._budget_aware import BudgetAwareSampler
 from ._claims import ACCEPTED, FREE, HELD, Candidate, Decision, Snapshot, Wait, rates_key
-from ._precision_walk import _OnTop
+from ._precision_walk import decide_on_top
 
 
 class JointSampler(BudgetAwareSampler):
@@ -76,13 +75,10 @@ class JointSampler(BudgetAwareSampler):
     def base(self, study: Study, snap: Snapshot) -> Decision | dict[str, float]:
         """The precision configuration the pruning starts from, or the decision still to be
         taken to know it."""
-        layers = self._started(study, snap, need_sizes=False)
-        if not isinstance(layers, list):
-            return layers
-        proxy = self._written_attr(study, "precision_proxy")
-        if proxy is None:
-            return Wait("the objective's precision proxy (it writes it when it first sees the study)")
-        current = {layer_of(p): 0 for p, _ in layers}  # index into the precision grid, 0 = float
+        started = proxy_start(self, study, snap)
+        if not isinstance(started, tuple):
+            return started
+        proxy, current = started
         frozen: set[str] = set()
         while True:
             sequence: list[tuple[str, dict[str, int]]] = []  # (layer lowered, configuration after)
@@ -108,11 +104,7 @@ class JointSampler(BudgetAwareSampler):
         base = self.base(study, snap)
         if not isinstance(base, dict):
             return base
-        decision = super()._next(study, _OnTop(snap, base))  # type: ignore[arg-type]
-        if isinstance(decision, Candidate):
-            rates = {**decision.rates, **base}
-            return dataclasses.replace(decision, key=rates_key(rates), rates=rates)
-        return decision
+        return decide_on_top(snap, base, functools.partial(super()._next, study))
 
 
 def _last_passing(snap: Snapshot, steps: list[dict[str, float]]) -> tuple[bool, int, Candidate | None]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from optuna.study import Study
@@ -37,6 +38,16 @@ class _OnTop:
 
     def __getattr__(self, name: str) -> Any:  # everything else (e.g. the finished trials) as it is
         return getattr(self._snap, name)
+
+
+def decide_on_top(snap: Snapshot, base: dict[str, float], decide: Callable[[Snapshot], Decision]) -> Decision:
+    """``decide`` on the snapshot seen from ``base`` (:class:`_OnTop`), a candidate it returns
+    with the base's entries added: a sampler's own search run on top of a base configuration."""
+    decision = decide(_OnTop(snap, base))  # type: ignore[arg-type]
+    if isinstance(decision, Candidate):
+        rates = {**decision.rates, **base}
+        return dataclasses.replace(decision, key=rates_key(rates), rates=rates)
+    return decision
 
 
 class PrecisionWalkSampler(PrioritizedSampler):
@@ -90,11 +101,7 @@ class PrecisionWalkSampler(PrioritizedSampler):
         base = self.base(study, snap)
         if not isinstance(base, dict):
             return base
-        decision = super()._next(study, _OnTop(snap, base))  # type: ignore[arg-type]
-        if isinstance(decision, Candidate):
-            rates = {**decision.rates, **base}
-            return dataclasses.replace(decision, key=rates_key(rates), rates=rates)
-        return decision
+        return decide_on_top(snap, base, functools.partial(super()._next, study))
 
     def walk_state(self, study: Study) -> WalkState:
         snap = self._snapshot(study, self._read(study), None)
