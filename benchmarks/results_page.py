@@ -559,9 +559,10 @@ def render(table: Table) -> str:
 
 def pages() -> dict[str, Path]:
     """The pages whose marked tables this command writes: docs/results.md, docs/costs.md,
-    docs/acceptance.md and the README's headline."""
+    docs/acceptance.md, docs/precision.md and the README's headline."""
     return {"docs/results.md": PAGE, "docs/costs.md": ROOT / "docs" / "costs.md",
-            "docs/acceptance.md": ROOT / "docs" / "acceptance.md", "README.md": README}
+            "docs/acceptance.md": ROOT / "docs" / "acceptance.md",
+            "docs/precision.md": ROOT / "docs" / "precision.md", "README.md": README}
 
 
 def fill(page: str) -> str:
