@@ -32,6 +32,7 @@ from primesvt_optuna.plugin import (
 )
 from _paper_rule import PruningObjective, SyntheticObjective  # noqa: E402,F811 (the point rule)
 from primesvt_optuna.plugin.constraints import CLAIM, WORKER
+from primesvt_optuna.plugin.samplers import JointSampler
 from primesvt_optuna.plugin.samplers._claims import FinishedIndex
 from primesvt_optuna.plugin.result import result
 from primesvt_optuna.storage import fail_stale_trials, open_storage
@@ -394,7 +395,8 @@ def test_killed_worker_on_journal_storage_is_detected_and_its_trial_redone(tmp_p
 
 
 @pytest.mark.parametrize(
-    "cls", [PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, plugin.SyntheticObjective],
+    "cls", [PrioritizedSampler, SmallestFirstSampler, RandomOrderSampler, UniformSampler, plugin.SyntheticObjective,
+            JointSampler],
     ids=lambda c: c.__name__,
 )
 def test_docstring_examples_run(cls):
