@@ -177,6 +177,20 @@ def test_joint_gallops_the_drift_order_freezes_what_fails_then_prunes_on_top():
     assert proxy and joint.user_attrs["primesvt:sampler"]["precisions"] == list(ALL)
 
 
+def test_joint_charges_the_descent_to_the_plan_on_top():
+    """The plan on top of the base sees the base as its reference: the float reference and the
+    descent's trials still count against the image budget when it decides whether a walk fits."""
+    sampler = JointSampler(grid=GRID, precisions=ALL)
+    study = run(sampler, make(accept="point", memory_target=None))
+    snap = sampler._snapshot(study, sampler._read(study), None)
+    base = sampler.base(study, snap)
+    base_trial = snap.trial_for(rates_key(base))
+    before = sampler._spent_before(snap, base_trial)
+    descent = [t for t in study.trials if t.user_attrs.get("phase") in ("reference", "precision")]
+    assert {t.number for t in before} == {t.number for t in descent} - {base_trial.number}
+    assert BudgetAwareSampler(grid=GRID)._spent_before(snap, base_trial) == []
+
+
 def test_joint_resumes_and_refuses_a_float_grid(tmp_path):
     storage = f"sqlite:///{tmp_path / 'j.db'}"
     first = optuna.create_study(storage=storage, study_name="j", directions=make().directions,

@@ -85,6 +85,7 @@ def test_the_default_policy_follows_the_precision_grid():
     named = parse_study_config(GOOD + "[search]\npolicy = 'budget-aware'\n")
     assert named.with_overrides(precisions=("float", "int4")).policy == "budget-aware"
     assert parse_study_config(GOOD).with_overrides(policy="aq4svit", precisions=("float", "int4")).policy == "aq4svit"
+    assert parse_study_config(GOOD).with_overrides(policy="uniform").with_overrides(study_name="x").policy == "uniform"
 
 
 def test_confirmed_acceptance_settings():

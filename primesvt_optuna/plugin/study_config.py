@@ -122,7 +122,12 @@ class StudyConfig:
             return PrimeSVTError(f"{self.source}: {message}")
 
         if not self.policy:
-            named = tuple(self.precisions) != ("float",)
+            from ..precision.search import FLOAT_ONLY, check_precisions
+
+            try:
+                named = check_precisions(self.precisions) != FLOAT_ONLY
+            except PrimeSVTError:  # refused where the grid is used, with its own line
+                named = True
             object.__setattr__(self, "policy", DEFAULT_PRECISION_POLICY if named else DEFAULT_POLICY)
             object.__setattr__(self, "default_policy", True)
 
@@ -189,7 +194,9 @@ class StudyConfig:
         effect, an interval alone asks for the confident rule (the only one that has one); a rule
         other than confirmed drops the config's ``holdout``."""
         changes = {k: v for k, v in overrides.items() if v is not None}
-        if self.default_policy and "policy" not in changes:  # the default follows the new grid
+        if "policy" in changes:
+            changes["default_policy"] = False
+        elif self.default_policy:  # the default follows the new grid
             changes.update(policy="", default_policy=False)
         acceptance = {name: changes.pop(key) for key, name in
                       (("accept", "accept"), ("accept_confidence", "confidence"), ("accept_interval", "interval"))

@@ -338,11 +338,17 @@ class BudgetAwareSampler(ClaimSampler):
             return [t for t in found if t is not None and t.user_attrs.get("phase") == phase]
 
         solo = {param: evaluated([self._solo(param, c) for c in self._choices()], "robustness") for param, _ in layers}
-        spent = [reference, *(t for trials in solo.values() for t in trials), *evaluated(plan, "plan")]
+        spent = [reference, *(t for trials in solo.values() for t in trials), *evaluated(plan, "plan"),
+                 *self._spent_before(snap, reference)]
         walk = [t for param in prefix for t in solo[param]]
         images, trials = self._search_budget(study)
         return ((images is None or images - sum(map(images_spent, spent)) >= sum(map(images_spent, walk)))
                 and (trials is None or trials - len(spent) >= len(walk)))
+
+    def _spent_before(self, snap: Snapshot, reference: FrozenTrial) -> list[FrozenTrial]:
+        """Trials of a search that ran before this plan's reference (none here; the joint search's
+        precision descent, where the plan runs on top of its base)."""
+        return []
 
     def _options(self, snap: Snapshot, reference: FrozenTrial, param: str, size: int) -> dict[Choice, tuple[float, float]]:
         """{(rate, bits): (cost, saving)} of the settings of ``param`` that passed alone."""

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from optuna.study import Study
+from optuna.trial import FrozenTrial
 
 from ...errors import PrimeSVTError
 from ...precision.grid import GRID
@@ -99,6 +100,11 @@ class JointSampler(BudgetAwareSampler):
 
     def _precision_config(self, current: dict[str, int]) -> dict[str, float]:
         return {precision_param(layer): float(GRID[self._descent[i]]) for layer, i in current.items() if i}
+
+    def _spent_before(self, snap: Snapshot, reference: FrozenTrial) -> list[FrozenTrial]:
+        # the float reference and the descent: the plan's own reference is the base, one of them
+        return [t for t in snap.finished() if t.user_attrs.get("phase") in ("reference", "precision")
+                and t.number != reference.number]
 
     def _next(self, study: Study, snap: Snapshot) -> Decision:
         base = self.base(study, snap)
