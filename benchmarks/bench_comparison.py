@@ -251,7 +251,6 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
     from primesvt_optuna.acceptance.confirm import judge
     from primesvt_optuna.plugin.result import result
     from primesvt_optuna.plugin.samplers import AQ4SViTSampler, BudgetAwareSampler, JointSampler, PrecisionWalkSampler
-    from primesvt_optuna.precision.search import PRECISION_PREFIX
     from primesvt_optuna.training import evaluate
 
     config, checkpoint, _ = BENCHMARKS[bench]
@@ -316,10 +315,7 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
                 save()
                 print({k: row[k] for k in ("policy", "seed", "images", "saving")}, flush=True)
                 continue
-            params = study.trials[res.selected["trial"]].params
-            precisions = {p[len(PRECISION_PREFIX):]: v for p, v in params.items()
-                          if p.startswith(PRECISION_PREFIX) and v != "float"}
-            record(row, objective, res.selected["rates"], precisions)
+            record(row, objective, res.selected["rates"], res.selected.get("precisions", {}))
         for precision in UNIFORM_POINTS:
             objective = objective_for(seed, FULL_GRID, "budget")
             every = {layer: precision for layer in objective.engine.layers}

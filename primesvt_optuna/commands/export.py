@@ -185,10 +185,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _selected_precisions(study: Any, number: int) -> dict[str, str]:
     """The selected trial's quantized layers, ``{layer: precision}`` (empty for a float selection)."""
-    from ..precision.search import PRECISION_PREFIX
+    from ..precision.search import quantized_layers
 
-    params = study.trials[number].params
-    return {p[len(PRECISION_PREFIX):]: str(v) for p, v in params.items() if p.startswith(PRECISION_PREFIX) and v != "float"}
+    return quantized_layers(study.trials[number].params)
 
 
 def _recalibrate_as_searched(model: Any, recalibration: dict[str, Any], splits: Any, report: dict[str, Any],

@@ -34,6 +34,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from ..acceptance.confirm import Ladder, is_confirmation, study_ladder
+from ..precision.search import quantized_layers
 from .constraints import RATE_PREFIX, STUDY_PREFIX, Constraints, layer_of
 from .samplers import WalkSampler, from_settings
 from .samplers._claims import _claimed_rates
@@ -268,10 +269,7 @@ def _selection(chosen: FrozenTrial, attrs: dict[str, Any]) -> dict[str, Any]:
     }
     if "accuracy_lower_bound" in a:
         selected["accuracy_lower_bound"] = a["accuracy_lower_bound"]
-    from ..precision.search import PRECISION_PREFIX
-
-    precisions = {p[len(PRECISION_PREFIX):]: v for p, v in chosen.params.items()
-                  if p.startswith(PRECISION_PREFIX) and v != "float"}
+    precisions = quantized_layers(chosen.params)
     if precisions:  # only a search over precisions has them
         selected["precisions"] = precisions
     return selected

@@ -11,6 +11,7 @@ existed (same claim, same key), and a quantized one extends it with its precisio
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import PrimeSVTError
 from .grid import FLOAT, GRID, parse_grid
@@ -26,6 +27,12 @@ def precision_param(layer: str) -> str:
 
 def is_precision(param: str) -> bool:
     return param.startswith(PRECISION_PREFIX)
+
+
+def quantized_layers(params: Mapping[str, Any]) -> dict[str, str]:
+    """``{layer: precision}`` of a trial's parameters, float layers left out (empty for a float
+    trial)."""
+    return {p[len(PRECISION_PREFIX):]: str(v) for p, v in params.items() if is_precision(p) and v != FLOAT}
 
 
 def bits_of(name: str | int | float) -> int:
