@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from optuna.study import Study
@@ -378,17 +378,9 @@ def _gallop(snap: Snapshot, steps: list[dict[str, float]], phase: str, param: st
     ``last_second``: when the first step fails, the last is probed next, and if it fails too
     nothing passes (two evaluations); if it passes, the gallop goes on as above.
     """
-    def probe(i: int) -> str | Candidate:
-        key = rates_key(steps[i])
-        status = snap.status(key)
-        if status == FREE:
-            rate = steps[i].get(param) if param is not None else None
-            return Candidate(key, phase, param, rate, dict(steps[i]))
-        return status
-
     if last_second and len(steps) > 1:  # nothing passes unless the last step does
         for i in (0, len(steps) - 1):
-            status = probe(i)
+            status = _probe(snap, steps[i], phase, param)
             if isinstance(status, Candidate):
                 return False, None, status
             if status == HELD:
@@ -397,25 +389,44 @@ def _gallop(snap: Snapshot, steps: list[dict[str, float]], phase: str, param: st
                 break
         else:
             return True, None, None
-    failed, passed, gap, i = -1, None, 1, 0
+    return first_flip(snap, steps, phase, lambda status: status == ACCEPTED, param)
+
+
+def first_flip(snap: Snapshot, steps: list[dict[str, float]], phase: str, flipped: Callable[[str], bool],
+               param: str | None = None) -> tuple[bool, int | None, Candidate | None]:
+    """(known, index of the first step whose status ``flipped`` holds or None when no step's
+    does, the step to evaluate next: None while another worker holds it), for ``steps`` taken to
+    flip from some step on: probes 0, 1, 3, 7, ... (doubling gaps) up to the first flip, then
+    halves the gap back to the last step that did not. :func:`_gallop` looks for the first pass,
+    the joint search's precision descent for the first failure."""
+    before, first, gap, i = -1, None, 1, 0
     while True:
-        status = probe(i)
+        status = _probe(snap, steps[i], phase, param)
         if isinstance(status, Candidate):
             return False, None, status
         if status == HELD:
             return False, None, None
-        if status == ACCEPTED:
-            passed = i
+        if flipped(status):
+            first = i
         else:
-            failed = i
-        if passed is None:  # doubling gaps up to the first pass
+            before = i
+        if first is None:  # doubling gaps up to the first flip
             if i == len(steps) - 1:
                 return True, None, None
             i, gap = min(i + gap, len(steps) - 1), gap * 2
-        elif passed - failed > 1:  # then halve the gap back to the last failure
-            i = (failed + passed) // 2
+        elif first - before > 1:  # then halve the gap back to the last step that did not flip
+            i = (before + first) // 2
         else:
-            return True, passed, None
+            return True, first, None
+
+
+def _probe(snap: Snapshot, step: dict[str, float], phase: str, param: str | None) -> str | Candidate:
+    """The status of ``step``, or the candidate that evaluates it when nobody has."""
+    key = rates_key(step)
+    status = snap.status(key)
+    if status == FREE:
+        return Candidate(key, phase, param, step.get(param) if param is not None else None, dict(step))
+    return status
 
 
 def _kept(choice: Choice) -> float:

@@ -13,8 +13,8 @@ from ...errors import PrimeSVTError
 from ...precision.grid import GRID
 from ...precision.search import FLOAT_ONLY, check_precisions, precision_param
 from ._aq4svit import lowest_drift_step, proxy_start
-from ._budget_aware import BudgetAwareSampler
-from ._claims import ACCEPTED, FREE, HELD, Candidate, Decision, Snapshot, Wait, rates_key
+from ._budget_aware import BudgetAwareSampler, first_flip
+from ._claims import ACCEPTED, Candidate, Decision, Snapshot, Wait
 from ._precision_walk import decide_on_top
 
 
@@ -115,23 +115,7 @@ class JointSampler(BudgetAwareSampler):
 
 def _last_passing(snap: Snapshot, steps: list[dict[str, float]]) -> tuple[bool, int, Candidate | None]:
     """(known, index of the last step that passes, -1 when the first fails; the step to evaluate
-    next, None while another worker holds it) of ``steps`` taken to pass up to some step: probes
-    0, 1, 3, 7, ... (doubling gaps) up to the first failure, then halves the gap back."""
-    passed, failed, i, gap = -1, len(steps), 0, 1
-    while True:
-        key = rates_key(steps[i])
-        status = snap.status(key)
-        if status == FREE:
-            return False, passed, Candidate(key, "precision", rates=dict(steps[i]))
-        if status == HELD:
-            return False, passed, None
-        if status == ACCEPTED:
-            passed = i
-        else:
-            failed = i
-        if failed == len(steps) and i < len(steps) - 1:  # no failure yet: double the gap
-            i, gap = min(i + gap, len(steps) - 1), gap * 2
-        elif failed - passed > 1:
-            i = (passed + failed) // 2
-        else:
-            return True, passed, None
+    next, None while another worker holds it) of ``steps`` taken to pass up to some step: the
+    first failure, galloped from the first step (:func:`first_flip`), less one."""
+    known, failed, candidate = first_flip(snap, steps, "precision", lambda status: status != ACCEPTED)
+    return known, len(steps) - 1 if failed is None else failed - 1, candidate
