@@ -251,16 +251,21 @@ def anticipated_drop(max_drop: float, confirm_images: int, confidence: float) ->
     return min(max_drop, (lo + 0.5) / confirm_images)
 
 
+def check_search_drop(rule: str, constraints: Any) -> str:
+    """``rule``, refused with one line when it is unknown or does not apply to ``constraints``."""
+    if rule not in SEARCH_DROPS:
+        raise PrimeSVTError(f"search_drop must be one of {', '.join(SEARCH_DROPS)}, got {rule!r}")
+    if rule != "budget" and (not constraints.confirmed or constraints.max_accuracy_drop is None):
+        raise PrimeSVTError("search_drop = 'anticipate' needs accept = 'confirmed' and a max_accuracy_drop "
+                            "(it sizes the search's allowance by the held-back images)")
+    return rule
+
+
 def with_search_drop(constraints: Any, rule: str, confirm_images: int) -> Any:
     """``constraints`` with the search's allowance of ``rule`` (``"budget"``: unchanged), refused
     with one line where it does not apply."""
-    if rule not in SEARCH_DROPS:
-        raise PrimeSVTError(f"search_drop must be one of {', '.join(SEARCH_DROPS)}, got {rule!r}")
-    if rule == "budget":
+    if check_search_drop(rule, constraints) == "budget":
         return constraints
-    if not constraints.confirmed or constraints.max_accuracy_drop is None:
-        raise PrimeSVTError("search_drop = 'anticipate' needs accept = 'confirmed' and a max_accuracy_drop "
-                            "(it sizes the search's allowance by the held-back images)")
     import dataclasses
 
     allowance = anticipated_drop(constraints.max_accuracy_drop, confirm_images, constraints.confidence)

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..acceptance.confirm import DEFAULT_HOLDOUT, SEARCH_DROPS, check_share
+from ..acceptance.confirm import DEFAULT_HOLDOUT, check_search_drop, check_share
 from ..errors import PrimeSVTError
 from .constraints import DEFAULT_GRID, Constraints, normalize_grid
 from .pruner import DEFAULT_FIRST_BATCH
@@ -112,7 +112,7 @@ class StudyConfig:
     recalibrate_bn: int | str = "auto"
     flops_target: float | None = None
     holdout: float | None = None  # confirmed acceptance's held-back share (None: DEFAULT_HOLDOUT)
-    search_drop: str = "budget"  # confirmed acceptance: the drop the search steps by (SEARCH_DROPS)
+    search_drop: str = "budget"  # confirmed acceptance: the drop the search steps by (confirm.SEARCH_DROPS)
     precisions: tuple[str, ...] = ("float",)
     source: str = "<config>"
     default_policy: bool = False  # the policy was not named: it follows the precision grid
@@ -168,10 +168,10 @@ class StudyConfig:
                 check_share(self.holdout)
             except PrimeSVTError as exc:
                 raise bad(str(exc)) from None
-        if self.search_drop not in SEARCH_DROPS:
-            raise bad(f"search_drop must be one of {', '.join(SEARCH_DROPS)}, got {self.search_drop!r}")
-        if self.search_drop != "budget" and not (self.constraints.confirmed and self.constraints.max_accuracy_drop is not None):
-            raise bad("search_drop = 'anticipate' needs accept = 'confirmed' and a max_accuracy_drop")
+        try:
+            check_search_drop(self.search_drop, self.constraints)
+        except PrimeSVTError as exc:
+            raise bad(str(exc)) from None
         try:
             object.__setattr__(self, "grid", normalize_grid(self.grid))
         except PrimeSVTError as exc:
