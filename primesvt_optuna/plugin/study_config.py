@@ -68,7 +68,7 @@ PRECISION_POLICIES = ("budget-aware", "uniform", "precision-walk", "aq4svit", "j
 WALK_POLICIES = ("prioritized", "random-order", "smallest-first")
 EARLY_CUTS = ("exact", "statistical", "off")
 DEFAULT_POLICY = "budget-aware"  # finds the largest confirmed savings (docs/results.md); "prioritized" is the paper's walk
-DEFAULT_PRECISION_POLICY = "joint"  # with a precision grid: beats the knapsack in every cell (docs/results.md)
+DEFAULT_PRECISION_POLICY = "joint"  # with a precision grid: beats the knapsack in every cell (docs/precision.md)
 DEFAULT_ACCEPT = "confirmed"
 
 _TOP = {"study_name": str, "storage": str, "checkpoint": str, "device": str}

@@ -165,11 +165,9 @@ class BudgetAwareSampler(ClaimSampler):
                 return candidate or Wait("the walk from the bounds")
             if memory_met(snap.trial_for(rates_key(self._config(walked)))):
                 chosen = walked  # it stopped at the target, so layers are left to extend it with
-        extra = sorted((p for p in best if p not in chosen and best[p] is not None),
+        quantizing = self._precisions != FLOAT_ONLY  # then a layer in the plan may still go narrower (or lower)
+        extra = sorted((p for p in best if best[p] is not None and (quantizing or p not in chosen)),
                        key=lambda p: (-_value(options[p][best[p]]), -options[p][best[p]][1], p))
-        if self._precisions != FLOAT_ONLY:  # a layer in the plan may still go narrower (or lower)
-            extra = sorted((p for p in best if best[p] is not None),
-                           key=lambda p: (-_value(options[p][best[p]]), -options[p][best[p]][1], p))
         for param in extra:  # extend, most bytes per point first, each layer from its best down
             tries = [{**chosen, param: c} for c in ladders[param] if param not in chosen or _kept(c) < _kept(chosen[param])]
             if not tries:
