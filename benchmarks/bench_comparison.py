@@ -316,14 +316,15 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
                 print({k: row[k] for k in ("policy", "seed", "images", "saving")}, flush=True)
                 continue
             record(row, objective, res.selected["rates"], res.selected.get("precisions", {}))
+        objective = objective_for(seed, FULL_GRID, "budget")  # the unpruned model's part, once per seed
+        base_search = sum(c for c, _ in objective.iter_batches({})) / objective.eval_images
+        reference = objective.confirm_correct({})
         for precision in UNIFORM_POINTS:
-            objective = objective_for(seed, FULL_GRID, "budget")
             every = {layer: precision for layer in objective.engine.layers}
             started = time.perf_counter()
-            base_search = sum(c for c, _ in objective.iter_batches({})) / objective.eval_images
             search = sum(c for c, _ in objective.iter_batches({}, every)) / objective.eval_images
-            verdict = judge(objective.confirm_correct({}), objective.confirm_correct({}, every),
-                            objective.constraints, objective.constraints.confidence)
+            verdict = judge(reference, objective.confirm_correct({}, every), objective.constraints,
+                            objective.constraints.confidence)
             ok = base_search - search <= drop + 1e-12 and verdict.passed
             saving = 1.0 - objective.predict_bytes({}, every) / objective.base_bytes
             row = {"benchmark": bench, "drop": drop, "policy": f"uniform {precision}", "seed": seed,
