@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -266,10 +266,8 @@ def with_search_drop(constraints: Any, rule: str, confirm_images: int) -> Any:
     with one line where it does not apply."""
     if check_search_drop(rule, constraints) == "budget":
         return constraints
-    import dataclasses
-
     allowance = anticipated_drop(constraints.max_accuracy_drop, confirm_images, constraints.confidence)
-    return dataclasses.replace(constraints, search_allowance=allowance)
+    return replace(constraints, search_allowance=allowance)
 
 
 def check_share(holdout: float) -> float:
