@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     recalibration = attrs.get(f"{STUDY_PREFIX}recalibrate_bn")
     if recalibration and (rates or precisions):
         # the search evaluated every pruned (quantized) configuration after adaptive BN: apply it identically
-        _recalibrate_as_searched(pruned, recalibration, splits, report, accuracy, args.device)
+        _recalibrate_as_searched(pruned, model, recalibration, splits, report, accuracy, args.device)
     report["pruned"] = accuracy(pruned.to(args.device))
     check = None
     if parts is not None:
@@ -190,18 +190,22 @@ def _selected_precisions(study: Any, number: int) -> dict[str, str]:
     return quantized_layers(study.trials[number].params)
 
 
-def _recalibrate_as_searched(model: Any, recalibration: dict[str, Any], splits: Any, report: dict[str, Any],
-                             accuracy: Any, device: str) -> None:
+def _recalibrate_as_searched(model: Any, unpruned: Any, recalibration: dict[str, Any], splits: Any,
+                             report: dict[str, Any], accuracy: Any, device: str) -> None:
     """Adaptive BatchNorm on ``model`` in place, with the settings the study recorded, so the written
     model is the one the search evaluated; the report gets the accuracy before it and its images."""
-    from ..pruning.recalibrate import BATCH_SIZE, recalibrate_bn
+    from ..pruning.recalibrate import BATCH_SIZE, RelativeReference, recalibrate_bn
+    from ..pruning.structure import structure_of
 
     report["pruned_plain"] = accuracy(model.to(device))
     report["recalibrate_bn"] = recalibration
-    report["images_recalibrated"] = recalibrate_bn(
-        model, splits.train, images=int(recalibration["images"]), seed=int(recalibration.get("seed", 0)),
-        batch_size=int(recalibration.get("batch_size", BATCH_SIZE)), device=device,
-    )
+    settings = {"images": int(recalibration["images"]), "seed": int(recalibration.get("seed", 0)),
+                "batch_size": int(recalibration.get("batch_size", BATCH_SIZE)), "device": device}
+    relative, spent = None, 0
+    if recalibration.get("rule") == "relative":  # a record without a rule: the absolute rule, as it searched
+        reference = RelativeReference(unpruned, splits.train, **settings)
+        relative, spent = reference.statistics(structure_of(model)), reference.images
+    report["images_recalibrated"] = spent + recalibrate_bn(model, splits.train, relative_to=relative, **settings)
 
 
 def delivery(res: Any, name: str, accept: str) -> dict[str, Any]:

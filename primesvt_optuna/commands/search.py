@@ -61,6 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="adaptive BatchNorm: re-estimate the BN statistics of each pruned model on N training "
                         "images before evaluating it; 'auto' (the default) turns it on where a probe before the "
                         "study shows it lifts accuracy by a point; 0: off (config: [search] recalibrate_bn)")
+    p.add_argument("--recalibrate-rule", choices=("relative", "absolute"),
+                   help="how recalibrated statistics are used: 'relative' (the default) moves the trained ones by "
+                        "what the configuration changed against the unpruned model recalibrated on the same images; "
+                        "'absolute' replaces them (config: [search] recalibrate_rule)")
     p.add_argument("--accept", choices=("confirmed", "point", "confident"),
                    help="accuracy acceptance: 'confirmed' (the default: the search steps on part of the evaluation "
                         "images, and what it delivers must keep the drop within budget on the held-back part, "
@@ -333,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop, memory_target=args.memory_target, workers=args.workers,
         seed=args.seed, device=args.device, batch_size=args.batch_size, eval_images=args.eval_images,
         first_batch=args.first_batch, sweep=args.sweep, budget_images=args.budget_images, prune_embed=args.prune_embed,
-        recalibrate_bn=args.recalibrate_bn, flops_target=args.flops_target, accept=args.accept,
+        recalibrate_bn=args.recalibrate_bn, recalibrate_rule=args.recalibrate_rule, flops_target=args.flops_target, accept=args.accept,
         accept_confidence=args.confidence, accept_interval=args.interval, holdout=args.holdout,
         search_drop=args.search_drop,
         precisions=None if args.precisions is None else tuple(args.precisions.split(",")),

@@ -335,7 +335,8 @@ class RateObjective:
         if reference:
             base = accuracy
             probe = getattr(self, "recalibration_probe", None)  # the study's one probe is charged here
-            attrs["images_recalibrated"] += probe["images"] if probe else 0
+            attrs["images_recalibrated"] += (probe["images"] if probe else 0) + getattr(
+                self, "reference_recalibration_images", 0)
             if storage.get_study_user_attrs(study._study_id).get(BASE_ACCURACY) is None:
                 storage.set_study_user_attr(study._study_id, BASE_ACCURACY, accuracy)
         else:
@@ -660,6 +661,10 @@ class PruningObjective(RateObjective):
             with it) shows it lifts accuracy by a point, its images charged to the reference trial.
             The unpruned reference is evaluated as it is. Recorded on the study; ``primesvt export``
             applies it identically.
+        recalibrate_rule: ``"relative"`` (default): the trained statistics move only by what the
+            configuration changed against the unpruned model recalibrated on the same images (once
+            per study, its images charged to the reference trial); ``"absolute"``: replaced by the
+            recalibrated ones (EagleEye's rule). See :mod:`primesvt_optuna.pruning.recalibrate`.
         flops_target: an optional second resource constraint: the fraction of the FLOPs per image
             (``torch.utils.flop_counter``'s count; neurons and elementwise operators are not
             counted, see :mod:`primesvt_optuna.pruning.flops`) to save, like ``memory_target``.
@@ -700,6 +705,7 @@ class PruningObjective(RateObjective):
         interval: str = "clopper-pearson",
         holdout: float = DEFAULT_HOLDOUT,
         recalibrate_bn: int = 0,
+        recalibrate_rule: str = "relative",
         flops_target: float | None = None,
         precisions: Sequence[str] = FLOAT_ONLY,
         search_drop: str = "budget",
@@ -750,6 +756,13 @@ class PruningObjective(RateObjective):
                 recalibrate_bn, int) or recalibrate_bn < 0):
             raise PrimeSVTError(f"recalibrate_bn is a number of training images (0: off) or 'auto', got {recalibrate_bn!r}")
         self.recalibrate_seed = int(seed)
+        from ..pruning.recalibrate import RULES
+
+        if recalibrate_rule not in RULES:
+            raise PrimeSVTError(f"recalibrate_rule must be one of {', '.join(RULES)}, got {recalibrate_rule!r}")
+        self.recalibrate_rule = recalibrate_rule
+        self._relative_reference: Any = None
+        self._reference_lock = threading.Lock()  # trials of one process share the one reference
         self.recalibrate_bn = AUTO_RECALIBRATION_IMAGES if auto else int(recalibrate_bn)
         self.recalibration_probe: dict[str, Any] | None = None
         if auto:
@@ -794,7 +807,8 @@ class PruningObjective(RateObjective):
             return None
         from ..pruning.recalibrate import BATCH_SIZE
 
-        return {"images": self.recalibrate_bn, "batch_size": BATCH_SIZE, "seed": self.recalibrate_seed}
+        settings = {"images": self.recalibrate_bn, "batch_size": BATCH_SIZE, "seed": self.recalibrate_seed}
+        return {**settings, "rule": "relative"} if self.recalibrate_rule == "relative" else settings
 
     def _probe_recalibration(self, grid: Sequence[float]) -> dict[str, Any]:
         """``recalibrate_bn="auto"``: whether BatchNorm recalibration pays on this model, measured
@@ -824,9 +838,31 @@ class PruningObjective(RateObjective):
         if not self.recalibration_images(rates, precisions):
             return 0
         from ..pruning.recalibrate import recalibrate_bn
+        from ..pruning.structure import structure_of
 
+        relative = None
+        if self.recalibrate_rule == "relative":
+            with self._reference_lock:
+                if self._relative_reference is None:
+                    self._relative_reference = self.relative_reference()
+            relative = self._relative_reference.statistics(structure_of(model))
         return recalibrate_bn(model, self.splits.train, images=self.recalibrate_bn, seed=self.recalibrate_seed,
-                              device=self.device)
+                              device=self.device, relative_to=relative)
+
+    def relative_reference(self) -> Any:
+        """The unpruned model recalibrated as every configuration is (relative rule)."""
+        from ..pruning.recalibrate import RelativeReference
+
+        return RelativeReference(self.engine.model, self.splits.train, images=self.recalibrate_bn,
+                                 seed=self.recalibrate_seed, device=self.device)
+
+    @property
+    def reference_recalibration_images(self) -> int:
+        """What the relative rule's one recalibration of the unpruned model costs (charged once,
+        to the reference trial)."""
+        if not self.recalibrate_bn or self.recalibrate_rule != "relative":
+            return 0
+        return min(self.recalibrate_bn, len(self.splits.train))
 
     def informative_attrs(self) -> dict[str, Any]:
         # checkpoint: where export finds the baseline (hash checked); split: how export and

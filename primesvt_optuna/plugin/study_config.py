@@ -39,6 +39,7 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     confidence = 0.99
     prune_embed = false                     # true: also prune the embedding dimension (one global layer)
     recalibrate_bn = "auto"                 # adaptive BatchNorm where a probe shows it pays; N: on N images; 0: off
+    recalibrate_rule = "relative"           # move the trained statistics by what pruning changed; "absolute": replace them
     # flops_target = 0.3                    # also save this fraction of FLOPs per image (constraint "flops")
     # precisions = "float,int8,int4,int2"   # also choose a weight precision per layer (default: float alone,
                                             #   pruning only); policies budget-aware, uniform, precision-walk,
@@ -78,7 +79,7 @@ _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_targe
 _SEARCH = {
     "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "budget_images": int,
     "trials": int, "seed": int, "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float,
-    "prune_embed": bool, "recalibrate_bn": (int, str), "flops_target": float, "precisions": (str, list),
+    "prune_embed": bool, "recalibrate_bn": (int, str), "recalibrate_rule": str, "flops_target": float, "precisions": (str, list),
 }
 _SECTIONS = {"data": _DATA, "constraints": _CONSTRAINTS, "search": _SEARCH}
 
@@ -110,6 +111,7 @@ class StudyConfig:
     wait_timeout: float = 3600.0
     prune_embed: bool = False
     recalibrate_bn: int | str = "auto"
+    recalibrate_rule: str = "relative"
     flops_target: float | None = None
     holdout: float | None = None  # confirmed acceptance's held-back share (None: DEFAULT_HOLDOUT)
     search_drop: str = "budget"  # confirmed acceptance: the drop the search steps by (confirm.SEARCH_DROPS)
@@ -155,6 +157,10 @@ class StudyConfig:
             raise bad(f"flops_target is the fraction of FLOPs per image to save, in (0, 1), got {self.flops_target}")
         if self.recalibrate_bn != "auto" and (not isinstance(self.recalibrate_bn, int) or self.recalibrate_bn < 0):
             raise bad(f"recalibrate_bn is 'auto' or a number of training images (0: off), got {self.recalibrate_bn!r}")
+        from ..pruning.recalibrate import RULES
+
+        if self.recalibrate_rule not in RULES:
+            raise bad(f"recalibrate_rule must be one of {', '.join(RULES)}, got {self.recalibrate_rule!r}")
         if not 0 <= self.seed < 2**32:
             raise bad(f"seed must be in 0..2**32-1, got {self.seed}")
         if self.wait_timeout <= 0:
@@ -251,6 +257,7 @@ class StudyConfig:
             pruner=ConstraintPruner(**self.pruner_settings), prune_embed=self.prune_embed,
             robustness_cache=robustness_cache, wait_timeout=self.wait_timeout,
             accept=c.accept, confidence=c.confidence, interval=c.interval, recalibrate_bn=self.recalibrate_bn,
+            recalibrate_rule=self.recalibrate_rule,
             flops_target=self.flops_target, holdout=DEFAULT_HOLDOUT if self.holdout is None else self.holdout,
             precisions=self.precisions, search_drop=self.search_drop,
         ), **overrides})
@@ -336,6 +343,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         wait_timeout=search.get("wait_timeout", 3600.0),
         prune_embed=search.get("prune_embed", False),
         recalibrate_bn=search.get("recalibrate_bn", "auto"),
+        recalibrate_rule=search.get("recalibrate_rule", "relative"),
         flops_target=search.get("flops_target"),
         holdout=holdout,
         search_drop=search_drop,
