@@ -238,14 +238,17 @@ UNIFORM_POINTS = ("int8", "int4")
 held-back images like any delivery."""
 
 
-def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", first_seed: int = 0) -> pd.DataFrame:
+def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", first_seed: int = 0,
+                         policies: list[str] | None = None) -> pd.DataFrame:
     """The joint (rate, precision) search against its baselines (issue 34), in maximize mode (no
     memory target): per seed (which re-draws the validation/test split, the search/confirmation
     split and the evaluation order), the AQ4SViT-style search runs first and its evaluated images
     are every other search's image budget; the uniform precisions are single points. Confirmed
     acceptance at 95% with the accuracy budget ``drop``; each delivery is evaluated once on the
     seed's test part. Rows replace the cell's in benchmarks/results/precision/comparison[-<tag>].csv,
-    written after every row (a run cut short keeps what it measured)."""
+    written after every row (a run cut short keeps what it measured). ``policies``: only these
+    searches (the AQ4SViT-style search of each ``search_drop`` they use still runs: it sets their
+    budget) and no uniform points; None: all."""
     import optuna
 
     from primesvt_optuna.acceptance.confirm import judge
@@ -287,6 +290,9 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
     for seed in range(first_seed, first_seed + seeds):
         budgets: dict[str, int] = {}  # per search_drop: the AQ4SViT-style search's images
         for name, (policy, grid, search_drop) in PRECISION_POLICIES.items():
+            if policies is not None and name not in policies and not (
+                    policy == "aq4svit" and any(PRECISION_POLICIES[p][2] == search_drop for p in policies)):
+                continue
             budget = budgets.get(search_drop)
             objective = objective_for(seed, grid, search_drop)
             walk = {"walk_all": True} if policy == "precision-walk" else {}  # maximize mode
@@ -309,13 +315,15 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
                    "saving": res.selected["memory_saving"] if res.both_met else 0.0,
                    "search_drop_measured": None if res.selected is None else res.selected["accuracy_drop"],
                    "bound": confirmation.get("bound"), "confirm_images": objective.confirm_images,
-                   "holdout": objective.holdout}
+                   "holdout": objective.holdout, "recalibrate": _recalibration(objective)}
             if not res.both_met:  # nothing delivered: nothing reaches the test split
                 rows.append({**row, "test_drop": None, "test_ok": True, **machine()})
                 save()
                 print({k: row[k] for k in ("policy", "seed", "images", "saving")}, flush=True)
                 continue
             record(row, objective, res.selected["rates"], res.selected.get("precisions", {}))
+        if policies is not None:
+            continue
         objective = objective_for(seed, FULL_GRID, "budget")  # the unpruned model's part, once per seed
         base_search = sum(c for c, _ in objective.iter_batches({})) / objective.eval_images
         reference = objective.confirm_correct({})
@@ -332,9 +340,16 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
                    "images": objective.eval_images + objective.confirm_images, "wall_s": round(time.perf_counter() - started, 1),
                    "confirmed": ok, "saving": saving if ok else 0.0, "search_drop_measured": base_search - search,
                    "bound": verdict.bound, "confirm_images": objective.confirm_images,
-                   "holdout": objective.holdout}
+                   "holdout": objective.holdout, "recalibrate": _recalibration(objective)}
             record(row, objective, {}, every)  # its test drop even when it is not delivered
     return save()
+
+
+def _recalibration(objective: PruningObjective) -> str:
+    """The CSV's ``recalibrate`` column: off, or the rule the study recalibrated by (rows written
+    before the relative rule existed have none: the absolute rule)."""
+    settings = objective.recalibration_settings
+    return "off" if settings is None else settings.get("rule", "absolute")
 
 
 def main() -> None:
@@ -358,11 +373,13 @@ def main() -> None:
     parser.add_argument("--precision", action="store_true",
                         help="the precision comparison instead (precision_comparison): cells BENCHMARK:DROP, "
                              "e.g. digits:0.03 digits:0.015 (maximize mode, confirmed acceptance)")
+    parser.add_argument("--precision-policies", nargs="+", default=None, choices=list(PRECISION_POLICIES),
+                        help="--precision: only these searches (use with --tag)")
     args = parser.parse_args()
     if args.precision:
         for item in args.cells:
             bench, _, drop = item.partition(":")
-            precision_comparison(bench, float(drop), args.seeds, args.tag, args.first_seed)
+            precision_comparison(bench, float(drop), args.seeds, args.tag, args.first_seed, args.precision_policies)
         return
     path = RESULTS / (f"comparison-{args.tag}.csv" if args.tag else "comparison.csv")
     if args.tables:

@@ -19,7 +19,9 @@ from primesvt_optuna.models import build_model
 from primesvt_optuna.plugin import PrioritizedSampler, PruningObjective
 from _paper_rule import PruningObjective, SyntheticObjective  # noqa: E402,F811 (the point rule)
 from primesvt_optuna.pruning import Engine
-from primesvt_optuna.pruning.recalibrate import BATCH_SIZE, batchnorms, recalibrate_bn, recalibration_set
+from primesvt_optuna.pruning.recalibrate import (BATCH_SIZE, RelativeReference, batchnorms, bn_statistics, recalibrate_bn,
+                                                 recalibration_set)
+from primesvt_optuna.pruning.structure import structure_of
 from primesvt_optuna.training import evaluate
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -138,15 +140,19 @@ def test_objective_recalibrates_pruned_trials_counts_the_images_and_records_it(t
     engine_state = {k: v.clone() for k, v in objective.engine.model.state_dict().items()}
     study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=[0.5]))
     study.optimize(objective, n_trials=3)
-    assert study.user_attrs["primesvt:recalibrate_bn"] == {"images": 70, "batch_size": BATCH_SIZE, "seed": 0}
+    assert study.user_attrs["primesvt:recalibrate_bn"] == {"images": 70, "batch_size": BATCH_SIZE, "seed": 0,
+                                                          "rule": "relative"}
     reference, *pruned = study.trials
-    assert reference.user_attrs["images_recalibrated"] == 0  # the unpruned reference is evaluated as it is
+    # the unpruned reference is evaluated as it is; it is charged the relative rule's one
+    # recalibration of the unpruned model
+    assert reference.user_attrs["images_recalibrated"] == 70
     assert reference.user_attrs["accuracy"] == evaluate(model, objective.eval_set)
+    unpruned = RelativeReference(model, splits.train, images=70, seed=0)
     for trial in pruned:
         assert trial.user_attrs["images_recalibrated"] == 70 and trial.user_attrs["images_evaluated"] == 48
         rates = {k.removeprefix("rate:"): v for k, v in trial.params.items() if v > 0}
         expected = objective.engine.prune(rates)
-        recalibrate_bn(expected, splits.train, images=70, seed=0)
+        recalibrate_bn(expected, splits.train, images=70, seed=0, relative_to=unpruned.statistics(structure_of(expected)))
         assert trial.user_attrs["accuracy"] == evaluate(expected, objective.eval_set, batch_size=16)
     # the engine's own model is never touched: its exactness guarantees are about the plain model
     assert all(torch.equal(v, objective.engine.model.state_dict()[k]) for k, v in engine_state.items())
@@ -160,6 +166,20 @@ def test_objective_recalibrates_pruned_trials_counts_the_images_and_records_it(t
     assert all(t.user_attrs["images_recalibrated"] == 0 for t in fresh.trials)
     with pytest.raises(PrimeSVTError, match="number of training images"):
         PruningObjective(**kwargs, recalibrate_bn=-1)
+    with pytest.raises(PrimeSVTError, match="recalibrate_rule must be one of relative, absolute, got 'both'"):
+        PruningObjective(**kwargs, recalibrate_bn=70, recalibrate_rule="both")
+
+    absolute = PruningObjective(**kwargs, recalibrate_bn=70, recalibrate_rule="absolute")  # EagleEye's rule
+    with pytest.raises(PrimeSVTError, match="recalibrate_bn"):  # not the relative study's setting
+        study.optimize(absolute, n_trials=1)
+    other = optuna.create_study(directions=absolute.directions, sampler=PrioritizedSampler(grid=[0.5]))
+    other.optimize(absolute, n_trials=3)
+    assert other.user_attrs["primesvt:recalibrate_bn"] == {"images": 70, "batch_size": BATCH_SIZE, "seed": 0}
+    assert other.trials[0].user_attrs["images_recalibrated"] == 0
+    trial = other.trials[1]
+    expected = objective.engine.prune({k.removeprefix("rate:"): v for k, v in trial.params.items() if v > 0})
+    recalibrate_bn(expected, splits.train, images=70, seed=0)
+    assert trial.user_attrs["accuracy"] == evaluate(expected, absolute.eval_set, batch_size=16)
 
 
 def test_an_objective_built_from_a_model_leaves_the_callers_model_alone(tiny):
@@ -191,6 +211,46 @@ def test_a_comparison_reads_the_test_split_on_the_recalibrated_model(tiny):
     rates = report["rates"]
     assert rates  # a pruned configuration was selected
     recalibrated = objective.engine.prune(rates)
-    recalibrate_bn(recalibrated, splits.train, images=70, seed=0)
+    unpruned = RelativeReference(model, splits.train, images=70, seed=0)
+    recalibrate_bn(recalibrated, splits.train, images=70, seed=0, relative_to=unpruned.statistics(structure_of(recalibrated)))
     assert report["accuracy"] == evaluate(recalibrated, splits.test, batch_size=16)
     assert report["accuracy"] != evaluate(objective.engine.prune(rates), splits.test, batch_size=16)
+
+
+def test_relative_recalibration_moves_the_trained_statistics_by_the_change_only(tiny):
+    """Relative rule: an unchanged model keeps its statistics (absolute recalibration replaces them
+    with a few hundred images' estimate), and a pruned model's statistics are its trained ones
+    moved by (its recalibrated - the unpruned model's recalibrated), in its own channels."""
+    model, splits = tiny
+    reference = RelativeReference(model, splits.train, images=70, seed=1)
+    assert reference.images == 70
+    trained = bn_statistics(model)
+
+    same = copy.deepcopy(model)
+    assert recalibrate_bn(same, splits.train, images=70, seed=1, relative_to=reference.statistics(None)) == 70
+    for name, (mean, var) in bn_statistics(same).items():
+        assert torch.allclose(mean, trained[name][0], atol=1e-6) and torch.allclose(var, trained[name][1], rtol=1e-5)
+    assert any(not torch.allclose(reference.statistics(None)[n][0], trained[n][0]) for n in trained)  # absolute moves
+
+    pruned = _pruned(model)
+    plain = bn_statistics(pruned)  # the trained statistics in the pruned model's channels
+    absolute = copy.deepcopy(pruned)
+    recalibrate_bn(absolute, splits.train, images=70, seed=1)
+    cut = reference.statistics(structure_of(pruned))
+    recalibrate_bn(pruned, splits.train, images=70, seed=1, relative_to=cut)
+    moved = {n: (plain[n][0].shape != trained[n][0].shape) for n in plain}
+    assert any(moved.values())  # some BatchNorm lost channels: the reference was cut to match
+    recalibrated = bn_statistics(absolute)
+    for name, (mean, var) in bn_statistics(pruned).items():
+        assert torch.allclose(mean, plain[name][0] + recalibrated[name][0] - cut[name][0], atol=1e-6)
+        assert torch.allclose(var, plain[name][1] * recalibrated[name][1] / cut[name][1], rtol=1e-5)
+
+
+def test_relative_recalibration_refuses_statistics_of_another_structure(tiny):
+    model, splits = tiny
+    reference = RelativeReference(model, splits.train, images=20, seed=0)
+    pruned = _pruned(model)
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    with pytest.raises(PrimeSVTError, match="reference statistics do not match BatchNorm"):
+        recalibrate_bn(pruned, splits.train, images=20, relative_to=reference.statistics(None))
+    assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in before.items())  # left as it was

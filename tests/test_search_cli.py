@@ -118,7 +118,8 @@ def test_recalibration_and_confident_acceptance_search_and_export(workdir, capsy
     refused), counted per trial, and export applies the same recalibration before saving."""
     from primesvt_optuna.data import load_splits
     from primesvt_optuna.pruning import Engine
-    from primesvt_optuna.pruning.recalibrate import recalibrate_bn
+    from primesvt_optuna.pruning.recalibrate import RelativeReference, recalibrate_bn
+    from primesvt_optuna.pruning.structure import structure_of
     from primesvt_optuna.training import evaluate
 
     url = f"sqlite:///{workdir / 'tiny.db'}"
@@ -126,12 +127,12 @@ def test_recalibration_and_confident_acceptance_search_and_export(workdir, capsy
                   "--confidence", "0.9", "--max-accuracy-drop", "0.9", "--json") == 0
     out = json.loads(capsys.readouterr().out)
     study = optuna.load_study(study_name="recal", storage=open_storage(url))
-    assert study.user_attrs["primesvt:recalibrate_bn"] == {"images": 40, "batch_size": 64, "seed": 0}
+    assert study.user_attrs["primesvt:recalibrate_bn"] == {"images": 40, "batch_size": 64, "seed": 0, "rule": "relative"}
     assert study.user_attrs["primesvt:constraints"]["accept"] == "confident"
     assert study.user_attrs["primesvt:constraints"]["confidence"] == 0.9
     evaluated = [t for t in study.trials if t.user_attrs.get("images_evaluated") and t.user_attrs["phase"] != "reference"]
     assert evaluated and all(t.user_attrs["images_recalibrated"] == 40 for t in evaluated)
-    assert out["stats"]["images_recalibrated"] == 40 * len(evaluated)
+    assert out["stats"]["images_recalibrated"] == 40 * (len(evaluated) + 1)  # + the unpruned model's, once
     same = ("--study-name", "recal", "--resume", "--max-accuracy-drop", "0.9")
     assert search(workdir, *same, "--accept", "confident", "--confidence", "0.9") == 2
     assert "recalibrate_bn" in capsys.readouterr().err  # without --recalibrate-bn: other settings
@@ -145,12 +146,13 @@ def test_recalibration_and_confident_acceptance_search_and_export(workdir, capsy
     assert report["rates"] == rates
     assert rates  # the budget (90 points) accepts every pruned configuration of this untrained model
     # the same recalibration as the search, before saving
-    assert report["recalibrate_bn"] == {"images": 40, "batch_size": 64, "seed": 0}
-    assert report["images_recalibrated"] == 40 and set(report["pruned_plain"]) == {"val", "test"}
+    assert report["recalibrate_bn"] == {"images": 40, "batch_size": 64, "seed": 0, "rule": "relative"}
+    assert report["images_recalibrated"] == 80 and set(report["pruned_plain"]) == {"val", "test"}  # unpruned + pruned
     ckpt_model, ckpt = load_checkpoint(workdir / "tiny.pt")
     expected = Engine(ckpt_model).prune(rates)
     splits = load_splits(ckpt["data"])
-    recalibrate_bn(expected, splits.train, images=40, seed=0)
+    unpruned = RelativeReference(ckpt_model, splits.train, images=40, seed=0)
+    recalibrate_bn(expected, splits.train, images=40, seed=0, relative_to=unpruned.statistics(structure_of(expected)))
     assert report["pruned"] == {s: evaluate(expected, getattr(splits, s)) for s in ("val", "test")}
     saved, _ = load_checkpoint(output)
     assert all(torch.equal(v, saved.state_dict()[k]) for k, v in expected.state_dict().items())
