@@ -439,6 +439,19 @@ def precision(frames: Frames) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def recalibration(frames: Frames) -> pd.DataFrame:
+    """Per checkpoint and configuration, each recalibration rule's images lost / gained against the
+    unpruned model on the validation split, and the drop."""
+    table = frames["engine/recalibration.csv"]
+    rows = []
+    for (bench, label), group in table.groupby(["checkpoint", "configuration"], sort=False):
+        row = {"checkpoint": bench, "configuration": label}
+        for r in group.itertuples():
+            row[f"{r.rule}: lost / gained (drop)"] = f"{r.b} / {r.c} ({100 * r.drop:.2f})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 TABLES = (
     Table("setting", COMPARISON + FINETUNE + ("comparison/*/runs.csv",), setting),
     Table("comparison", COMPARISON, comparison_headline),
@@ -447,6 +460,7 @@ TABLES = (
     Table("power-ladder", POWER, power_ladder),
     Table("families", COMPARISON, families),
     Table("precision", PRECISION, precision),
+    Table("recalibration", ("engine/recalibration.csv",), recalibration),
     Table("readme-headline", COMPARISON, readme_headline),
     Table("claim-order", COMPARISON, claim_order),
     Table("claim-walk", COMPARISON, by_rule("prioritized")),
@@ -632,6 +646,7 @@ PRODUCERS = (
     ("speed/training.csv", "bench_training.py", "python benchmarks/bench_training.py"),
     ("engine/gpu_check.csv", "scripts/gpu_check.sh", "scripts/gpu_check.sh"),
     ("engine/torch_pruning.csv", "torch_pruning_check.py", "python benchmarks/torch_pruning_check.py"),
+    ("engine/recalibration.csv", "bench_recalibration.py", "{command}"),
     ("engine/robustness-digits-2-64.csv", "primesvt robustness", "primesvt robustness digits-2-64 --csv {stem}.csv"),
 )
 

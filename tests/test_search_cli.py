@@ -157,6 +157,20 @@ def test_recalibration_and_confident_acceptance_search_and_export(workdir, capsy
     saved, _ = load_checkpoint(output)
     assert all(torch.equal(v, saved.state_dict()[k]) for k, v in expected.state_dict().items())
 
+    # EagleEye's rule by name: recorded without a rule, and export replaces the statistics
+    assert search(workdir, "--study-name", "absolute", "--recalibrate-bn", "40", "--recalibrate-rule", "absolute",
+                  "--accept", "point", "--max-accuracy-drop", "0.9", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    study = optuna.load_study(study_name="absolute", storage=open_storage(url))
+    assert study.user_attrs["primesvt:recalibrate_bn"] == {"images": 40, "batch_size": 64, "seed": 0}
+    assert main(["export", url, "--study-name", "absolute", "--output", str(workdir / "abs.pt"), "--json",
+                 "--accept", "point"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["images_recalibrated"] == 40
+    expected = Engine(ckpt_model).prune(out["selected"]["rates"])
+    recalibrate_bn(expected, splits.train, images=40, seed=0)
+    assert report["pruned"] == {s: evaluate(expected, getattr(splits, s)) for s in ("val", "test")}
+
 
 def test_search_and_export_deliver_the_best_trial_not_the_walks_commit(workdir, capsys):
     """Smallest-first commits the smallest layer, which already meets a 1% target; the sweep found
