@@ -254,3 +254,21 @@ def test_relative_recalibration_refuses_statistics_of_another_structure(tiny):
     with pytest.raises(PrimeSVTError, match="reference statistics do not match BatchNorm"):
         recalibrate_bn(pruned, splits.train, images=20, relative_to=reference.statistics(None))
     assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in before.items())  # left as it was
+
+
+@pytest.mark.parametrize("rule", ["relative", "absolute"])
+def test_the_automatic_probe_charges_every_image_it_read_once(tiny, rule):
+    """The probe before the study evaluates the search images twice and recalibrates one pruned
+    model, and under the relative rule the unpruned model once more: all of it is charged to the
+    reference trial, once, whether the probe turns recalibration on or off."""
+    model, _ = tiny
+    objective = PruningObjective(model=model, data=make_spec("digits", img_size=16), eval_images=48, batch_size=16,
+                                 grid=[0.5], max_accuracy_drop=0.05, memory_target=0.3, pruner=None,
+                                 recalibrate_bn="auto", recalibrate_rule=rule)
+    probe = objective.recalibration_probe
+    assert probe["images"] == 2 * 48 + 512 * (2 if rule == "relative" else 1)
+    study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=[0.5]))
+    study.optimize(objective, n_trials=2)
+    reference, pruned = study.trials
+    assert reference.user_attrs["images_recalibrated"] == probe["images"]
+    assert pruned.user_attrs["images_recalibrated"] == (512 if probe["on"] else 0)

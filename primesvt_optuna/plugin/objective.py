@@ -824,8 +824,9 @@ class PruningObjective(RateObjective):
         model = self.engine.prune(rates).to(self.device)
         used = self.recalibrate(model, rates)
         recalibrated = evaluate(model, self.eval_set, batch_size=self.batch_size, device=self.device)
+        unpruned = self._relative_reference.images if self._relative_reference is not None else 0
         return {"rate": rate, "plain": plain, "recalibrated": recalibrated, "on": recalibrated - plain >= AUTO_RECALIBRATION_GAIN,
-                "images": 2 * len(self.eval_set) + used}
+                "images": 2 * len(self.eval_set) + used + unpruned}
 
     def recalibration_images(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> int:
         # a quantized model's statistics shift as a pruned one's do: recalibrated alike
@@ -859,8 +860,8 @@ class PruningObjective(RateObjective):
     @property
     def reference_recalibration_images(self) -> int:
         """What the relative rule's one recalibration of the unpruned model costs (charged once,
-        to the reference trial)."""
-        if not self.recalibrate_bn or self.recalibrate_rule != "relative":
+        to the reference trial; within the probe's images when the probe ran)."""
+        if not self.recalibrate_bn or self.recalibrate_rule != "relative" or self.recalibration_probe is not None:
             return 0
         return min(self.recalibrate_bn, len(self.splits.train))
 
