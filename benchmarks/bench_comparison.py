@@ -75,6 +75,10 @@ VARIANTS = {  # name: (study config overrides, policies run by default)
 }
 OBJECTIVE_OPTIONS = {"default": {"accept": "confirmed", "recalibrate_bn": "auto"}}
 """Objective arguments of a variant beyond the study config (each study's own seed re-splits)."""
+RECALIBRATE_RULE = "relative"
+"""The recalibration rule of rows whose studies recalibrate (the ``recalibrate_rule`` column): a
+confirmed row without one ran with the absolute rule, before the relative one was the default, and
+is flagged (‡) in the tables."""
 LADDER = "bands + safe step"
 """The confirmation ladder's rung rule the confirmed rows ran with (the ``ladder`` column): rows
 marked ``at-least`` ran with the rule it replaced (rung j: the smallest search drop among all
@@ -122,6 +126,7 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
         benchmark=bench, target=target, variant=variant, budget_images=budget, max_trials=args.max_trials,
         trial_cap_hit=report.table.policy.map(capped).fillna(False), run_wall_s=round(wall, 1),
         ladder=LADDER if variant in OBJECTIVE_OPTIONS else "",
+        recalibrate_rule=RECALIBRATE_RULE if resplit or "recalibrate_bn" in VARIANTS[variant][0] else "",
         **{k: str(v) for k, v in machine().items()},
     )
 
@@ -135,6 +140,7 @@ def _cell_text(r: pd.Series) -> str:
         saving, images = r.delivered_saving_median, r.images_to_confirmed_median
         cost = "nothing confirmed" if not math.isfinite(images) else f"{images / 1000:.1f}k img"
         old = "†" if getattr(r, "ladder", LADDER) == "at-least" else ""
+        old += "" if isinstance(getattr(r, "recalibrate_rule", None), str) else "‡"
         best = r.delivered_saving_max
         spread = f", best {100 * best:.1f}%" if best > saving + 5e-4 else ""
         return (f"{100 * saving:.1f}%{old} ({r.policy_selection_met}/{r.seeds}{spread}), {cost}, "

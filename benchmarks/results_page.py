@@ -191,7 +191,7 @@ README_ROWS = {  # README headline: (variant, policy) -> row label
     ("default", "prioritized"): "the paper's walk, confirmed",
     ("main", "prioritized"): "the paper's walk, point rule (fixed split)",
     ("main", "budget-aware"): "budget-aware, point rule (fixed split)",
-    ("recal", "budget-aware"): "budget-aware + recalibration, point rule (fixed split)",
+    ("recal", "budget-aware"): "budget-aware + absolute recalibration, point rule (fixed split)",
 }
 
 
@@ -424,11 +424,15 @@ def precision(frames: Frames) -> pd.DataFrame:
     seeds, seeds at 90% or more), how often something was confirmed, how often the delivery held
     on the seed's test part, and the images it spent (maximize mode, AQ4SViT's budget)."""
     table = frames["precision/comparison.csv"]
+    # rows written before the relative rule existed have no column: they recalibrated absolutely
+    rule = table.recalibrate.fillna("absolute") if "recalibrate" in table else pd.Series("absolute", index=table.index)
+    table = table.assign(recalibrate=rule)
     rows = []
-    for (bench, drop, policy), group in table.groupby(["benchmark", "drop", "policy"], sort=False):
+    for (bench, drop, policy, recalibrate), group in table.groupby(["benchmark", "drop", "policy", "recalibrate"],
+                                                                   sort=False):
         delivered = group[group.confirmed.astype(bool)]
         rows.append({
-            "checkpoint, budget": f"{bench}, {100 * drop:g} points", "policy": policy,
+            "checkpoint, budget": f"{bench}, {100 * drop:g} points", "policy": policy, "recalibration": recalibrate,
             "delivered saving, median (seeds >= 90%)": f"{pct(group.saving.median())} "
                                                         f"({int((group.saving >= PRECISION_GOAL).sum())}/{len(group)})",
             "best seed": pct(group.saving.max()),

@@ -79,7 +79,8 @@ _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_targe
 _SEARCH = {
     "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "budget_images": int,
     "trials": int, "seed": int, "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float,
-    "prune_embed": bool, "recalibrate_bn": (int, str), "recalibrate_rule": str, "flops_target": float, "precisions": (str, list),
+    "prune_embed": bool, "recalibrate_bn": (int, str), "recalibrate_rule": str, "flops_target": float,
+    "precisions": (str, list),
 }
 _SECTIONS = {"data": _DATA, "constraints": _CONSTRAINTS, "search": _SEARCH}
 

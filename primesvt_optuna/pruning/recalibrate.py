@@ -26,7 +26,7 @@ unpruned model too (:class:`RelativeReference`, once per study), and each BatchN
 ``mean = trained + (recalibrated - unpruned recalibrated)`` and ``var = trained * recalibrated /
 unpruned recalibrated``. Recalibrating the *unpruned* model absolutely already changes its
 predictions where the training statistics differ from what a few hundred images estimate (on
-digits-hard-2-64 it flips 58 of 538 search images and costs 2.6 points, docs/engine.md): that
+digits-hard-2-64 it changes 112 of 1,078 validation predictions, docs/acceptance.md): that
 noise lands on every recalibrated configuration and widens the paired bound of its confirmation.
 The relative rule cancels it: an unchanged model keeps its statistics exactly, and a BatchNorm
 upstream of every change is left as trained.
