@@ -27,7 +27,8 @@ import pytest
 
 import _synthetic_walk as walk
 from primesvt_optuna.acceptance.bounds import drop_upper_bound, min_images
-from primesvt_optuna.acceptance.confirm import CONFIRM, Ladder, anticipated_drop, ladder, study_ladder
+from primesvt_optuna.acceptance.confirm import (CONFIRM, LEGACY_RUNGS, RUNGS, Ladder, anticipated_drop, ladder, study_ladder,
+                                                study_rungs)
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, PruningObjective, SyntheticObjective
 from primesvt_optuna.plugin.result import result
@@ -120,7 +121,7 @@ def test_the_ladder_climbs_from_the_safest_configuration_that_meets_the_target()
         _trial(5, 0.029, 0.60, {"a": 0.9, "b": 0.3}),
         _trial(6, 0.040, 0.70, {"a": 0.9, "b": 0.9}),  # over the budget on the search images
     ]
-    rungs = ladder(trials, _claimed_rates)
+    rungs = ladder(trials, _claimed_rates, rungs=4)
     assert [(r.number, r.trial.number) for r in rungs] == [(1, 2), (2, 3), (3, 4), (4, 5)]
     steps = Ladder(rungs, reference=trials[0])
     assert steps.next_rung() is rungs[0] and steps.delivered is None and not steps.done
@@ -140,7 +141,7 @@ def test_a_lucky_search_drop_far_above_the_target_does_not_go_first() -> None:
         _trial(3, 0.000, 0.62, {"a": 0.9, "b": 0.5}),
         _trial(4, 0.029, 0.65, {"a": 0.9, "b": 0.6}),
     ]
-    rungs = ladder(trials, _claimed_rates)
+    rungs = ladder(trials, _claimed_rates, rungs=4)
     assert [r.trial.number for r in rungs] == [1, 3, 4]
     assert [r.number for r in rungs] == [1, 3, 4], "rung 2's band is empty: it repeats rung 3's choice, one rung"
 
@@ -172,7 +173,7 @@ def test_an_empty_band_gives_no_rung_so_the_rungs_keep_their_order() -> None:
     no rung, so 90% is tried after 75%, not before it."""
     trials = [_trial(1, 0.010, 0.30, {"a": 0.5}), _trial(2, 0.020, 0.75, {"a": 0.9, "b": 0.5}),
               _trial(3, 0.005, 0.90, {"a": 0.9, "b": 0.9})]
-    assert [(r.number, r.trial.number) for r in ladder(trials, _claimed_rates)] == [(1, 1), (3, 2), (4, 3)]
+    assert [(r.number, r.trial.number) for r in ladder(trials, _claimed_rates, rungs=4)] == [(1, 1), (3, 2), (4, 3)]
 
 
 @pytest.mark.parametrize("sampler", [BudgetAwareSampler, PrioritizedSampler])
@@ -182,7 +183,7 @@ def test_a_search_its_image_budget_ended_is_finished(sampler: type) -> None:
     objective = SyntheticObjective(SIZES, sensitivity=SENSITIVITY, max_accuracy_drop=BUDGET, memory_target=0.7,
                                    n_images=2000, grid=GRID, pruner=None)
     study = optuna.create_study(directions=objective.directions,
-                                sampler=sampler(grid=GRID, budget_images=(4 + 5) * 1000 + 500))
+                                sampler=sampler(grid=GRID, budget_images=(4 + RUNGS + 1) * 1000 + 500))
     study.optimize(objective)
     found = result(study)
     searched = [t for t in study.trials if t.user_attrs.get("phase") not in (CONFIRM, "idle")]
@@ -293,3 +294,26 @@ def test_a_study_under_the_point_rule_has_no_confirmation() -> None:
     assert math.isclose(result(study).selected["memory_saving"], max(
         t.user_attrs["memory_saving"] for t in study.trials if t.user_attrs.get("feasible")))
     assert study_ladder(study.trials, _claimed_rates).rungs, "its search trials would still make a ladder"
+
+
+def test_a_study_records_its_rung_count_and_an_older_study_keeps_four() -> None:
+    """New studies confirm along RUNGS rungs and record it; a study confirmed before the count was
+    recorded keeps the four rungs it was confirmed with (its delivery does not change on resume)."""
+    def run(older: bool) -> optuna.Study:
+        objective = SyntheticObjective(SIZES, sensitivity=SENSITIVITY, max_accuracy_drop=BUDGET, memory_target=0.2,
+                                       n_images=2000, grid=GRID, pruner=None)
+        study = optuna.create_study(directions=objective.directions, sampler=BudgetAwareSampler(grid=GRID))
+        if older:  # what an older version had written before its first trial ended
+            study.set_user_attr("primesvt:constraints", objective.constraints.to_dict())
+        study.optimize(objective)
+        return study
+
+    new, old = run(older=False), run(older=True)
+    assert new.user_attrs["primesvt:rungs"] == RUNGS == 8 and old.user_attrs["primesvt:rungs"] == LEGACY_RUNGS == 4
+    assert study_rungs({}) == LEGACY_RUNGS
+    for study, count in ((new, RUNGS), (old, LEGACY_RUNGS)):
+        steps = {r.number: r.rates for r in study_ladder(study.trials, _claimed_rates, count).rungs}
+        confirmed = {t.user_attrs["rung"]: _claimed_rates(t) for t in study.trials
+                     if t.user_attrs.get("phase") == CONFIRM and t.user_attrs.get("rung")}
+        assert confirmed and all(steps[n] == rates for n, rates in confirmed.items())  # the recorded ladder's rungs
+        assert result(study).selected["confirmation"]["rung"] in steps

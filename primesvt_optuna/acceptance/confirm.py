@@ -25,7 +25,11 @@ search data alone, before any confirmation image is seen:
 
 Testing a fixed sequence and stopping at the first failure is the fixed-sequence procedure: the
 chance that any rung whose true drop exceeds the budget passes is at most ``1 - confidence``
-overall, with no correction for the number of rungs. Under a ``min_accuracy`` constraint a rung
+overall, with no correction for the number of rungs. More rungs cost confirmation images but no
+confidence, and they step closer to what can be confirmed: with 4, a band that reaches from 68% to
+90% saving offers only its safest candidate (72.8% on a digits-hard precision search) before the
+search's own selection, which fails; 8 rungs offer 85.4% in between (docs/acceptance.md). A study
+records its count (``primesvt:rungs``); one recorded without it keeps ``LEGACY_RUNGS``. Under a ``min_accuracy`` constraint a rung
 passes when the exact (Clopper-Pearson) lower bound of its confirmation accuracy meets the floor.
 
 Everything here is derived from trials in storage: a confirmation is a trial with phase
@@ -47,9 +51,18 @@ from .bounds import drop_upper_bound, min_images
 
 CONFIRM = "confirm"
 KEY_PREFIX = "confirm:"
-RUNGS = 4
+RUNGS = 8
+LEGACY_RUNGS = 4
+"""The rungs of a study recorded before the count was a study setting (``primesvt:rungs``): its
+ladder stays the one it was confirmed with."""
+RUNGS_ATTR = "primesvt:rungs"
 DEFAULT_HOLDOUT = 0.5
 MIN_RUNG_IMAGES = 30  # below this the paired bound's normal approximation is not to be trusted
+
+
+def study_rungs(attrs: Mapping[str, Any]) -> int:
+    """The rung count a study's ladder uses, from its user attributes."""
+    return int(attrs.get(RUNGS_ATTR) or LEGACY_RUNGS)
 
 
 def confirm_key(search_key: str) -> str:

@@ -260,11 +260,11 @@ class AutoBudget:
     def reached(self, study: Any, spent: int) -> bool:
         """Whether the budget ended the search: one more full evaluation (and the room the
         confirmations keep) would not have fitted."""
-        from ..acceptance.confirm import RUNGS
+        from ..acceptance.confirm import study_rungs
         from ..plugin.constraints import STUDY_PREFIX
 
         attrs = study.user_attrs
-        reserve = (RUNGS + 1) * int(attrs.get(f"{STUDY_PREFIX}confirm_images") or 0)
+        reserve = (study_rungs(attrs) + 1) * int(attrs.get(f"{STUDY_PREFIX}confirm_images") or 0)
         return spent + int(attrs.get(f"{STUDY_PREFIX}trial_images") or 0) + reserve > self.images
 
     def line(self, study: Any, spent: int) -> str:

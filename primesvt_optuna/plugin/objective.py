@@ -52,7 +52,8 @@ from optuna.study import Study
 from optuna.trial import Trial, TrialState
 
 from .. import faults
-from ..acceptance.confirm import CONFIRM, DEFAULT_HOLDOUT, check_holdout, check_share, confirm_key, judge, with_search_drop
+from ..acceptance.confirm import (CONFIRM, DEFAULT_HOLDOUT, LEGACY_RUNGS, RUNGS, RUNGS_ATTR, check_holdout, check_share,
+                                  confirm_key, judge, with_search_drop)
 from ..errors import PrimeSVTError
 from ..precision.search import FLOAT_ONLY, bits_of, check_precisions, precision_param
 from .constraints import CLAIM, DEFAULT_GRID, STUDY_PREFIX, WORKER, Constraints, normalize_grid, rate_param
@@ -196,6 +197,7 @@ class RateObjective:
             "checkpoint_sha256": self.identity,
             "pruner": self.pruner.describe() if self.pruner is not None else None,
             **({"holdout": self.holdout} if self.constraints.confirmed else {}),
+            **({"rungs": RUNGS} if self.constraints.confirmed else {}),
             # only with a precision grid: a float-only study keeps the attributes it always had
             **({"precisions": list(self.precisions)} if self.quantizing else {}),
         }
@@ -264,7 +266,11 @@ class RateObjective:
             if recorded and not self.quantizing:  # float studies record none, so compare it here
                 raise PrimeSVTError(f"study {study.study_name!r} was created with precisions = {','.join(recorded)}, "
                                     "not float alone: use another study name, or the same settings")
-            write_study_attrs(study, self.study_attrs())
+            attrs = self.study_attrs()
+            current = study._storage.get_study_user_attrs(study._study_id)
+            if "rungs" in attrs and f"{STUDY_PREFIX}constraints" in current and RUNGS_ATTR not in current:
+                attrs["rungs"] = LEGACY_RUNGS  # a study confirmed before the count was recorded keeps its ladder
+            write_study_attrs(study, attrs)
             current = study._storage.get_study_user_attrs(study._study_id)
             for key, value in self.informative_attrs().items():
                 if f"{STUDY_PREFIX}{key}" not in current:

@@ -45,7 +45,7 @@ from ...storage import (
     STALE, TrialTakenOver, fail_heartbeat_stale, fail_if_stale, keep_alive, set_trial_attrs, unrecorded_limit,
     worker_info,
 )
-from ...acceptance.confirm import CONFIRM, KEY_PREFIX, RUNGS, confirm_key, ladder
+from ...acceptance.confirm import CONFIRM, KEY_PREFIX, RUNGS_ATTR, confirm_key, ladder, study_rungs
 from ...precision.search import bits_of, is_precision, name_of
 from ..constraints import (
     CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, Constraints, layer_of, normalize_grid,
@@ -406,7 +406,8 @@ class ClaimSampler(BaseSampler):
         that fails."""
         if self._written_attr(study, "base_accuracy") is None:
             return searched  # no reference accuracy: nothing was searched
-        steps = [({}, None), *((r.rates, r.number) for r in ladder(snap.finished(), _claimed_rates))]
+        rungs = ladder(snap.finished(), _claimed_rates, self._rungs(study))
+        steps = [({}, None), *((r.rates, r.number) for r in rungs)]
         for rates, rung in steps:
             key = confirm_key(rates_key(rates))
             status = snap.status(key)
@@ -523,7 +524,8 @@ class ClaimSampler(BaseSampler):
         never exceeds the budget. That cost is the objective's ``trial_images`` study attribute,
         else the costliest finished trial; while neither is known, only one trial runs (Wait).
         Under confirmed acceptance the search leaves room for the confirmations (the unpruned
-        model and every rung: ``RUNGS + 1`` trials of ``confirm_images`` each)."""
+        model and every rung of the study's ladder, ``study_rungs + 1`` trials of ``confirm_images``
+        each)."""
         images, trials_cap = (self._budget["budget_images"], self._budget["budget_trials"]) if confirming \
             else self._search_budget(study)
         planned = [t for t in trials if (t.system_attrs.get(CLAIM) or {}).get("key") or t.number == me]
@@ -543,13 +545,14 @@ class ClaimSampler(BaseSampler):
 
     def _search_budget(self, study: Study) -> tuple[int | None, int | None]:
         """The images and trials the search may spend: the user's budget, less what confirmation
-        needs under confirmed acceptance (the unpruned model and every rung: ``RUNGS + 1``
+        needs under confirmed acceptance (the unpruned model and every rung: ``study_rungs + 1``
         trials of the objective's ``confirm_images`` each)."""
         images, trials = self._budget["budget_images"], self._budget["budget_trials"]
         if not self._confirming(study):
             return images, trials
-        reserve = (RUNGS + 1) * int(self._written_attr(study, "confirm_images") or 0)
-        return (None if images is None else images - reserve), (None if trials is None else trials - RUNGS - 1)
+        rungs = self._rungs(study)
+        reserve = (rungs + 1) * int(self._written_attr(study, "confirm_images") or 0)
+        return (None if images is None else images - reserve), (None if trials is None else trials - rungs - 1)
 
     def _trial_cost(self, study: Study, finished: Sequence[int]) -> int:
         """The most one evaluation costs in images: the objective's ``trial_images`` study
@@ -561,6 +564,10 @@ class ClaimSampler(BaseSampler):
         if per_storage is None:
             per_storage = self._studies.setdefault(study._storage, {})
         return per_storage.setdefault(study._study_id, _StudyCache())
+
+    def _rungs(self, study: Study) -> int:
+        """The study's rung count (:func:`~primesvt_optuna.acceptance.confirm.study_rungs`)."""
+        return study_rungs({RUNGS_ATTR: self._written_attr(study, "rungs")})
 
     def _written_attr(self, study: Study, name: str) -> Any:
         """The study attribute ``primesvt:<name>`` the objective wrote (None until it is written);
