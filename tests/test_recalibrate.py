@@ -136,7 +136,7 @@ def test_objective_recalibrates_pruned_trials_counts_the_images_and_records_it(t
     spec = make_spec("digits", img_size=16)
     kwargs = dict(model=model, data=spec, eval_images=48, batch_size=16, grid=[0.5], max_accuracy_drop=0.05,
                   memory_target=0.3, pruner=None)
-    objective = PruningObjective(**kwargs, recalibrate_bn=70)
+    objective = PruningObjective(**kwargs, recalibrate_bn=70, recalibrate_rule="relative")
     engine_state = {k: v.clone() for k, v in objective.engine.model.state_dict().items()}
     study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=[0.5]))
     study.optimize(objective, n_trials=3)
@@ -166,8 +166,9 @@ def test_objective_recalibrates_pruned_trials_counts_the_images_and_records_it(t
     assert all(t.user_attrs["images_recalibrated"] == 0 for t in fresh.trials)
     with pytest.raises(PrimeSVTError, match="number of training images"):
         PruningObjective(**kwargs, recalibrate_bn=-1)
-    with pytest.raises(PrimeSVTError, match="recalibrate_rule must be one of relative, absolute, got 'both'"):
+    with pytest.raises(PrimeSVTError, match="recalibrate_rule must be one of auto, relative, absolute, got 'both'"):
         PruningObjective(**kwargs, recalibrate_bn=70, recalibrate_rule="both")
+    assert objective.recalibration_probe is None  # a rule named: nothing measured before the study
 
     absolute = PruningObjective(**kwargs, recalibrate_bn=70, recalibrate_rule="absolute")  # EagleEye's rule
     with pytest.raises(PrimeSVTError, match="recalibrate_bn"):  # not the relative study's setting
@@ -204,7 +205,7 @@ def test_a_comparison_reads_the_test_split_on_the_recalibrated_model(tiny):
     model, splits = tiny
     objective = PruningObjective(model=model, data=make_spec("digits", img_size=16), eval_images=48, batch_size=16,
                                  grid=[0.5], max_accuracy_drop=0.99, memory_target=0.05, pruner=None,
-                                 recalibrate_bn=70)
+                                 recalibrate_bn=70, recalibrate_rule="relative")
     study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=[0.5]))
     study.optimize(objective, n_trials=3)
     report = test_accuracy(objective, study)
@@ -272,3 +273,29 @@ def test_the_automatic_probe_charges_every_image_it_read_once(tiny, rule):
     reference, pruned = study.trials
     assert reference.user_attrs["images_recalibrated"] == probe["images"]
     assert pruned.user_attrs["images_recalibrated"] == (512 if probe["on"] else 0)
+
+
+@pytest.mark.parametrize("loss, rule", [(-1.0, "relative"), (2.0, "absolute")])
+def test_the_automatic_rule_is_measured_on_the_unpruned_model_and_charged(tiny, monkeypatch, loss, rule):
+    """recalibrate_rule="auto": the unpruned model is evaluated plain and recalibrated by the
+    absolute rule on the search images; relative when that costs it AUTO_RELATIVE_LOSS or more.
+    Its images (two evaluations and one recalibration) are charged to the reference trial, once."""
+    import primesvt_optuna.plugin.objective as objective_module
+
+    monkeypatch.setattr(objective_module, "AUTO_RELATIVE_LOSS", loss)  # -1: always met; 2: never
+    model, splits = tiny
+    objective = PruningObjective(model=model, data=make_spec("digits", img_size=16), eval_images=48, batch_size=16,
+                                 grid=[0.5], max_accuracy_drop=0.05, memory_target=0.3, pruner=None,
+                                 recalibrate_bn=70)
+    probe = objective.recalibration_probe
+    assert probe["rule"] == objective.recalibrate_rule == rule and probe["images"] == 2 * 48 + 70
+    unpruned = RelativeReference(model, splits.train, images=70, seed=0).model
+    assert probe["unpruned_recalibrated"] == evaluate(unpruned, objective.eval_set, batch_size=16)
+    assert probe["unpruned"] == evaluate(model, objective.eval_set, batch_size=16)
+    settings = {"images": 70, "batch_size": BATCH_SIZE, "seed": 0}
+    assert objective.recalibration_settings == ({**settings, "rule": "relative"} if rule == "relative" else settings)
+    study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=[0.5]))
+    study.optimize(objective, n_trials=2)
+    reference, pruned = study.trials
+    assert reference.user_attrs["images_recalibrated"] == probe["images"]  # the relative reference is not charged twice
+    assert pruned.user_attrs["images_recalibrated"] == 70

@@ -123,7 +123,8 @@ def test_recalibration_and_confident_acceptance_search_and_export(workdir, capsy
     from primesvt_optuna.training import evaluate
 
     url = f"sqlite:///{workdir / 'tiny.db'}"
-    assert search(workdir, "--study-name", "recal", "--recalibrate-bn", "40", "--accept", "confident",
+    assert search(workdir, "--study-name", "recal", "--recalibrate-bn", "40", "--recalibrate-rule", "relative",
+                  "--accept", "confident",
                   "--confidence", "0.9", "--max-accuracy-drop", "0.9", "--json") == 0
     out = json.loads(capsys.readouterr().out)
     study = optuna.load_study(study_name="recal", storage=open_storage(url))
@@ -134,9 +135,9 @@ def test_recalibration_and_confident_acceptance_search_and_export(workdir, capsy
     assert evaluated and all(t.user_attrs["images_recalibrated"] == 40 for t in evaluated)
     assert out["stats"]["images_recalibrated"] == 40 * (len(evaluated) + 1)  # + the unpruned model's, once
     same = ("--study-name", "recal", "--resume", "--max-accuracy-drop", "0.9")
-    assert search(workdir, *same, "--accept", "confident", "--confidence", "0.9") == 2
+    assert search(workdir, *same, "--accept", "confident", "--confidence", "0.9", "--recalibrate-rule", "relative") == 2
     assert "recalibrate_bn" in capsys.readouterr().err  # without --recalibrate-bn: other settings
-    assert search(workdir, *same, "--recalibrate-bn", "40") == 2
+    assert search(workdir, *same, "--recalibrate-bn", "40", "--recalibrate-rule", "relative") == 2
     assert "constraints" in capsys.readouterr().err  # without the confident rule: other settings
 
     output = workdir / "recal.pt"

@@ -58,10 +58,10 @@ def test_acceptance_rule_and_recalibration():
     assert parse_study_config(GOOD).recalibrate_bn == "auto" and parse_study_config(GOOD).constraints.accept == "confirmed"
     with pytest.raises(PrimeSVTError, match="recalibrate_bn is 'auto' or a number of training images"):
         parse_study_config(GOOD + "[search]\nrecalibrate_bn = 'sometimes'\n")
-    assert parse_study_config(GOOD).recalibrate_rule == "relative"
+    assert parse_study_config(GOOD).recalibrate_rule == "auto"
     assert parse_study_config(GOOD + "[search]\nrecalibrate_rule = 'absolute'\n").recalibrate_rule == "absolute"
     assert parse_study_config(GOOD).with_overrides(recalibrate_rule="absolute").recalibrate_rule == "absolute"
-    with pytest.raises(PrimeSVTError, match="recalibrate_rule must be one of relative, absolute, got 'mixed'"):
+    with pytest.raises(PrimeSVTError, match="recalibrate_rule must be one of auto, relative, absolute, got 'mixed'"):
         parse_study_config(GOOD + "[search]\nrecalibrate_rule = 'mixed'\n")
 
     plain = parse_study_config(GOOD)

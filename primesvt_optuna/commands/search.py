@@ -61,10 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="adaptive BatchNorm: re-estimate the BN statistics of each pruned model on N training "
                         "images before evaluating it; 'auto' (the default) turns it on where a probe before the "
                         "study shows it lifts accuracy by a point; 0: off (config: [search] recalibrate_bn)")
-    p.add_argument("--recalibrate-rule", choices=("relative", "absolute"),
-                   help="how recalibrated statistics are used: 'relative' (the default) moves the trained ones by "
-                        "what the configuration changed against the unpruned model recalibrated on the same images; "
-                        "'absolute' replaces them (config: [search] recalibrate_rule)")
+    p.add_argument("--recalibrate-rule", choices=("auto", "relative", "absolute"),
+                   help="how recalibrated statistics are used: 'relative' moves the trained ones by what the "
+                        "configuration changed against the unpruned model recalibrated on the same images; 'absolute' "
+                        "replaces them; 'auto' (the default): relative where a probe before the study shows "
+                        "recalibration alone costs the unpruned model a point (config: [search] recalibrate_rule)")
     p.add_argument("--accept", choices=("confirmed", "point", "confident"),
                    help="accuracy acceptance: 'confirmed' (the default: the search steps on part of the evaluation "
                         "images, and what it delivers must keep the drop within budget on the held-back part, "

@@ -65,6 +65,7 @@ BASE_ACCURACY = f"{STUDY_PREFIX}base_accuracy"
 AUTO_RECALIBRATION_IMAGES = 512
 AUTO_RECALIBRATION_GAIN = 0.01
 AUTO_RECALIBRATION_RATE = 0.3
+AUTO_RELATIVE_LOSS = 0.01  # recalibrating the unpruned model costs it this much: the relative rule
 PRECISION_PROXY = f"{STUDY_PREFIX}precision_proxy"
 DIRECTIONS = ["maximize", "minimize"]
 DRIFT_IMAGES = 64  # search images (the first of the seeded order) the membrane drift is measured on
@@ -667,10 +668,12 @@ class PruningObjective(RateObjective):
             with it) shows it lifts accuracy by a point, its images charged to the reference trial.
             The unpruned reference is evaluated as it is. Recorded on the study; ``primesvt export``
             applies it identically.
-        recalibrate_rule: ``"relative"`` (default): the trained statistics move only by what the
+        recalibrate_rule: ``"relative"``: the trained statistics move only by what the
             configuration changed against the unpruned model recalibrated on the same images (once
             per study, its images charged to the reference trial); ``"absolute"``: replaced by the
-            recalibrated ones (EagleEye's rule). See :mod:`primesvt_optuna.pruning.recalibrate`.
+            recalibrated ones (EagleEye's rule); ``"auto"`` (default): relative where recalibrating
+            the unpruned model itself costs it a point on the search images, measured before the
+            study (:meth:`_probe_rule`). See :mod:`primesvt_optuna.pruning.recalibrate`.
         flops_target: an optional second resource constraint: the fraction of the FLOPs per image
             (``torch.utils.flop_counter``'s count; neurons and elementwise operators are not
             counted, see :mod:`primesvt_optuna.pruning.flops`) to save, like ``memory_target``.
@@ -711,7 +714,7 @@ class PruningObjective(RateObjective):
         interval: str = "clopper-pearson",
         holdout: float = DEFAULT_HOLDOUT,
         recalibrate_bn: int = 0,
-        recalibrate_rule: str = "relative",
+        recalibrate_rule: str = "auto",
         flops_target: float | None = None,
         precisions: Sequence[str] = FLOAT_ONLY,
         search_drop: str = "budget",
@@ -764,16 +767,21 @@ class PruningObjective(RateObjective):
         self.recalibrate_seed = int(seed)
         from ..pruning.recalibrate import RULES
 
-        if recalibrate_rule not in RULES:
-            raise PrimeSVTError(f"recalibrate_rule must be one of {', '.join(RULES)}, got {recalibrate_rule!r}")
+        if recalibrate_rule not in ("auto", *RULES):
+            raise PrimeSVTError(f"recalibrate_rule must be one of auto, {', '.join(RULES)}, got {recalibrate_rule!r}")
         self.recalibrate_rule = recalibrate_rule
         self._relative_reference: Any = None
         self._reference_lock = threading.Lock()  # trials of one process share the one reference
         self.recalibrate_bn = AUTO_RECALIBRATION_IMAGES if auto else int(recalibrate_bn)
         self.recalibration_probe: dict[str, Any] | None = None
+        probe: dict[str, Any] = {}
+        if self.recalibrate_bn and recalibrate_rule == "auto":
+            probe = self._probe_rule()
         if auto:
-            self.recalibration_probe = self._probe_recalibration(grid)
-            self.recalibrate_bn = self.recalibrate_bn if self.recalibration_probe["on"] else 0
+            found = self._probe_recalibration(grid)
+            probe = {**probe, **found, "images": probe.get("images", 0) + found["images"]}
+            self.recalibrate_bn = self.recalibrate_bn if found["on"] else 0
+        self.recalibration_probe = probe or None
         if flops_target is not None:
             from ..pruning.flops import FlopsPredictor
 
@@ -828,11 +836,33 @@ class PruningObjective(RateObjective):
         plain = evaluate(self.engine.prune(rates).to(self.device), self.eval_set, batch_size=self.batch_size,
                          device=self.device)
         model = self.engine.prune(rates).to(self.device)
+        had_reference = self._relative_reference is not None  # measured by the rule's probe: charged there
         used = self.recalibrate(model, rates)
         recalibrated = evaluate(model, self.eval_set, batch_size=self.batch_size, device=self.device)
-        unpruned = self._relative_reference.images if self._relative_reference is not None else 0
+        unpruned = self._relative_reference.images if self._relative_reference is not None and not had_reference else 0
         return {"rate": rate, "plain": plain, "recalibrated": recalibrated, "on": recalibrated - plain >= AUTO_RECALIBRATION_GAIN,
                 "images": 2 * len(self.eval_set) + used + unpruned}
+
+    def _probe_rule(self) -> dict[str, Any]:
+        """``recalibrate_rule="auto"``: the relative rule where recalibrating the *unpruned* model
+        (the absolute rule's step) costs it at least ``AUTO_RELATIVE_LOSS`` on the search images,
+        the absolute rule otherwise; measured once before the study, deterministic, charged to the
+        reference trial. A model whose trained statistics a few hundred images estimate badly
+        carries that noise into every absolutely recalibrated configuration (digits-hard-2-64);
+        where they agree, the absolute rule recovers more of a heavily changed model
+        (digits-8-64 quantized to int2)."""
+        from ..training import evaluate
+
+        reference = self.relative_reference()  # the unpruned model, recalibrated by the absolute rule
+        plain = evaluate(copy.deepcopy(self.engine.model).to(self.device), self.eval_set, batch_size=self.batch_size,
+                         device=self.device)
+        recalibrated = evaluate(reference.model.to(self.device), self.eval_set, batch_size=self.batch_size,
+                                device=self.device)
+        self.recalibrate_rule = "relative" if plain - recalibrated >= AUTO_RELATIVE_LOSS else "absolute"
+        if self.recalibrate_rule == "relative":
+            self._relative_reference = reference
+        return {"rule": self.recalibrate_rule, "unpruned": plain, "unpruned_recalibrated": recalibrated,
+                "images": 2 * len(self.eval_set) + reference.images}
 
     def recalibration_images(self, rates: Mapping[str, float], precisions: Mapping[str, str] | None = None) -> int:
         # a quantized model's statistics shift as a pruned one's do: recalibrated alike

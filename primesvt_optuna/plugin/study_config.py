@@ -39,7 +39,9 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     confidence = 0.99
     prune_embed = false                     # true: also prune the embedding dimension (one global layer)
     recalibrate_bn = "auto"                 # adaptive BatchNorm where a probe shows it pays; N: on N images; 0: off
-    recalibrate_rule = "relative"           # move the trained statistics by what pruning changed; "absolute": replace them
+    recalibrate_rule = "auto"               # "relative": move the trained statistics by what pruning changed;
+                                            #   "absolute": replace them; "auto": relative where a probe shows
+                                            #   recalibration alone costs the unpruned model a point
     # flops_target = 0.3                    # also save this fraction of FLOPs per image (constraint "flops")
     # precisions = "float,int8,int4,int2"   # also choose a weight precision per layer (default: float alone,
                                             #   pruning only); policies budget-aware, uniform, precision-walk,
@@ -112,7 +114,7 @@ class StudyConfig:
     wait_timeout: float = 3600.0
     prune_embed: bool = False
     recalibrate_bn: int | str = "auto"
-    recalibrate_rule: str = "relative"
+    recalibrate_rule: str = "auto"
     flops_target: float | None = None
     holdout: float | None = None  # confirmed acceptance's held-back share (None: DEFAULT_HOLDOUT)
     search_drop: str = "budget"  # confirmed acceptance: the drop the search steps by (confirm.SEARCH_DROPS)
@@ -160,8 +162,8 @@ class StudyConfig:
             raise bad(f"recalibrate_bn is 'auto' or a number of training images (0: off), got {self.recalibrate_bn!r}")
         from ..pruning.recalibrate import RULES
 
-        if self.recalibrate_rule not in RULES:
-            raise bad(f"recalibrate_rule must be one of {', '.join(RULES)}, got {self.recalibrate_rule!r}")
+        if self.recalibrate_rule not in ("auto", *RULES):
+            raise bad(f"recalibrate_rule must be one of auto, {', '.join(RULES)}, got {self.recalibrate_rule!r}")
         if not 0 <= self.seed < 2**32:
             raise bad(f"seed must be in 0..2**32-1, got {self.seed}")
         if self.wait_timeout <= 0:
@@ -344,7 +346,7 @@ def parse_study_config(text: str, source: str = "<config>") -> StudyConfig:
         wait_timeout=search.get("wait_timeout", 3600.0),
         prune_embed=search.get("prune_embed", False),
         recalibrate_bn=search.get("recalibrate_bn", "auto"),
-        recalibrate_rule=search.get("recalibrate_rule", "relative"),
+        recalibrate_rule=search.get("recalibrate_rule", "auto"),
         flops_target=search.get("flops_target"),
         holdout=holdout,
         search_drop=search_drop,
