@@ -48,6 +48,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from primesvt_optuna.acceptance.confirm import RUNGS
 from primesvt_optuna.plugin.objective import PruningObjective
 from primesvt_optuna.plugin.study_config import load_study_config
 from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
@@ -75,10 +76,29 @@ VARIANTS = {  # name: (study config overrides, policies run by default)
 }
 OBJECTIVE_OPTIONS = {"default": {"accept": "confirmed", "recalibrate_bn": "auto"}}
 """Objective arguments of a variant beyond the study config (each study's own seed re-splits)."""
-RECALIBRATE_RULE = "relative"
-"""The recalibration rule of rows whose studies recalibrate (the ``recalibrate_rule`` column): a
-confirmed row without one ran with the absolute rule, before the relative one was the default, and
-is flagged (‡) in the tables."""
+
+
+def recorded_settings(storage: str, cell: str) -> dict[str, str]:
+    """What the cell's studies recorded about recalibration and confirmation, over their seeds:
+    ``recalibrate_rule`` (``off``, ``absolute``, ``relative``; ``/``-joined where seeds differ)
+    and ``rungs`` (the confirmation ladder's rung count; empty without confirmation). A confirmed
+    row without these columns ran before the relative rule and the 8-rung ladder existed, and is
+    flagged (‡) in the tables."""
+    import optuna
+
+    from primesvt_optuna.acceptance.confirm import study_rungs
+    from primesvt_optuna.storage import open_storage
+
+    rules, rungs = set(), set()
+    for summary in optuna.get_all_study_summaries(open_storage(storage), include_best_trial=False):
+        if not summary.study_name.startswith(f"{cell}/"):
+            continue
+        attrs = summary.user_attrs
+        recalibration = attrs.get("primesvt:recalibrate_bn")
+        rules.add("off" if not recalibration else recalibration.get("rule", "absolute"))
+        if (attrs.get("primesvt:constraints") or {}).get("accept") == "confirmed":
+            rungs.add(str(study_rungs(attrs)))
+    return {"recalibrate_rule": "/".join(sorted(rules)), "rungs": "/".join(sorted(rungs))}
 LADDER = "bands + safe step"
 """The confirmation ladder's rung rule the confirmed rows ran with (the ``ladder`` column): rows
 marked ``at-least`` ran with the rule it replaced (rung j: the smallest search drop among all
@@ -126,7 +146,7 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
         benchmark=bench, target=target, variant=variant, budget_images=budget, max_trials=args.max_trials,
         trial_cap_hit=report.table.policy.map(capped).fillna(False), run_wall_s=round(wall, 1),
         ladder=LADDER if variant in OBJECTIVE_OPTIONS else "",
-        recalibrate_rule=RECALIBRATE_RULE if resplit or "recalibrate_bn" in VARIANTS[variant][0] else "",
+        **recorded_settings(spec.storage, name),
         **{k: str(v) for k, v in machine().items()},
     )
 
@@ -140,7 +160,7 @@ def _cell_text(r: pd.Series) -> str:
         saving, images = r.delivered_saving_median, r.images_to_confirmed_median
         cost = "nothing confirmed" if not math.isfinite(images) else f"{images / 1000:.1f}k img"
         old = "†" if getattr(r, "ladder", LADDER) == "at-least" else ""
-        old += "" if isinstance(getattr(r, "recalibrate_rule", None), str) else "‡"
+        old += "" if str(getattr(r, "rungs", "")) == str(RUNGS) else "‡"
         best = r.delivered_saving_max
         spread = f", best {100 * best:.1f}%" if best > saving + 5e-4 else ""
         return (f"{100 * saving:.1f}%{old} ({r.policy_selection_met}/{r.seeds}{spread}), {cost}, "
@@ -257,7 +277,7 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
     budget) and no uniform points; None: all."""
     import optuna
 
-    from primesvt_optuna.acceptance.confirm import judge
+    from primesvt_optuna.acceptance.confirm import judge, study_rungs
     from primesvt_optuna.plugin.result import result
     from primesvt_optuna.plugin.samplers import AQ4SViTSampler, BudgetAwareSampler, JointSampler, PrecisionWalkSampler
     from primesvt_optuna.training import evaluate
@@ -321,7 +341,8 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
                    "saving": res.selected["memory_saving"] if res.both_met else 0.0,
                    "search_drop_measured": None if res.selected is None else res.selected["accuracy_drop"],
                    "bound": confirmation.get("bound"), "confirm_images": objective.confirm_images,
-                   "holdout": objective.holdout, "recalibrate": _recalibration(objective)}
+                   "holdout": objective.holdout, "recalibrate": _recalibration(objective),
+                   "rungs": study_rungs(study.user_attrs)}
             if not res.both_met:  # nothing delivered: nothing reaches the test split
                 rows.append({**row, "test_drop": None, "test_ok": True, **machine()})
                 save()
@@ -346,7 +367,7 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
                    "images": objective.eval_images + objective.confirm_images, "wall_s": round(time.perf_counter() - started, 1),
                    "confirmed": ok, "saving": saving if ok else 0.0, "search_drop_measured": base_search - search,
                    "bound": verdict.bound, "confirm_images": objective.confirm_images,
-                   "holdout": objective.holdout, "recalibrate": _recalibration(objective)}
+                   "holdout": objective.holdout, "recalibrate": _recalibration(objective), "rungs": 0}
             record(row, objective, {}, every)  # its test drop even when it is not delivered
     return save()
 

@@ -22,7 +22,7 @@ from primesvt_optuna.pruning import Engine
 from primesvt_optuna.pruning.recalibrate import (BATCH_SIZE, RelativeReference, batchnorms, bn_statistics, recalibrate_bn,
                                                  recalibration_set)
 from primesvt_optuna.pruning.structure import structure_of
-from primesvt_optuna.training import evaluate
+from primesvt_optuna.training import evaluate, iter_correct
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -275,14 +275,15 @@ def test_the_automatic_probe_charges_every_image_it_read_once(tiny, rule):
     assert pruned.user_attrs["images_recalibrated"] == (512 if probe["on"] else 0)
 
 
-@pytest.mark.parametrize("loss, rule", [(-1.0, "relative"), (2.0, "absolute")])
-def test_the_automatic_rule_is_measured_on_the_unpruned_model_and_charged(tiny, monkeypatch, loss, rule):
+@pytest.mark.parametrize("share, rule", [(0.0, "relative"), (1.01, "absolute")])
+def test_the_automatic_rule_is_measured_on_the_unpruned_model_and_charged(tiny, monkeypatch, share, rule):
     """recalibrate_rule="auto": the unpruned model is evaluated plain and recalibrated by the
-    absolute rule on the search images; relative when that costs it AUTO_RELATIVE_LOSS or more.
-    Its images (two evaluations and one recalibration) are charged to the reference trial, once."""
+    absolute rule on the search images; relative when they disagree on AUTO_RELATIVE_DISAGREEMENT
+    of them or more. Its images (two evaluations and one recalibration) are charged to the
+    reference trial, once."""
     import primesvt_optuna.plugin.objective as objective_module
 
-    monkeypatch.setattr(objective_module, "AUTO_RELATIVE_LOSS", loss)  # -1: always met; 2: never
+    monkeypatch.setattr(objective_module, "AUTO_RELATIVE_DISAGREEMENT", share)  # 0: always met; above 1: never
     model, splits = tiny
     objective = PruningObjective(model=model, data=make_spec("digits", img_size=16), eval_images=48, batch_size=16,
                                  grid=[0.5], max_accuracy_drop=0.05, memory_target=0.3, pruner=None,
@@ -292,6 +293,9 @@ def test_the_automatic_rule_is_measured_on_the_unpruned_model_and_charged(tiny, 
     unpruned = RelativeReference(model, splits.train, images=70, seed=0).model
     assert probe["unpruned_recalibrated"] == evaluate(unpruned, objective.eval_set, batch_size=16)
     assert probe["unpruned"] == evaluate(model, objective.eval_set, batch_size=16)
+    plain = torch.cat(list(iter_correct(model, objective.eval_set, batch_size=16)))
+    again = torch.cat(list(iter_correct(unpruned, objective.eval_set, batch_size=16)))
+    assert probe["disagreement"] == int((plain != again).sum()) / len(plain)
     settings = {"images": 70, "batch_size": BATCH_SIZE, "seed": 0}
     assert objective.recalibration_settings == ({**settings, "rule": "relative"} if rule == "relative" else settings)
     study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=[0.5]))
