@@ -424,15 +424,16 @@ def precision(frames: Frames) -> pd.DataFrame:
     seeds, seeds at 90% or more), how often something was confirmed, how often the delivery held
     on the seed's test part, and the images it spent (maximize mode, AQ4SViT's budget)."""
     table = frames["precision/comparison.csv"]
-    # rows written before the relative rule existed have no column: they recalibrated absolutely
-    rule = table.recalibrate.fillna("absolute") if "recalibrate" in table else pd.Series("absolute", index=table.index)
-    table = table.assign(recalibrate=rule)
+    # rows written before the recalibration rule and the rung count were recorded: absolute, 4 rungs
+    table = table.assign(recalibrate=table.get("recalibrate", pd.Series(index=table.index, dtype=object)).fillna("absolute"),
+                         rungs=table.get("rungs", pd.Series(index=table.index, dtype=float)).fillna(4).astype(int))
     rows = []
-    for (bench, drop, policy, recalibrate), group in table.groupby(["benchmark", "drop", "policy", "recalibrate"],
-                                                                   sort=False):
+    for (bench, drop, policy, recalibrate, rungs), group in table.groupby(
+            ["benchmark", "drop", "policy", "recalibrate", "rungs"], sort=False):
         delivered = group[group.confirmed.astype(bool)]
         rows.append({
-            "checkpoint, budget": f"{bench}, {100 * drop:g} points", "policy": policy, "recalibration": recalibrate,
+            "checkpoint, budget": f"{bench}, {100 * drop:g} points", "policy": policy,
+            "recalibration, rungs": recalibrate if not rungs else f"{recalibrate}, {rungs}",
             "delivered saving, median (seeds >= 90%)": f"{pct(group.saving.median())} "
                                                         f"({int((group.saving >= PRECISION_GOAL).sum())}/{len(group)})",
             "best seed": pct(group.saving.max()),
@@ -440,7 +441,9 @@ def precision(frames: Frames) -> pd.DataFrame:
             "test holds": f"{int(delivered.test_ok.astype(bool).sum())}/{len(delivered)}",
             "images, median": count(group.images.median()),
         })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    first = {c: i for i, c in reversed(list(enumerate(frame["checkpoint, budget"])))}
+    return frame.sort_values("checkpoint, budget", key=lambda c: c.map(first), kind="stable")  # a cell's rows together
 
 
 def recalibration(frames: Frames) -> pd.DataFrame:
@@ -607,6 +610,9 @@ PRODUCERS = (
     ("comparison/comparison-uncapped.csv", "bench_comparison.py",
      "python benchmarks/bench_comparison.py digits-8-64:0.25 digits-8-64:0.4 --policies tpe nsga2 --tag uncapped "
      "--max-trials 100000"),
+    ("comparison/comparison-*.csv", "bench_comparison.py",
+     "python benchmarks/bench_comparison.py BENCHMARK:TARGET --variants {variant} --policies POLICY ... "
+     "--tag TAG (each row's own cell and policy; TAG: the file name's)"),
     ("finetune/finetune-best-digits-hard-t40-walk-fallback.csv", "bench_finetune.py",
      "python benchmarks/bench_finetune.py sqlite:///benchmarks/results/comparison/comparison-digits-hard.db "
      "--prefix digits-hard-t40 --checkpoint digits-hard-2-64 --lr {lr} --policies budget-aware --no-baseline "
