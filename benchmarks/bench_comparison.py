@@ -273,8 +273,8 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
     acceptance at 95% with the accuracy budget ``drop``; each delivery is evaluated once on the
     seed's test part. Rows replace the cell's in benchmarks/results/precision/comparison[-<tag>].csv,
     written after every row (a run cut short keeps what it measured). ``policies``: only these
-    searches (the AQ4SViT-style search of each ``search_drop`` they use still runs: it sets their
-    budget) and no uniform points; None: all."""
+    searches and uniform points (``uniform int4``; the AQ4SViT-style search of each
+    ``search_drop`` the searches use still runs: it sets their budget); None: all."""
     import optuna
 
     from primesvt_optuna.acceptance.confirm import judge, study_rungs
@@ -316,8 +316,8 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
     for seed in range(first_seed, first_seed + seeds):
         budgets: dict[str, int] = {}  # per search_drop: the AQ4SViT-style search's images
         for name, (policy, grid, search_drop) in PRECISION_POLICIES.items():
-            if policies is not None and name not in policies and not (
-                    policy == "aq4svit" and any(PRECISION_POLICIES[p][2] == search_drop for p in policies)):
+            if policies is not None and name not in policies and not (policy == "aq4svit" and any(
+                    PRECISION_POLICIES[p][2] == search_drop for p in policies if p in PRECISION_POLICIES)):
                 continue
             budget = budgets.get(search_drop)
             objective = objective_for(seed, grid, search_drop)
@@ -349,12 +349,13 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
                 print({k: row[k] for k in ("policy", "seed", "images", "saving")}, flush=True)
                 continue
             record(row, objective, res.selected["rates"], res.selected.get("precisions", {}))
-        if policies is not None:
+        points = [p for p in UNIFORM_POINTS if policies is None or f"uniform {p}" in policies]
+        if not points:
             continue
         objective = objective_for(seed, FULL_GRID, "budget")  # the unpruned model's part, once per seed
         base_search = sum(c for c, _ in objective.iter_batches({})) / objective.eval_images
         reference = objective.confirm_correct({})
-        for precision in UNIFORM_POINTS:
+        for precision in points:
             every = {layer: precision for layer in objective.engine.layers}
             started = time.perf_counter()
             search = sum(c for c, _ in objective.iter_batches({}, every)) / objective.eval_images
@@ -400,8 +401,9 @@ def main() -> None:
     parser.add_argument("--precision", action="store_true",
                         help="the precision comparison instead (precision_comparison): cells BENCHMARK:DROP, "
                              "e.g. digits:0.03 digits:0.015 (maximize mode, confirmed acceptance)")
-    parser.add_argument("--precision-policies", nargs="+", default=None, choices=list(PRECISION_POLICIES),
-                        help="--precision: only these searches (use with --tag)")
+    parser.add_argument("--precision-policies", nargs="+", default=None,
+                        choices=[*PRECISION_POLICIES, *(f"uniform {p}" for p in UNIFORM_POINTS)],
+                        help="--precision: only these searches and uniform points (use with --tag)")
     args = parser.parse_args()
     if args.precision:
         for item in args.cells:
