@@ -65,7 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="how recalibrated statistics are used: 'relative' moves the trained ones by what the "
                         "configuration changed against the unpruned model recalibrated on the same images; 'absolute' "
                         "replaces them; 'auto' (the default): relative where a probe before the study shows "
-                        "recalibration alone costs the unpruned model a point (config: [search] recalibrate_rule)")
+                        "recalibration alone changes 5%% of the unpruned model's predictions "
+                        "(config: [search] recalibrate_rule)")
     p.add_argument("--accept", choices=("confirmed", "point", "confident"),
                    help="accuracy acceptance: 'confirmed' (the default: the search steps on part of the evaluation "
                         "images, and what it delivers must keep the drop within budget on the held-back part, "
@@ -475,7 +476,8 @@ def _print(res: Any, storage: str, cost: dict[str, Any], budget: str | None) -> 
     print(f"study {res.study_name!r} ({res.policy}) in {storage}: {s['trials']} trials "
           f"({s['complete']} complete, {s['pruned']} cut, {s['failed']} failed), "
           f"{s['images_evaluated']:,} images evaluated"
-          + (f", {s['images_recalibrated']:,} passed forward to recalibrate BatchNorm" if s.get("images_recalibrated") else ""))
+          + (f", {s['images_recalibrated']:,} passed forward to recalibrate BatchNorm" if s.get("images_recalibrated") else "")
+          + (f" ({s['recalibrate_bn'].get('rule', 'absolute')} rule)" if s.get("recalibrate_bn") else ""))
     print(res.message)
     print(cost_line(cost))
     if budget is not None:
