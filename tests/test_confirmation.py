@@ -27,12 +27,13 @@ import pytest
 
 import _synthetic_walk as walk
 from primesvt_optuna.acceptance.bounds import drop_upper_bound, min_images
-from primesvt_optuna.acceptance.confirm import (CONFIRM, LEGACY_RUNGS, RUNGS, Ladder, anticipated_drop, ladder, study_ladder,
+from primesvt_optuna.acceptance.confirm import (CONFIRM, LEGACY_RUNGS, RUNGS, Ladder, anticipated_drop, ladder, safe_steps,
+                                                study_ladder,
                                                 study_rungs)
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, PruningObjective, SyntheticObjective
 from primesvt_optuna.plugin.result import result
-from primesvt_optuna.plugin.samplers._claims import _claimed_rates
+from primesvt_optuna.plugin.samplers._claims import _claimed_rates, rates_key
 
 SIZES = {"a": 4000, "b": 3000, "c": 2000, "d": 1000, "e": 800, "f": 600}
 SENSITIVITY = {"a": 0.02, "b": 0.025, "c": 0.015, "d": 0.03, "e": 0.04, "f": 0.05}
@@ -317,3 +318,42 @@ def test_a_study_records_its_rung_count_and_an_older_study_keeps_four() -> None:
                      if t.user_attrs.get("phase") == CONFIRM and t.user_attrs.get("rung")}
         assert confirmed and all(steps[n] == rates for n, rates in confirmed.items())  # the recorded ladder's rungs
         assert result(study).selected["confirmation"]["rung"] in steps
+
+
+@pytest.mark.parametrize("sweep", ["lazy", "full"])
+def test_the_walk_backs_its_last_commit_off_to_a_safe_step_under_confirmation(sweep: str) -> None:
+    """Under confirmed acceptance the paper's walk, once it meets the target, evaluates its last
+    commit at the lowest grid rate that still meets the target (the rates below are cut for
+    memory before any image is read), records it, and the ladder starts from it, also where the
+    full sweep had evaluated that configuration already as a robustness trial. The walk's own
+    commits are those of the point rule, which never makes the step."""
+    def run(accept: str) -> tuple[optuna.Study, PrioritizedSampler]:
+        objective = SyntheticObjective(SIZES, sensitivity=SENSITIVITY, max_accuracy_drop=BUDGET, memory_target=0.2,
+                                       n_images=2000, grid=GRID, accept=accept)  # the default pruner: memory pre-check
+        sampler = PrioritizedSampler(grid=GRID, sweep=sweep)
+        study = optuna.create_study(directions=objective.directions, sampler=sampler)
+        study.optimize(objective)
+        return study, sampler
+
+    study, sampler = run("confirmed")
+    point, point_sampler = run("point")
+    state, plain = sampler.walk_state(study), point_sampler.walk_state(point)
+    assert state.committed == plain.committed and state.memory_met
+    last = state.commits[-1]
+    safe = [t for t in study.trials if t.user_attrs.get("phase") == "safe"]
+    assert not [t for t in point.trials if t.user_attrs.get("phase") == "safe"]
+    before = {p: r for p, r in state.committed.items() if p != last.layer}
+    lowest = min(r for r in GRID if r < last.rate and _meets_target(study, {**before, last.layer: r}))
+    step = {**before, last.layer: lowest}
+    assert study.user_attrs["primesvt:safe_step"] == rates_key(step)
+    for t in safe:  # below the step: cut for memory, nothing read; the step itself evaluated
+        rate = _claimed_rates(t)[last.layer]
+        assert rate <= lowest and (t.user_attrs.get("images_evaluated", 0) == 0) == (rate < lowest), t.user_attrs
+    evaluated = [t for t in study.trials if _claimed_rates(t) == step and t.user_attrs.get("phase") != CONFIRM]
+    assert len(evaluated) == 1 and evaluated[0].user_attrs["phase"] == ("safe" if sweep == "lazy" else "robustness")
+    assert study_ladder(study.trials, _claimed_rates, RUNGS, safe_steps(study.user_attrs)).rungs[0].rates == step
+
+
+def _meets_target(study: optuna.Study, rates: dict[str, float]) -> bool:
+    """Whether the study's trial of ``rates`` (any phase) meets the memory target."""
+    return any(_claimed_rates(t) == rates and t.constraints.get("memory", 1) <= 0 for t in study.trials)

@@ -40,7 +40,7 @@ dashboard all see the same ladder.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -63,6 +63,12 @@ MIN_RUNG_IMAGES = 30  # below this the paired bound's normal approximation is no
 def study_rungs(attrs: Mapping[str, Any]) -> int:
     """The rung count a study's ladder uses, from its user attributes."""
     return int(attrs.get(RUNGS_ATTR) or LEGACY_RUNGS)
+
+
+def safe_steps(attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The configuration keys a study's ladder keeps whatever evaluated them (:data:`SAFE_STEP_ATTR`)."""
+    step = attrs.get(SAFE_STEP_ATTR)
+    return (step,) if step else ()
 
 
 def confirm_key(search_key: str) -> str:
@@ -98,10 +104,18 @@ def _memory_met(trial: FrozenTrial) -> bool:
     return violation is None or violation <= 0
 
 
+SAFE_STEP_ATTR = "primesvt:safe_step"
+"""The study attribute naming the walk's safe step (its configuration key): a candidate whatever
+phase evaluated it (see :func:`ladder`)."""
+
+
 def ladder(search_trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial], dict[str, float]],
-           rungs: int = RUNGS) -> list[Rung]:
-    """The rungs to confirm, safest first (see module docs)."""
+           rungs: int = RUNGS, keep: Collection[str] = ()) -> list[Rung]:
+    """The rungs to confirm, safest first (see module docs). ``keep``: configuration keys that are
+    candidates even as a lower rate of a layer alone (the walk's safe step, which speculating
+    workers or a full sweep may have evaluated first as a robustness trial)."""
     pool = [t for t in search_trials if _search_ok(t) and rates_of(t)]
+    kept = [t for t in pool if key_of_rates(rates_of(t)) in keep]
     bounds: dict[str, FrozenTrial] = {}
     for t in pool:
         rates = rates_of(t)
@@ -110,7 +124,7 @@ def ladder(search_trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial
             if layer not in bounds or rate > rates_of(bounds[layer])[layer]:
                 bounds[layer] = t
     pool = [t for t in pool if not (t.user_attrs.get("phase") == "robustness" and len(rates_of(t)) == 1)
-            or t is bounds.get(next(iter(rates_of(t))))]
+            or t is bounds.get(next(iter(rates_of(t)))) or t in kept]
     if any(_memory_met(t) for t in pool):
         pool = [t for t in pool if _memory_met(t)]
     if not pool:
@@ -209,7 +223,8 @@ class Ladder:
         return None
 
 
-def study_ladder(trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial], dict[str, float]], rungs: int = RUNGS) -> Ladder:
+def study_ladder(trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial], dict[str, float]], rungs: int = RUNGS,
+                 keep: Collection[str] = ()) -> Ladder:
     """The ladder replayed from a study's trials: the rungs from the search trials (one per
     configuration, its lowest-numbered finished trial) and each rung's confirmation; a
     confirmation that died without an outcome (killed, interrupted) is none."""
@@ -220,7 +235,7 @@ def study_ladder(trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial]
     for t in trials:  # as the samplers index them: a trial killed before its outcome is no evaluation
         if not is_confirmation(t) and accuracy_outcome(t) is not None:
             search.setdefault(key_of_rates(rates_of(t)), t)
-    steps = ladder(search.values(), rates_of, rungs)
+    steps = ladder(search.values(), rates_of, rungs, keep)
     finished: dict[str, FrozenTrial] = {}
     for t in trials:
         if is_confirmation(t) and t.state.is_finished() and not t.user_attrs.get("interrupted") and (

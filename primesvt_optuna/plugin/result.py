@@ -33,7 +33,7 @@ import pandas as pd
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from ..acceptance.confirm import Ladder, is_confirmation, study_ladder, study_rungs
+from ..acceptance.confirm import Ladder, is_confirmation, safe_steps, study_ladder, study_rungs
 from ..precision.search import quantized_layers
 from .constraints import RATE_PREFIX, STUDY_PREFIX, Constraints, layer_of
 from .samplers import WalkSampler, from_settings
@@ -202,7 +202,7 @@ def result(study: Study) -> Result:
     base = attrs.get(f"{STUDY_PREFIX}base_accuracy")
     ladder: Ladder | None = None
     if constraints.confirmed and base is not None:
-        ladder = study_ladder(every, _claimed_rates, study_rungs(attrs))
+        ladder = study_ladder(every, _claimed_rates, study_rungs(attrs), safe_steps(attrs))
         finished = finished and ladder.done
         delivered = ladder.delivered
         if delivered is not None:

@@ -45,7 +45,7 @@ from ...storage import (
     STALE, TrialTakenOver, fail_heartbeat_stale, fail_if_stale, keep_alive, set_trial_attrs, unrecorded_limit,
     worker_info,
 )
-from ...acceptance.confirm import CONFIRM, KEY_PREFIX, RUNGS_ATTR, confirm_key, ladder, study_rungs
+from ...acceptance.confirm import CONFIRM, KEY_PREFIX, RUNGS_ATTR, confirm_key, ladder, safe_steps, study_rungs
 from ...precision.search import bits_of, is_precision, name_of
 from ..constraints import (
     CLAIM, DEFAULT_GRID, OUTCOME, RATE_PREFIX, STUDY_PREFIX, WORKER, Constraints, layer_of, normalize_grid,
@@ -200,6 +200,11 @@ class Snapshot:
                     self.undecided.append(t.number)
             elif claim.get("key"):
                 self.held.setdefault(claim["key"], t.number)
+
+    def key(self, key: str) -> str:
+        """The stored key of a configuration this snapshot names (itself; a view on top of a base
+        adds the base's entries)."""
+        return key
 
     def status(self, key: str) -> str:
         found = self._outcomes.get(key)
@@ -406,7 +411,8 @@ class ClaimSampler(BaseSampler):
         that fails."""
         if self._written_attr(study, "base_accuracy") is None:
             return searched  # no reference accuracy: nothing was searched
-        rungs = ladder(snap.finished(), _claimed_rates, self._rungs(study))
+        rungs = ladder(snap.finished(), _claimed_rates, self._rungs(study),
+                       safe_steps(study._storage.get_study_user_attrs(study._study_id)))
         steps = [({}, None), *((r.rates, r.number) for r in rungs)]
         for rates, rung in steps:
             key = confirm_key(rates_key(rates))
