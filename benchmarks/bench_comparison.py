@@ -160,7 +160,8 @@ def _cell_text(r: pd.Series) -> str:
         saving, images = r.delivered_saving_median, r.images_to_confirmed_median
         cost = "nothing confirmed" if not math.isfinite(images) else f"{images / 1000:.1f}k img"
         old = "†" if getattr(r, "ladder", LADDER) == "at-least" else ""
-        old += "" if str(getattr(r, "rungs", "")) == str(RUNGS) else "‡"
+        rungs = getattr(r, "rungs", None)
+        old += "" if isinstance(rungs, (int, float)) and rungs == RUNGS else "‡"  # NaN: ran before the count was recorded
         best = r.delivered_saving_max
         spread = f", best {100 * best:.1f}%" if best > saving + 5e-4 else ""
         return (f"{100 * saving:.1f}%{old} ({r.policy_selection_met}/{r.seeds}{spread}), {cost}, "
