@@ -16,7 +16,7 @@ from spikingjelly.activation_based import neuron
 from primesvt_optuna.data import load_splits, make_spec
 from primesvt_optuna.errors import PrimeSVTError
 from primesvt_optuna.models import build_model
-from primesvt_optuna.plugin import PrioritizedSampler, PruningObjective
+from primesvt_optuna.plugin import BudgetAwareSampler, PrioritizedSampler, PruningObjective
 from _paper_rule import PruningObjective, SyntheticObjective  # noqa: E402,F811 (the point rule)
 from primesvt_optuna.pruning import Engine
 from primesvt_optuna.pruning.recalibrate import (BATCH_SIZE, RelativeReference, batchnorms, bn_statistics, recalibrate_bn,
@@ -277,17 +277,19 @@ def test_the_automatic_probe_charges_every_image_it_read_once(tiny, rule):
 
 @pytest.mark.parametrize("share, rule", [(0.0, "relative"), (1.01, "absolute")])
 def test_the_automatic_rule_is_measured_on_the_unpruned_model_and_charged(tiny, monkeypatch, share, rule):
-    """recalibrate_rule="auto": the unpruned model is evaluated plain and recalibrated by the
-    absolute rule on the search images; relative when they disagree on AUTO_RELATIVE_DISAGREEMENT
-    of them or more. Its images (two evaluations and one recalibration) are charged to the
-    reference trial, once."""
+    """recalibrate_rule="auto": relative when pruning only; with a precision grid the unpruned
+    model is evaluated plain and recalibrated by the absolute rule on the search images, relative
+    when they disagree on AUTO_RELATIVE_DISAGREEMENT of them or more. Its images (two evaluations
+    and one recalibration) are charged to the reference trial, once."""
     import primesvt_optuna.plugin.objective as objective_module
 
     monkeypatch.setattr(objective_module, "AUTO_RELATIVE_DISAGREEMENT", share)  # 0: always met; above 1: never
     model, splits = tiny
-    objective = PruningObjective(model=model, data=make_spec("digits", img_size=16), eval_images=48, batch_size=16,
-                                 grid=[0.5], max_accuracy_drop=0.05, memory_target=0.3, pruner=None,
-                                 recalibrate_bn=70)
+    kwargs = dict(model=model, data=make_spec("digits", img_size=16), eval_images=48, batch_size=16, grid=[0.5],
+                  max_accuracy_drop=0.05, memory_target=0.3, pruner=None, recalibrate_bn=70)
+    pruning = PruningObjective(**kwargs)  # pruning only: the relative rule, nothing measured
+    assert pruning.recalibrate_rule == "relative" and pruning.recalibration_probe is None
+    objective = PruningObjective(**kwargs, precisions=("float", "int8"))
     probe = objective.recalibration_probe
     assert probe["rule"] == objective.recalibrate_rule == rule and probe["images"] == 2 * 48 + 70
     unpruned = RelativeReference(model, splits.train, images=70, seed=0).model
@@ -298,7 +300,8 @@ def test_the_automatic_rule_is_measured_on_the_unpruned_model_and_charged(tiny, 
     assert probe["disagreement"] == int((plain != again).sum()) / len(plain)
     settings = {"images": 70, "batch_size": BATCH_SIZE, "seed": 0}
     assert objective.recalibration_settings == ({**settings, "rule": "relative"} if rule == "relative" else settings)
-    study = optuna.create_study(directions=objective.directions, sampler=PrioritizedSampler(grid=[0.5]))
+    study = optuna.create_study(directions=objective.directions,
+                                sampler=BudgetAwareSampler(grid=[0.5], precisions=("float", "int8")))
     study.optimize(objective, n_trials=2)
     reference, pruned = study.trials
     assert reference.user_attrs["images_recalibrated"] == probe["images"]  # the relative reference is not charged twice

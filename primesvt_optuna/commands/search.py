@@ -64,9 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recalibrate-rule", choices=("auto", "relative", "absolute"),
                    help="how recalibrated statistics are used: 'relative' moves the trained ones by what the "
                         "configuration changed against the unpruned model recalibrated on the same images; 'absolute' "
-                        "replaces them; 'auto' (the default): relative where a probe before the study shows "
-                        "recalibration alone changes 5%% of the unpruned model's predictions "
-                        "(config: [search] recalibrate_rule)")
+                        "replaces them; 'auto' (the default): relative when pruning only, and with --precisions "
+                        "where a probe before the study shows recalibration alone changes 5%% of the unpruned "
+                        "model's predictions (config: [search] recalibrate_rule)")
     p.add_argument("--accept", choices=("confirmed", "point", "confident"),
                    help="accuracy acceptance: 'confirmed' (the default: the search steps on part of the evaluation "
                         "images, and what it delivers must keep the drop within budget on the held-back part, "

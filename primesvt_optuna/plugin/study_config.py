@@ -40,8 +40,8 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     prune_embed = false                     # true: also prune the embedding dimension (one global layer)
     recalibrate_bn = "auto"                 # adaptive BatchNorm where a probe shows it pays; N: on N images; 0: off
     recalibrate_rule = "auto"               # "relative": move the trained statistics by what pruning changed;
-                                            #   "absolute": replace them; "auto": relative where a probe shows
-                                            #   recalibration alone costs the unpruned model a point
+                                            #   "absolute": replace them; "auto": relative when pruning only, with
+                                            #   precisions where recalibration alone changes 5% of the predictions
     # flops_target = 0.3                    # also save this fraction of FLOPs per image (constraint "flops")
     # precisions = "float,int8,int4,int2"   # also choose a weight precision per layer (default: float alone,
                                             #   pruning only); policies budget-aware, uniform, precision-walk,
