@@ -366,16 +366,16 @@ def test_a_search_too_long_for_15_minutes_stops_at_the_budget_it_picked(confirme
     there, keeps the confirmations' room, and says so."""
     from primesvt_optuna.commands import search as command
 
-    slow = command.AutoBudget(400, 1.0, 0.5)
+    slow = command.AutoBudget(600, 1.0, 0.5)
     monkeypatch.setattr(command.AutoBudget, "measured", classmethod(lambda cls, objective: slow))
     db = confirmed.parent / "slow.db"
     assert main(["search", str(confirmed), "--storage", f"sqlite:///{db}", "--study-name", "slow", "--json",
                  "--recalibrate-bn", "0"]) == 0  # the recalibration probe runs before the study, outside its budget
     out = json.loads(capsys.readouterr().out)
-    assert out["image_budget"]["images"] == 400 and out["image_budget"]["reached"], out["cost"]
-    assert out["cost"]["images"] <= 400 and out["selected"]["confirmation"]["confirmed"]
+    assert out["image_budget"]["images"] == 600 and out["image_budget"]["reached"], out["cost"]
+    assert out["cost"]["images"] <= 600 and out["selected"]["confirmation"]["confirmed"]
     assert main(["search", str(confirmed), "--storage", f"sqlite:///{db}", "--study-name", "slow", "--resume"]) == 0
-    assert "image budget 400, chosen automatically (no --budget-images): within 15 minutes" in capsys.readouterr().out
+    assert "image budget 600, chosen automatically (no --budget-images): within 15 minutes" in capsys.readouterr().out
 
 
 def test_compare_walk_says_what_the_papers_walk_delivers_in_one_line(confirmed, capsys):
