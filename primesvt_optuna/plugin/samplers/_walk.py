@@ -119,7 +119,8 @@ class WalkSampler(ClaimSampler):
         the first configuration meeting the target, and that one spent its layer's whole bound on
         the search images: alone on the ladder it fails its confirmation as often as not, and then
         nothing is delivered (the paper's walk on digits-2-64 commits ``rpe_conv`` 0.9, 19.8%,
-        whose held-back bound is 7.0 points; 0.7, 15.3%, confirms at 0.9). The step is recorded
+        whose held-back bound is 7.0 points under absolute recalibration; 0.7, 15.3%, confirms at
+        0.9). The step is recorded
         (:data:`~primesvt_optuna.acceptance.confirm.SAFE_STEP_ATTR`), so the ladder keeps it even
         where speculating workers or a full sweep evaluated it first as a robustness trial. The
         walk itself, and so the point rule's selection, is unchanged. None: decided (or nothing
