@@ -133,7 +133,7 @@ RULES = {
 
 # ------------------------------------------------------------------ tables
 
-COMPARISON = ("comparison/comparison.csv", "comparison/comparison-auto-rule.csv")
+COMPARISON = ("comparison/comparison.csv", "comparison/comparison-auto-rule.csv", "comparison/comparison-auto-rule-walk.csv")
 """The comparison and the re-run of the default's policies under the current defaults (automatic
 recalibration rule, 8 rungs, the walk's safe step), whose rows supersede the ones they re-ran."""
 DEFAULT_RUNS = {"comparison/comparison.csv": "absolute recalibration, 4 rungs",
