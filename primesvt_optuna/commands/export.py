@@ -314,7 +314,10 @@ def _print(r: dict[str, Any]) -> None:
         print(f"  the best configuration the study evaluated, not the walk's commit (trial {w['trial']}, "
               f"saves {100 * w['memory_saving']:.2f}%)")
     if "recalibrate_bn" in r:
-        print(f"  BatchNorm recalibrated on {r['images_recalibrated']} training images (as in the search)")
+        settings = r["recalibrate_bn"]
+        rule = settings.get("rule", "absolute")
+        print(f"  BatchNorm recalibrated on {settings['images']} training images, {rule} rule (as in the search; "
+              f"{r['images_recalibrated']:,} images passed forward)")
     print(f"  model bytes {r['model_bytes']:,} of {r['base_bytes']:,} (saves {100 * r['memory_saving']:.2f}%)"
           + ("" if r["both_constraints_met"] or r.get("accept") == "point" else
              "; note: the search could not meet both constraints"))
