@@ -269,8 +269,13 @@ class RateObjective:
                                     "not float alone: use another study name, or the same settings")
             attrs = self.study_attrs()
             current = study._storage.get_study_user_attrs(study._study_id)
-            if "rungs" in attrs and f"{STUDY_PREFIX}constraints" in current and RUNGS_ATTR not in current:
-                attrs["rungs"] = LEGACY_RUNGS  # a study confirmed before the count was recorded keeps its ladder
+            if "rungs" in attrs:
+                # written first, so a worker that sees the constraints of a study this version
+                # created sees its count too; constraints without a count: a study confirmed
+                # before the count was recorded, which keeps its ladder
+                legacy = f"{STUDY_PREFIX}constraints" in current and RUNGS_ATTR not in current
+                count = attrs.pop("rungs")
+                attrs = {"rungs": LEGACY_RUNGS if legacy else count, **attrs}
             write_study_attrs(study, attrs)
             current = study._storage.get_study_user_attrs(study._study_id)
             for key, value in self.informative_attrs().items():
