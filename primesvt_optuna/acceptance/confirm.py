@@ -29,8 +29,8 @@ overall, with no correction for the number of rungs. More rungs cost confirmatio
 confidence, and they step closer to what can be confirmed: with 4, a band that reaches from 68% to
 90% saving offers only its safest candidate (72.8% on a digits-hard precision search) before the
 search's own selection, which fails; 8 rungs offer 85.4% in between (docs/acceptance.md). A study
-records its count (``primesvt:rungs``); one recorded without it keeps ``LEGACY_RUNGS``. Under a ``min_accuracy`` constraint a rung
-passes when the exact (Clopper-Pearson) lower bound of its confirmation accuracy meets the floor.
+records its count (``primesvt:rungs``); one recorded without it keeps ``LEGACY_RUNGS``. Under a
+``min_accuracy`` constraint a rung passes when the exact (Clopper-Pearson) lower bound of its confirmation accuracy meets the floor.
 
 Everything here is derived from trials in storage: a confirmation is a trial with phase
 ``confirm`` and a claim key ``confirm:<configuration>``, so K workers, a resume, reports and the
@@ -115,7 +115,6 @@ def ladder(search_trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial
     candidates even as a lower rate of a layer alone (the walk's safe step, which speculating
     workers or a full sweep may have evaluated first as a robustness trial)."""
     pool = [t for t in search_trials if _search_ok(t) and rates_of(t)]
-    kept = [t for t in pool if key_of_rates(rates_of(t)) in keep]
     bounds: dict[str, FrozenTrial] = {}
     for t in pool:
         rates = rates_of(t)
@@ -124,7 +123,7 @@ def ladder(search_trials: Iterable[FrozenTrial], rates_of: Callable[[FrozenTrial
             if layer not in bounds or rate > rates_of(bounds[layer])[layer]:
                 bounds[layer] = t
     pool = [t for t in pool if not (t.user_attrs.get("phase") == "robustness" and len(rates_of(t)) == 1)
-            or t is bounds.get(next(iter(rates_of(t)))) or t in kept]
+            or t is bounds.get(next(iter(rates_of(t)))) or key_of_rates(rates_of(t)) in keep]
     if any(_memory_met(t) for t in pool):
         pool = [t for t in pool if _memory_met(t)]
     if not pool:
