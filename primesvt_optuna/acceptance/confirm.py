@@ -30,7 +30,8 @@ confidence, and they step closer to what can be confirmed: with 4, a band that r
 90% saving offers only its safest candidate (72.8% on a digits-hard precision search) before the
 search's own selection, which fails; 8 rungs offer 85.4% in between (docs/acceptance.md). A study
 records its count (``primesvt:rungs``); one recorded without it keeps ``LEGACY_RUNGS``. Under a
-``min_accuracy`` constraint a rung passes when the exact (Clopper-Pearson) lower bound of its confirmation accuracy meets the floor.
+``min_accuracy`` constraint a rung passes when the exact (Clopper-Pearson) lower bound of its
+confirmation accuracy meets the floor.
 
 Everything here is derived from trials in storage: a confirmation is a trial with phase
 ``confirm`` and a claim key ``confirm:<configuration>``, so K workers, a resume, reports and the
