@@ -46,7 +46,7 @@ from tqdm import tqdm
 from _results import RESULTS
 from bench_comparison import BENCHMARKS
 from primesvt_optuna.acceptance.bounds import drop_upper_bound
-from primesvt_optuna.acceptance.confirm import ladder
+from primesvt_optuna.acceptance.confirm import DEFAULT_HOLDOUT, ladder
 from primesvt_optuna.acceptance.split import grouped_split, labels_and_groups
 from primesvt_optuna.plugin.objective import PruningObjective
 from primesvt_optuna.plugin.samplers._claims import _claimed_rates
@@ -57,6 +57,7 @@ OUT = RESULTS / "comparison"
 BUDGETS = (0.03, 0.015)
 CONFIDENCE = 0.95
 SEEDS = 30
+HOLDOUTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the shares of validation held back that the replay tries
 UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 TARGETS = {"digits": (0.15, 0.4), "digits-hard": (0.15, 0.4), "digits-8-64": (0.25, 0.4),
            "digits-sdt-8-64": (0.25, 0.4), "digits-qkformer-8-64": (0.25, 0.4)}
@@ -94,7 +95,8 @@ def correctness(bench: str) -> dict[str, np.ndarray]:
     rows = [correct(r) for r in tqdm(configs, desc=f"{bench}: configurations")]
     saving = [1 - objective.predict_bytes(r) / objective.engine.base_bytes for r in configs]
     return {"ref": correct({}), "C": np.array(rows), "saving": np.array(saving), "labels": labels,
-            "groups": groups, "n_val": len(objective.splits.val), "configs": configs}
+            "groups": groups, "n_val": len(objective.splits.val), "configs": configs,
+            "recalibrate_rule": objective.recalibrate_rule}
 
 
 @lru_cache(maxsize=None)
@@ -118,7 +120,7 @@ def ceiling(bench: str, d: dict[str, np.ndarray]) -> pd.DataFrame:
     ref, c, s = d["ref"], d["C"], d["saving"]
     p_b = ((ref[None] == 1) & (c == 0)).mean(1)
     p_c = ((ref[None] == 0) & (c == 1)).mean(1)
-    drop, held_back = p_b - p_c, round(d["n_val"] / 2)
+    drop, held_back = p_b - p_c, round(d["n_val"] * DEFAULT_HOLDOUT)
     rows = []
     for budget in BUDGETS:
         need = np.array([images_to_confirm(b, cc, budget) for b, cc in zip(p_b, p_c)])
@@ -127,7 +129,8 @@ def ceiling(bench: str, d: dict[str, np.ndarray]) -> pd.DataFrame:
             i = int(np.argmax(np.where(ok, s, -1)))
             rows.append({"benchmark": bench, "budget": budget, "ceiling": label, "saving": s[i] if ok.any() else 0.0,
                          "pooled_drop": drop[i], "disagreement": p_b[i] + p_c[i], "images_to_confirm": need[i],
-                         "held_back_images": held_back, "pooled_images": len(ref), "configurations": len(s)})
+                         "held_back_images": held_back, "pooled_images": len(ref), "configurations": len(s),
+                         "recalibrate_rule": d["recalibrate_rule"]})
     best = math.inf  # the frontier: each configuration with a smaller pooled drop than every larger saving
     for i in np.argsort(-s):
         if drop[i] < best and drop[i] <= max(BUDGETS):
@@ -135,7 +138,8 @@ def ceiling(bench: str, d: dict[str, np.ndarray]) -> pd.DataFrame:
             rows.append({"benchmark": bench, "budget": max(BUDGETS), "ceiling": "frontier", "saving": s[i],
                          "pooled_drop": drop[i], "disagreement": p_b[i] + p_c[i],
                          "images_to_confirm": images_to_confirm(p_b[i], p_c[i], max(BUDGETS)),
-                         "held_back_images": held_back, "pooled_images": len(ref), "configurations": len(s)})
+                         "held_back_images": held_back, "pooled_images": len(ref), "configurations": len(s),
+                         "recalibrate_rule": d["recalibrate_rule"]})
     return pd.DataFrame(rows)
 
 
@@ -166,12 +170,13 @@ def _bands(pool: list[int], s: np.ndarray, key: np.ndarray, configs: list[dict[s
     return [r.trial.user_attrs["index"] for r in ladder(trials, _claimed_rates)]
 
 
-def replay(bench: str, d: dict[str, np.ndarray], target: float, budget: float, rule: str) -> dict[str, float]:
+def replay(bench: str, d: dict[str, np.ndarray], target: float, budget: float, rule: str,
+           holdout: float = DEFAULT_HOLDOUT) -> dict[str, float]:
     ref, c, s, labels, groups = d["ref"], d["C"], d["saving"], d["labels"], d["groups"]
     delivered, holds = [], []
     for seed in range(SEEDS):
         val, test = grouped_split(labels, groups, len(ref) - d["n_val"], seed)
-        search, confirm = (val[i] for i in grouped_split(labels[val], groups[val], round(len(val) / 2), seed))
+        search, confirm = (val[i] for i in grouped_split(labels[val], groups[val], round(len(val) * holdout), seed))
 
         def counts(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
             r, p = ref[idx][None], c[:, idx]
@@ -193,7 +198,8 @@ def replay(bench: str, d: dict[str, np.ndarray], target: float, budget: float, r
         delivered.append(0.0 if got is None else s[got])
         holds.append(True if got is None else (bt[got] - ct[got]) / nt <= budget + 1e-12)
     saved = np.array(delivered)
-    return {"benchmark": bench, "target": target, "budget": budget, "rule": rule, "seeds": SEEDS,
+    return {"benchmark": bench, "target": target, "budget": budget, "rule": rule, "holdout": holdout,
+            "recalibrate_rule": d["recalibrate_rule"], "seeds": SEEDS,
             "delivered_median": float(np.median(saved)), "target_met": int((saved >= target).sum()),
             "delivered_any": int((saved > 0).sum()), "test_holds": int(sum(holds))}
 
@@ -210,6 +216,8 @@ def main() -> None:
         d = correctness(bench)
         ceilings.append(ceiling(bench, d))
         replays += [replay(bench, d, t, 0.03, rule) for t in TARGETS[bench] for rule in ("bands", "at-least")]
+        replays += [replay(bench, d, t, 0.03, "bands", h) for t in TARGETS[bench] for h in HOLDOUTS
+                    if h != DEFAULT_HOLDOUT]
     where = {k: str(v) for k, v in machine().items()}
     command = "python benchmarks/bench_acceptance_power.py " + " ".join(args.benchmarks)
     for name, frame in (("power-ceiling.csv", pd.concat(ceilings)), ("power-ladder.csv", pd.DataFrame(replays))):

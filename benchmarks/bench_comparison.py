@@ -48,7 +48,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from primesvt_optuna.acceptance.confirm import RUNGS
+from primesvt_optuna.acceptance.confirm import DEFAULT_HOLDOUT, RUNGS
 from primesvt_optuna.plugin.objective import PruningObjective
 from primesvt_optuna.plugin.study_config import load_study_config
 from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
@@ -133,7 +133,7 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
     spec = ComparisonSpec(name=name, storage=_storage(bench), policies=policies,
                           seeds=tuple(range(args.seeds)), budget_images=budget, max_trials=args.max_trials,
                           n_jobs=args.jobs, shared_sweep=main, sampler_options={p: walk for p in WALK_POLICIES},
-                          objective_options=OBJECTIVE_OPTIONS.get(variant, {}), resplit=resplit)
+                          objective_options=_objective_options(variant, args.holdout), resplit=resplit)
     print(f"== {name}: budget {budget:,} images per study, {cfg.constraints.describe()}", flush=True)
     started = time.perf_counter()
     if not args.report_only:
@@ -146,9 +146,18 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
         benchmark=bench, target=target, variant=variant, budget_images=budget, max_trials=args.max_trials,
         trial_cap_hit=report.table.policy.map(capped).fillna(False), run_wall_s=round(wall, 1),
         ladder=LADDER if variant in OBJECTIVE_OPTIONS else "",
+        holdout=_objective_options(variant, args.holdout).get("holdout", DEFAULT_HOLDOUT) if resplit else 0.0,
         **recorded_settings(spec.storage, name),
         **{k: str(v) for k, v in machine().items()},
     )
+
+
+def _objective_options(variant: str, holdout: float | None) -> dict:
+    """The variant's objective arguments, with ``--holdout`` for the confirmed ones."""
+    options = dict(OBJECTIVE_OPTIONS.get(variant, {}))
+    if holdout is not None and variant in OBJECTIVE_OPTIONS:
+        options["holdout"] = holdout
+    return options
 
 
 def _cell_text(r: pd.Series) -> str:
@@ -392,6 +401,9 @@ def main() -> None:
     parser.add_argument("--tag", default="",
                         help="a side run: studies named <cell>[-<variant>]-<tag>, rows in comparison-<tag>.csv")
     parser.add_argument("--budget", type=int, default=None, help="images per study (default: per benchmark)")
+    parser.add_argument("--holdout", type=float, default=None,
+                        help="confirmed variants: the share of validation held back (default: the objective's; "
+                             "use with --tag)")
     parser.add_argument("--max-trials", type=int, default=1500, help="safety net; reported when hit")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="--precision: seeds first .. first + seeds - 1")

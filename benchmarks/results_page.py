@@ -35,6 +35,7 @@ import pandas as pd
 
 from _results import RESULTS
 from bench_comparison import BENCHMARKS, OBJECTIVE_OPTIONS, VARIANTS, _cell_text, _cells, headline
+from primesvt_optuna.acceptance.confirm import DEFAULT_HOLDOUT
 from primesvt_optuna.reporting.table import to_markdown
 
 ROOT = RESULTS.parents[1]
@@ -252,6 +253,7 @@ def power_ladder(frames: Frames) -> pd.DataFrame:
     """The confirmation replayed on the pooled images, 30 seeds: the shipped rung rule (bands)
     against the rule it replaced (at least s_j)."""
     table = frames["comparison/power-ladder.csv"]
+    table = table[table.holdout == DEFAULT_HOLDOUT]
     rows = []
     for (bench, target), group in table.groupby(["benchmark", "target"], sort=False):
         by = group.set_index("rule")
@@ -259,6 +261,18 @@ def power_ladder(frames: Frames) -> pd.DataFrame:
             f"{rule}: delivered median (target met), test holds": f"{pct(by.delivered_median[rule])} "
             f"({by.target_met[rule]}/{by.seeds[rule]}), {by.test_holds[rule]}/{by.seeds[rule]}"
             for rule in ("bands", "at-least")})
+    return pd.DataFrame(rows)
+
+
+def power_holdout(frames: Frames) -> pd.DataFrame:
+    """The confirmation replayed with each share of the validation images held back (bands)."""
+    table = frames["comparison/power-ladder.csv"]
+    table = table[table.rule == "bands"]
+    rows = []
+    for (bench, target), group in table.groupby(["benchmark", "target"], sort=False):
+        rows.append({"cell": cell(bench, target)} | {
+            f"{r.holdout:.0%} held back": f"{pct(r.delivered_median)} ({r.target_met}/{r.seeds}), test {r.test_holds}"
+            for r in group.sort_values("holdout").itertuples()})
     return pd.DataFrame(rows)
 
 
@@ -489,6 +503,7 @@ TABLES = (
     Table("default", COMPARISON, default),
     Table("power-ceiling", POWER, power_ceiling),
     Table("power-ladder", POWER, power_ladder),
+    Table("power-holdout", POWER, power_holdout),
     Table("families", COMPARISON, families),
     Table("precision", PRECISION, precision),
     Table("recalibration", ("engine/recalibration.csv",), recalibration),
