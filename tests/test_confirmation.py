@@ -27,7 +27,7 @@ import pytest
 
 import _synthetic_walk as walk
 from primesvt_optuna.acceptance.bounds import drop_upper_bound, min_images
-from primesvt_optuna.acceptance.confirm import (CONFIRM, LEGACY_RUNGS, RUNGS, Ladder, anticipated_drop, ladder, safe_steps,
+from primesvt_optuna.acceptance.confirm import (CONFIRM, LEGACY_RUNGS, auto_holdout, RUNGS, Ladder, anticipated_drop, ladder, safe_steps,
                                                 study_ladder,
                                                 study_rungs)
 from primesvt_optuna.errors import PrimeSVTError
@@ -157,7 +157,8 @@ def test_budget_aware_gives_the_ladder_a_safe_step_near_the_target(target: float
     def plans(accept: str) -> tuple[list[float], optuna.Study]:
         objective = SyntheticObjective(SIZES, sensitivity={k: v / 2 for k, v in SENSITIVITY.items()},
                                        max_accuracy_drop=BUDGET, memory_target=target, n_images=2000, noise=0.02,
-                                       noise_seed=0, grid=GRID, pruner=None, accept=accept)
+                                       noise_seed=0, grid=GRID, pruner=None, accept=accept,
+                                       **({"holdout": 0.5} if accept == "confirmed" else {}))
         study = optuna.create_study(directions=objective.directions, sampler=BudgetAwareSampler(grid=GRID))
         study.optimize(objective)
         return [t.user_attrs["memory_saving"] for t in study.trials if t.user_attrs.get("phase") == "plan"], study
@@ -182,7 +183,7 @@ def test_a_search_its_image_budget_ended_is_finished(sampler: type) -> None:
     """A budget too small for the whole search: the sampler stops, confirms what it has, and the
     result calls the search finished (it asked for one more trial than the budget holds)."""
     objective = SyntheticObjective(SIZES, sensitivity=SENSITIVITY, max_accuracy_drop=BUDGET, memory_target=0.7,
-                                   n_images=2000, grid=GRID, pruner=None)
+                                   n_images=2000, grid=GRID, pruner=None, holdout=0.5)
     study = optuna.create_study(directions=objective.directions,
                                 sampler=sampler(grid=GRID, budget_images=(4 + RUNGS + 1) * 1000 + 500))
     study.optimize(objective)
@@ -252,7 +253,7 @@ def test_anticipate_steps_the_search_by_the_anticipated_drop_and_confirms_agains
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     objective = SyntheticObjective(SIZES, sensitivity=SENSITIVITY, max_accuracy_drop=BUDGET, memory_target=0.3,
                                    grid=GRID, n_images=2000, noise=0.02, noise_seed=3, pruner=None,
-                                   search_drop="anticipate")
+                                   search_drop="anticipate", holdout=0.5)
     allowance = anticipated_drop(BUDGET, 1000, 0.95)
     assert objective.constraints.search_allowance == allowance < BUDGET
     study = optuna.create_study(directions=objective.directions, sampler=BudgetAwareSampler(grid=GRID))
@@ -269,9 +270,24 @@ def test_anticipate_steps_the_search_by_the_anticipated_drop_and_confirms_agains
     assert budget.constraints.search_allowance is None and "search_allowance" not in budget.constraints.to_dict()
 
 
+def test_the_automatic_share_keeps_200_search_images_within_half_and_four_fifths() -> None:
+    """``holdout="auto"`` (the default): all but 200 evaluation images are held back, at least half
+    and at most 0.8 of them; the objectives resolve it from their own evaluation images."""
+    assert [auto_holdout(n) for n in (80, 359, 400, 600, 1000, 1078, 50_000)] == [0.5, 0.5, 0.5, 0.67, 0.8, 0.8, 0.8]
+    synthetic = SyntheticObjective(SIZES, n_images=1000)
+    assert (synthetic.holdout, synthetic.confirm_images, synthetic.eval_images) == (0.8, 800, 200)
+    assert SyntheticObjective(SIZES, n_images=400).holdout == 0.5
+    assert SyntheticObjective(SIZES, n_images=1000, holdout=0.3).confirm_images == 300
+    digits = PruningObjective("digits-2-64", eval_images=300)  # 300 images: all but 200 is a third, so half
+    assert (digits.holdout, digits.split["holdout"]) == (0.5, 0.5)
+    assert abs(digits.confirm_images - 150) <= 1 and digits.confirm_images + digits.eval_images == 300  # whole groups
+
+
 def test_bad_settings_end_in_one_line_before_any_work() -> None:
-    with pytest.raises(PrimeSVTError, match=r"^holdout is the share .* must lie in \(0, 1\), got 1.0$"):
+    with pytest.raises(PrimeSVTError, match=r"^holdout is the share .* must lie in \(0, 1\) or be 'auto', got 1.0$"):
         SyntheticObjective(SIZES, holdout=1.0)
+    with pytest.raises(PrimeSVTError, match=r"must lie in \(0, 1\) or be 'auto', got 'half'$"):
+        SyntheticObjective(SIZES, holdout="half")
     with pytest.raises(PrimeSVTError, match=r"^confidence .*must lie in \(0.5, 1\), got 0.5"):
         SyntheticObjective(SIZES, confidence=0.5)
     with pytest.raises(PrimeSVTError, match=r"^the confirmation part has 40 images, too few to confirm anything at "

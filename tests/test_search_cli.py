@@ -346,6 +346,7 @@ def test_default_search_delivers_a_confirmed_selection_and_its_cost(confirmed, c
     (["--confidence", "1.2"], "confidence (of the accuracy's lower bound) must lie in (0.5, 1), got 1.2"),
     (["--confidence", "0.5"], "must lie in (0.5, 1), got 0.5"),
     (["--holdout", "1"], "holdout is the share of the evaluation images held back for confirmation"),
+    (["--holdout", "half"], "must lie in (0, 1) or be 'auto', got 'half'"),
     (["--holdout", "0.1"], "the confirmation part has 10 images, too few to confirm anything at 95%"),
     (["--eval-images", "40", "--max-accuracy-drop", "0.03"], "images, too few to confirm anything at 95% (at least 88 needed"),
     (["--accept", "point", "--holdout", "0.5"], "holdout applies to accept = 'confirmed' only"),

@@ -101,7 +101,9 @@ def test_confirmed_acceptance_settings():
     objective = cfg.objective()
     assert objective.holdout == 0.4 and objective.confirm_images + objective.eval_images == 300
     assert abs(objective.confirm_images - 120) <= 10  # whole classes' shares, rounded
-    assert parse_study_config(GOOD).objective().holdout == 0.5
+    assert parse_study_config(GOOD).objective().holdout == 0.5  # "auto" on digits' 359 validation images
+    auto = parse_study_config(GOOD + "holdout = 'auto'\n")
+    assert auto.holdout == "auto" and auto.objective().holdout == 0.5
     flags = cfg.with_overrides(holdout=0.3, accept_confidence=0.99)
     assert (flags.holdout, flags.constraints.confidence) == (0.3, 0.99)
     point = cfg.with_overrides(accept="point")  # the config's holdout and level go with its rule
@@ -142,7 +144,8 @@ def test_confirmed_acceptance_settings():
         (GOOD + "confidence = 1.0\n", "confidence (of the accuracy's lower bound) must lie in (0.5, 1)"),
         (GOOD + "confidence = 0.5\n", "must lie in (0.5, 1)"),
         (GOOD + "holdout = 1.0\n", "holdout is the share of the evaluation images held back"),
-        (GOOD + "holdout = 0\n", "must lie in (0, 1), got 0.0"),
+        (GOOD + "holdout = 0\n", "must lie in (0, 1) or be 'auto', got 0.0"),
+        (GOOD + "holdout = 'half'\n", "must lie in (0, 1) or be 'auto', got 'half'"),
         (GOOD + "accept = 'point'\nholdout = 0.5\n", "holdout applies to accept = 'confirmed' only, not 'point'"),
         (GOOD + "accept = 'confident'\nconfidence = 1.5\n", "confidence (of the accuracy's lower bound) must lie"),
         (GOOD + "accept = 'confident'\ninterval = 'normal'\n", "interval must be one of"),

@@ -57,7 +57,12 @@ LEGACY_RUNGS = 4
 """The rungs of a study recorded before the count was a study setting (``primesvt:rungs``): its
 ladder stays the one it was confirmed with."""
 RUNGS_ATTR = "primesvt:rungs"
-DEFAULT_HOLDOUT = 0.5
+AUTO_HOLDOUT = "auto"
+DEFAULT_HOLDOUT = AUTO_HOLDOUT
+SEARCH_IMAGES = 200
+"""``holdout="auto"``: the search keeps this many of the evaluation images, and at least half of them
+and a fifth (:func:`auto_holdout`)."""
+HOLDOUT_RANGE = (0.5, 0.8)
 MIN_RUNG_IMAGES = 30  # below this the paired bound's normal approximation is not to be trusted
 
 
@@ -298,11 +303,32 @@ def with_search_drop(constraints: Any, rule: str, confirm_images: int) -> Any:
     return replace(constraints, search_allowance=allowance)
 
 
+def auto_holdout(images: int) -> float:
+    """The share held back under ``holdout="auto"`` from ``images`` evaluation images: all but
+    :data:`SEARCH_IMAGES`, within :data:`HOLDOUT_RANGE` (two decimals). The search needs a fixed
+    resolution (a 3-point budget is 6 of 200 images), the paired bound gains from every image held
+    back: replayed on 30 re-drawn splits, half is the best share on the 359-image digits splits
+    and 0.8 on digits-hard's 1,078 (docs/results.md, "How much to hold back")."""
+    low, high = HOLDOUT_RANGE
+    return round(min(high, max(low, 1.0 - SEARCH_IMAGES / max(1, images))), 2)
+
+
+def resolve_holdout(holdout: float | str, images: int) -> float:
+    """The held-back share of ``images`` evaluation images: ``"auto"`` (:func:`auto_holdout`) or a
+    share, refused with one line when it is neither."""
+    return auto_holdout(images) if holdout == AUTO_HOLDOUT else check_share(holdout)
+
+
+def check_holdout_setting(holdout: float | str) -> float | str:
+    """``"auto"`` or a share in (0, 1), refused with one line otherwise."""
+    return holdout if holdout == AUTO_HOLDOUT else check_share(holdout)
+
+
 def check_share(holdout: float) -> float:
     """The held-back share, refused with one line when it is not a fraction strictly inside (0, 1)."""
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0.0 < holdout < 1.0:
         raise PrimeSVTError(f"holdout is the share of the evaluation images held back for confirmation and must "
-                            f"lie in (0, 1), got {holdout!r}")
+                            f"lie in (0, 1) or be 'auto', got {holdout!r}")
     return float(holdout)
 
 

@@ -14,6 +14,15 @@ from typing import Any
 from ..errors import PrimeSVTError
 
 
+
+def _share_or_auto(text: str) -> float | str:
+    """``--holdout``: a number, or the text as given (``auto``; anything else is refused in one line
+    with the other settings, as the config's value is)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ..plugin.study_config import POLICIES
 
@@ -75,9 +84,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--confidence", type=float, metavar="LEVEL",
                    help="level of the confirmed (or confident) acceptance's bound, in (0.5, 1) (default 0.95; "
                         "config: [constraints] confidence)")
-    p.add_argument("--holdout", type=float, metavar="SHARE",
-                   help="confirmed acceptance: share of the evaluation images held back to confirm the delivery "
-                        "(default 0.5; config: [constraints] holdout)")
+    p.add_argument("--holdout", type=_share_or_auto, metavar="SHARE",
+                   help="confirmed acceptance: share of the evaluation images held back to confirm the delivery, "
+                        "or 'auto' (the default: all but 200 of them, from 0.5 to 0.8; config: [constraints] holdout)")
     p.add_argument("--search-drop", choices=("budget", "anticipate"),
                    help="confirmed acceptance: the drop the search steps by on its images, the whole budget "
                         "('budget', the default) or the largest drop the held-back images could still confirm "

@@ -52,8 +52,8 @@ from optuna.study import Study
 from optuna.trial import Trial, TrialState
 
 from .. import faults
-from ..acceptance.confirm import (CONFIRM, DEFAULT_HOLDOUT, LEGACY_RUNGS, RUNGS, RUNGS_ATTR, check_holdout, check_share,
-                                  confirm_key, judge, with_search_drop)
+from ..acceptance.confirm import (CONFIRM, DEFAULT_HOLDOUT, LEGACY_RUNGS, RUNGS, RUNGS_ATTR, check_holdout,
+                                  confirm_key, judge, resolve_holdout, with_search_drop)
 from ..errors import PrimeSVTError
 from ..precision.search import FLOAT_ONLY, bits_of, check_precisions, precision_param
 from .constraints import CLAIM, DEFAULT_GRID, STUDY_PREFIX, WORKER, Constraints, normalize_grid, rate_param
@@ -660,7 +660,9 @@ class PruningObjective(RateObjective):
             confidence bound at ``confidence`` does (``interval``: ``"clopper-pearson"``, exact
             binomial, or ``"wilson"``).
         holdout: under confirmed acceptance, the share of the evaluation images held back for
-            confirmation (stratified by class, whole source images, seeded by ``seed``).
+            confirmation (stratified by class, whole source images, seeded by ``seed``); ``"auto"``
+            (default): all but 200 of them, at least half and at most 0.8
+            (:func:`~primesvt_optuna.acceptance.confirm.auto_holdout`).
         search_drop: under confirmed acceptance, the drop the search steps by: ``"budget"``
             (default: ``max_accuracy_drop``) or ``"anticipate"`` (the largest drop the held-back
             images could still confirm if lost again there, e.g. one image of 180 for a 3-point
@@ -718,7 +720,7 @@ class PruningObjective(RateObjective):
         accept: str = "confirmed",
         confidence: float = 0.95,
         interval: str = "clopper-pearson",
-        holdout: float = DEFAULT_HOLDOUT,
+        holdout: float | str = DEFAULT_HOLDOUT,
         recalibrate_bn: int = 0,
         recalibrate_rule: str = "auto",
         flops_target: float | None = None,
@@ -753,7 +755,8 @@ class PruningObjective(RateObjective):
             check_fits(self.splits, ckpt["model_config"], str(path), (self.data_spec or {}).get("img_size"))
         self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
         if accept == "confirmed":
-            self.holdout = check_share(holdout)
+            images = len(self.splits.val) if eval_images is None else min(int(eval_images), len(self.splits.val))
+            self.holdout = resolve_holdout(holdout, images)
         self.split = {"eval_images": eval_images, "holdout": self.holdout if accept == "confirmed" else 0.0,
                       "seed": int(seed)}
         self.eval_set, self.confirm_set = evaluation_parts(self.splits.val, **self.split)

@@ -19,7 +19,8 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
     accept = "confirmed"                    # the default: the delivery's drop is bounded on held-back
                                             #   images; "point" (the paper's rule) or "confident"
     # confidence = 0.95                     # level of the bound (confirmed and confident)
-    # holdout = 0.5                         # confirmed: share of the evaluation images held back
+    # holdout = "auto"                      # confirmed: share of the evaluation images held back
+                                            #   ("auto": all but 200, from 0.5 to 0.8)
     # search_drop = "budget"                # confirmed: the search steps by the whole budget, or by
                                             #   "anticipate": what the held-back images could confirm
     # interval = "clopper-pearson"          # confident only ("wilson" also works)
@@ -60,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..acceptance.confirm import DEFAULT_HOLDOUT, check_search_drop, check_share
+from ..acceptance.confirm import DEFAULT_HOLDOUT, check_holdout_setting, check_search_drop
 from ..errors import PrimeSVTError
 from .constraints import DEFAULT_GRID, Constraints, normalize_grid
 from .pruner import DEFAULT_FIRST_BATCH
@@ -77,7 +78,7 @@ DEFAULT_ACCEPT = "confirmed"
 _TOP = {"study_name": str, "storage": str, "checkpoint": str, "device": str}
 _DATA = {"eval_images": int, "batch_size": int, "first_batch": int, "name": str, "path": str, "img_size": int, "seed": int}
 _CONSTRAINTS = {"max_accuracy_drop": float, "min_accuracy": float, "memory_target": float, "memory_budget": (int, str),
-                "accept": str, "confidence": float, "interval": str, "holdout": float, "search_drop": str}
+                "accept": str, "confidence": float, "interval": str, "holdout": (float, str), "search_drop": str}
 _SEARCH = {
     "policy": str, "grid": list, "robustness_rule": str, "sweep": str, "walk_all": bool, "budget_images": int,
     "trials": int, "seed": int, "workers": int, "early_cut": str, "confidence": float, "wait_timeout": float,
@@ -116,7 +117,7 @@ class StudyConfig:
     recalibrate_bn: int | str = "auto"
     recalibrate_rule: str = "auto"
     flops_target: float | None = None
-    holdout: float | None = None  # confirmed acceptance's held-back share (None: DEFAULT_HOLDOUT)
+    holdout: float | str | None = None  # confirmed acceptance's held-back share or "auto" (None: DEFAULT_HOLDOUT)
     search_drop: str = "budget"  # confirmed acceptance: the drop the search steps by (confirm.SEARCH_DROPS)
     precisions: tuple[str, ...] = ("float",)
     source: str = "<config>"
@@ -174,7 +175,7 @@ class StudyConfig:
             if not self.constraints.confirmed:
                 raise bad(f"holdout applies to accept = 'confirmed' only, not {self.constraints.accept!r}")
             try:
-                check_share(self.holdout)
+                check_holdout_setting(self.holdout)
             except PrimeSVTError as exc:
                 raise bad(str(exc)) from None
         try:
@@ -297,7 +298,7 @@ def _check(section: str, table: Any, schema: dict[str, Any], source: str) -> dic
             continue
         kind = schema[key]
         ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float, (int, str)))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if (kind is float or kind == (float, str)) and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok:
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)

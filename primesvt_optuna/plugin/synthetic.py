@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..acceptance.confirm import DEFAULT_HOLDOUT, check_share, with_search_drop
+from ..acceptance.confirm import DEFAULT_HOLDOUT, resolve_holdout, with_search_drop
 from ..precision.search import FLOAT_ONLY
 from ..precision.grid import GRID
 from .constraints import DEFAULT_GRID, Constraints
@@ -108,7 +108,7 @@ class SyntheticObjective(RateObjective):
         wait_timeout: float = 3600.0,
         accept: str = "confirmed",
         confidence: float = 0.95,
-        holdout: float = DEFAULT_HOLDOUT,
+        holdout: float | str = DEFAULT_HOLDOUT,
         noise: float | None = None,
         noise_seed: int = 0,
         precisions: Sequence[str] = FLOAT_ONLY,
@@ -118,7 +118,7 @@ class SyntheticObjective(RateObjective):
         self.sizes = dict(layer_sizes)
         self.precision_loss = {name: {**DEFAULT_PRECISION_LOSS, **dict((precision_loss or {}).get(name, {}))}
                                for name in self.sizes}
-        self.holdout = check_share(holdout) if accept == "confirmed" else 0.0
+        self.holdout = resolve_holdout(holdout, n_images) if accept == "confirmed" else 0.0
         self.n_confirm = round(self.holdout * n_images)
         self.noise, self.noise_seed = noise, int(noise_seed)
         self.sensitivity = {name: 0.1 for name in self.sizes} | dict(sensitivity or {})
