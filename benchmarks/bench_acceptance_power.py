@@ -12,11 +12,12 @@ which exactly one of them is right), the two numbers the paired bound of
 
 * ``power-ceiling.csv``: per benchmark and accuracy budget, the largest saving whose pooled drop
   is within the budget (the best any selection rule could deliver with these configurations), the
-  largest whose expected bound passes on the images the default holds back (half the validation
-  split), and the frontier within 3 points (each configuration with a smaller pooled drop than
+  largest whose expected bound passes on the images the default holds back (``holdout="auto"``:
+  half of the 359-image validation splits, 0.8 of digits-hard's), and the frontier within 3 points (each configuration with a smaller pooled drop than
   every larger saving), each with the fewest confirmation images that would confirm it at 95% if
   its discordance rates are the pooled ones;
-* ``power-ladder.csv``: the default's confirmation replayed on these configurations for 30 seeds:
+* ``power-ladder.csv``: the default's confirmation replayed on these configurations for 30 seeds
+  (and with other held-back shares, ``HOLDOUTS``, for the shipped rung rule):
   each seed re-draws validation/test from the pool (as the comparison's seeds do) and search /
   confirmation from validation; candidates are the configurations within the budget on the
   search part; the ladder is confirmed on the confirmation part and the delivery judged on the
@@ -33,8 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -46,7 +49,7 @@ from tqdm import tqdm
 from _results import RESULTS
 from bench_comparison import BENCHMARKS
 from primesvt_optuna.acceptance.bounds import drop_upper_bound
-from primesvt_optuna.acceptance.confirm import DEFAULT_HOLDOUT, ladder
+from primesvt_optuna.acceptance.confirm import auto_holdout, ladder
 from primesvt_optuna.acceptance.split import grouped_split, labels_and_groups
 from primesvt_optuna.plugin.objective import PruningObjective
 from primesvt_optuna.plugin.samplers._claims import _claimed_rates
@@ -120,12 +123,12 @@ def ceiling(bench: str, d: dict[str, np.ndarray]) -> pd.DataFrame:
     ref, c, s = d["ref"], d["C"], d["saving"]
     p_b = ((ref[None] == 1) & (c == 0)).mean(1)
     p_c = ((ref[None] == 0) & (c == 1)).mean(1)
-    drop, held_back = p_b - p_c, round(d["n_val"] * DEFAULT_HOLDOUT)
+    drop, held_back = p_b - p_c, round(d["n_val"] * auto_holdout(d["n_val"]))
     rows = []
     for budget in BUDGETS:
         need = np.array([images_to_confirm(b, cc, budget) for b, cc in zip(p_b, p_c)])
         within, confirmable = drop <= budget, need <= held_back
-        for label, ok in (("pooled drop within budget", within), ("confirmable on the held-back half", confirmable)):
+        for label, ok in (("pooled drop within budget", within), ("confirmable on the held-back images", confirmable)):
             i = int(np.argmax(np.where(ok, s, -1)))
             rows.append({"benchmark": bench, "budget": budget, "ceiling": label, "saving": s[i] if ok.any() else 0.0,
                          "pooled_drop": drop[i], "disagreement": p_b[i] + p_c[i], "images_to_confirm": need[i],
@@ -171,8 +174,11 @@ def _bands(pool: list[int], s: np.ndarray, key: np.ndarray, configs: list[dict[s
 
 
 def replay(bench: str, d: dict[str, np.ndarray], target: float, budget: float, rule: str,
-           holdout: float = DEFAULT_HOLDOUT) -> dict[str, float]:
+           holdout: float | None = None) -> dict[str, float]:
+    """The default's confirmation on ``SEEDS`` re-drawn splits; ``holdout``: the share of
+    validation held back (None: the default's, ``"auto"``)."""
     ref, c, s, labels, groups = d["ref"], d["C"], d["saving"], d["labels"], d["groups"]
+    holdout = auto_holdout(d["n_val"]) if holdout is None else holdout
     delivered, holds = [], []
     for seed in range(SEEDS):
         val, test = grouped_split(labels, groups, len(ref) - d["n_val"], seed)
@@ -207,17 +213,25 @@ def replay(bench: str, d: dict[str, np.ndarray], target: float, budget: float, r
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmarks", nargs="+", choices=list(BENCHMARKS))
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep each benchmark's per-image correctness here (power-<benchmark>.pkl) and reuse it")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(1)
     ceilings, replays = [], []
     for bench in args.benchmarks:
-        d = correctness(bench)
+        cached = args.cache / f"power-{bench}.pkl" if args.cache else None
+        if cached is not None and cached.exists():
+            d = pickle.loads(cached.read_bytes())
+        else:
+            d = correctness(bench)
+            if cached is not None:
+                cached.write_bytes(pickle.dumps(d))
         ceilings.append(ceiling(bench, d))
         replays += [replay(bench, d, t, 0.03, rule) for t in TARGETS[bench] for rule in ("bands", "at-least")]
         replays += [replay(bench, d, t, 0.03, "bands", h) for t in TARGETS[bench] for h in HOLDOUTS
-                    if h != DEFAULT_HOLDOUT]
+                    if h != auto_holdout(d["n_val"])]
     where = {k: str(v) for k, v in machine().items()}
     command = "python benchmarks/bench_acceptance_power.py " + " ".join(args.benchmarks)
     for name, frame in (("power-ceiling.csv", pd.concat(ceilings)), ("power-ladder.csv", pd.DataFrame(replays))):
@@ -226,6 +240,8 @@ def main() -> None:
         if path.exists():  # keep the other benchmarks' rows
             old = pd.read_csv(path)
             frame = pd.concat([old[~old.benchmark.isin(args.benchmarks)], frame], ignore_index=True)
+            order = {b: i for i, b in enumerate(BENCHMARKS)}
+            frame = frame.sort_values("benchmark", key=lambda c: c.map(order), kind="stable")
         frame.to_csv(path, index=False)
         print(frame.drop(columns=["command", *where]).to_string(index=False), f"\nwrote {path}", sep="\n")
 

@@ -49,6 +49,10 @@ from pathlib import Path
 import pandas as pd
 
 from primesvt_optuna.acceptance.confirm import DEFAULT_HOLDOUT, RUNGS
+
+DEFAULT_SHARE = 0.5
+"""The held-back share of the confirmed studies that ran before ``holdout="auto"`` (and before the
+share was recorded with the study)."""
 from primesvt_optuna.plugin.objective import PruningObjective
 from primesvt_optuna.plugin.study_config import load_study_config
 from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
@@ -81,7 +85,8 @@ OBJECTIVE_OPTIONS = {"default": {"accept": "confirmed", "recalibrate_bn": "auto"
 def recorded_settings(storage: str, cell: str) -> dict[str, str]:
     """What the cell's studies recorded about recalibration and confirmation, over their seeds:
     ``recalibrate_rule`` (``off``, ``absolute``, ``relative``; ``/``-joined where seeds differ)
-    and ``rungs`` (the confirmation ladder's rung count; empty without confirmation). A confirmed
+    , ``rungs`` (the confirmation ladder's rung count; empty without confirmation) and ``holdout``
+    (the share held back, as the studies resolved it; empty without confirmation). A confirmed
     row without these columns ran before the relative rule and the 8-rung ladder existed, and is
     flagged (‡) in the tables."""
     import optuna
@@ -89,7 +94,7 @@ def recorded_settings(storage: str, cell: str) -> dict[str, str]:
     from primesvt_optuna.acceptance.confirm import study_rungs
     from primesvt_optuna.storage import open_storage
 
-    rules, rungs = set(), set()
+    rules, rungs, holdouts = set(), set(), set()
     for summary in optuna.get_all_study_summaries(open_storage(storage), include_best_trial=False):
         if not summary.study_name.startswith(f"{cell}/"):
             continue
@@ -98,7 +103,9 @@ def recorded_settings(storage: str, cell: str) -> dict[str, str]:
         rules.add("off" if not recalibration else recalibration.get("rule", "absolute"))
         if (attrs.get("primesvt:constraints") or {}).get("accept") == "confirmed":
             rungs.add(str(study_rungs(attrs)))
-    return {"recalibrate_rule": "/".join(sorted(rules)), "rungs": "/".join(sorted(rungs))}
+            holdouts.add(f"{attrs.get('primesvt:holdout', DEFAULT_SHARE):g}")  # recorded from the first
+    return {"recalibrate_rule": "/".join(sorted(rules)), "rungs": "/".join(sorted(rungs)),
+            "holdout": "/".join(sorted(holdouts))}
 LADDER = "bands + safe step"
 """The confirmation ladder's rung rule the confirmed rows ran with (the ``ladder`` column): rows
 marked ``at-least`` ran with the rule it replaced (rung j: the smallest search drop among all
@@ -146,7 +153,6 @@ def run(bench: str, target: float, variant: str, args) -> pd.DataFrame:
         benchmark=bench, target=target, variant=variant, budget_images=budget, max_trials=args.max_trials,
         trial_cap_hit=report.table.policy.map(capped).fillna(False), run_wall_s=round(wall, 1),
         ladder=LADDER if variant in OBJECTIVE_OPTIONS else "",
-        holdout=_objective_options(variant, args.holdout).get("holdout", DEFAULT_HOLDOUT) if resplit else 0.0,
         **recorded_settings(spec.storage, name),
         **{k: str(v) for k, v in machine().items()},
     )
@@ -266,9 +272,9 @@ PRECISION_POLICIES = {  # name: (sampler, precision grid, search_drop); the imag
     "int8 + walk": ("precision-walk", ("float", "int8"), "budget"),
 }
 PRECISION_HOLDOUT = {0.015: 0.6}
-"""Held-back share per accuracy budget where the default (0.5) cannot confirm anything: at 1.5
-points and 95% a confirmation part needs 178 images, and half of a re-drawn digits validation
-split can be 177."""
+"""Held-back share per accuracy budget where the default ("auto": 0.5 on the 359-image splits)
+cannot confirm anything: at 1.5 points and 95% a confirmation part needs 178 images, and half of
+a re-drawn digits validation split can be 177."""
 UNIFORM_POINTS = ("int8", "int4")
 """Single points, no search: every prunable layer at this precision, unpruned, confirmed on the
 held-back images like any delivery."""
@@ -309,7 +315,7 @@ def precision_comparison(bench: str, drop: float, seeds: int, tag: str = "", fir
     def objective_for(seed: int, grid: tuple[str, ...], search_drop: str) -> PruningObjective:
         return cfg.objective(checkpoint=checkpoint, max_accuracy_drop=drop, memory_target=None, precisions=grid,
                              seed=seed, search_drop=search_drop, data={"resplit": seed},
-                             holdout=PRECISION_HOLDOUT.get(drop, 0.5))
+                             holdout=PRECISION_HOLDOUT.get(drop, DEFAULT_HOLDOUT))
 
     def record(row: dict, objective: PruningObjective, rates: dict, precisions: dict) -> None:
         model = objective.build(rates, precisions)
