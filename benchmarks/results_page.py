@@ -133,12 +133,16 @@ RULES = {
 
 # ------------------------------------------------------------------ tables
 
-COMPARISON = ("comparison/comparison.csv", "comparison/comparison-auto-rule.csv", "comparison/comparison-auto-rule-walk.csv")
-"""The comparison and the re-run of the default's policies under the current defaults (automatic
-recalibration rule, 8 rungs, the walk's safe step), whose rows supersede the ones they re-ran."""
-DEFAULT_RUNS = {"comparison/comparison.csv": "absolute recalibration, 4 rungs",
-                "comparison/comparison-relative.csv": "relative recalibration, 4 rungs",
-                "comparison/comparison-auto-rule.csv": "automatic rule, 8 rungs (the default)"}
+COMPARISON = ("comparison/comparison.csv", "comparison/comparison-auto-rule.csv", "comparison/comparison-auto-rule-walk.csv",
+              "comparison/comparison-auto-holdout.csv")
+"""The comparison and the re-runs of the default's policies under the current defaults (automatic
+recalibration rule, 8 rungs, the walk's safe step; on digits-hard the automatic held-back share),
+whose rows supersede the ones they re-ran."""
+DEFAULT_RUNS = {"comparison/comparison.csv": "absolute recalibration, 4 rungs, half held back",
+                "comparison/comparison-relative.csv": "relative recalibration, 4 rungs, half held back",
+                "comparison/comparison-auto-rule.csv": "automatic rule, 8 rungs, half held back",
+                "comparison/comparison-auto-holdout.csv": "automatic rule, 8 rungs, 0.8 held back"}
+"""Each run of the budget-aware default, in the order it ran: a cell's last is today's default."""
 FINETUNE = ("finetune/finetune-best-digits-t15.csv", "finetune/finetune-best-digits-hard-t40.csv",
             "finetune/finetune-best-digits-hard-t40-walk-fallback.csv", "finetune/finetune-best-digits-8-64-t25.csv")
 # the rows of the page's comparison table: every policy in the plain setting, then the variants that change a verdict
@@ -482,6 +486,8 @@ def default_runs(frames: Frames) -> pd.DataFrame:
     rerun = set(frame.cell[frame.run != DEFAULT_RUNS["comparison/comparison.csv"]])
     order = {c: i for i, c in enumerate(cell(b, t) for b, t in _cells(comparison(frames)))}
     frame = frame[frame.cell.isin(rerun)]
+    last = ~frame.cell.duplicated(keep="last")
+    frame.loc[last, "run"] = frame.loc[last, "run"] + " (the default)"
     return frame.sort_values("cell", key=lambda c: c.map(order), kind="stable")
 
 
