@@ -452,12 +452,12 @@ def precision(frames: Frames) -> pd.DataFrame:
     table = table.assign(recalibrate=table.get("recalibrate", pd.Series(index=table.index, dtype=object)).fillna("absolute"),
                          rungs=table.get("rungs", pd.Series(index=table.index, dtype=float)).fillna(4).astype(int))
     rows = []
-    for (bench, drop, policy, recalibrate, rungs), group in table.groupby(
-            ["benchmark", "drop", "policy", "recalibrate", "rungs"], sort=False):
+    for (bench, drop, policy, recalibrate, rungs, holdout), group in table.groupby(
+            ["benchmark", "drop", "policy", "recalibrate", "rungs", "holdout"], sort=False):
         delivered = group[group.confirmed.astype(bool)]
         rows.append({
             "checkpoint, budget": f"{bench}, {100 * drop:g} points", "policy": policy,
-            "recalibration, rungs": recalibrate if not rungs else f"{recalibrate}, {rungs}",
+            "recalibration, rungs, held back": f"{recalibrate}, {rungs or '–'}, {holdout:g}",
             "delivered saving, median (seeds >= 90%)": f"{pct(group.saving.median())} "
                                                         f"({int((group.saving >= PRECISION_GOAL).sum())}/{len(group)})",
             "best seed": pct(group.saving.max()),
