@@ -270,13 +270,16 @@ def test_anticipate_steps_the_search_by_the_anticipated_drop_and_confirms_agains
     assert budget.constraints.search_allowance is None and "search_allowance" not in budget.constraints.to_dict()
 
 
-def test_the_automatic_share_keeps_200_search_images_within_half_and_four_fifths() -> None:
-    """``holdout="auto"`` (the default): all but 200 evaluation images are held back, at least half
-    and at most 0.8 of them; the objectives resolve it from their own evaluation images."""
+def test_the_automatic_share_keeps_200_search_images_within_half_and_four_fifths_when_pruning() -> None:
+    """``holdout="auto"`` (the default): pruning alone, all but 200 evaluation images are held back,
+    at least half and at most 0.8 of them; with a precision grid, half; the objectives resolve it
+    from their own evaluation images and grid."""
     assert [auto_holdout(n) for n in (80, 359, 400, 600, 1000, 1078, 50_000)] == [0.5, 0.5, 0.5, 0.67, 0.8, 0.8, 0.8]
     synthetic = SyntheticObjective(SIZES, n_images=1000)
     assert (synthetic.holdout, synthetic.confirm_images, synthetic.eval_images) == (0.8, 800, 200)
     assert SyntheticObjective(SIZES, n_images=400).holdout == 0.5
+    assert auto_holdout(1078, quantizing=True) == 0.5  # with a precision grid: half
+    assert SyntheticObjective(SIZES, n_images=1000, precisions=("float", "int8")).holdout == 0.5
     assert SyntheticObjective(SIZES, n_images=1000, holdout=0.3).confirm_images == 300
     digits = PruningObjective("digits-2-64", eval_images=300)  # 300 images: all but 200 is a third, so half
     assert (digits.holdout, digits.split["holdout"]) == (0.5, 0.5)

@@ -86,7 +86,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "config: [constraints] confidence)")
     p.add_argument("--holdout", type=_share_or_auto, metavar="SHARE",
                    help="confirmed acceptance: share of the evaluation images held back to confirm the delivery, "
-                        "or 'auto' (the default: all but 200 of them, from 0.5 to 0.8; config: [constraints] holdout)")
+                        "or 'auto' (the default: all but 200 of them, from 0.5 to 0.8; 0.5 with a precision grid; "
+                        "config: [constraints] holdout)")
     p.add_argument("--search-drop", choices=("budget", "anticipate"),
                    help="confirmed acceptance: the drop the search steps by on its images, the whole budget "
                         "('budget', the default) or the largest drop the held-back images could still confirm "

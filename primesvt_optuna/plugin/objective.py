@@ -661,8 +661,8 @@ class PruningObjective(RateObjective):
             binomial, or ``"wilson"``).
         holdout: under confirmed acceptance, the share of the evaluation images held back for
             confirmation (stratified by class, whole source images, seeded by ``seed``); ``"auto"``
-            (default): all but 200 of them, at least half and at most 0.8
-            (:func:`~primesvt_optuna.acceptance.confirm.auto_holdout`).
+            (default): pruning alone, all but 200 of them, at least half and at most 0.8; with a
+            precision grid, half (:func:`~primesvt_optuna.acceptance.confirm.auto_holdout`).
         search_drop: under confirmed acceptance, the drop the search steps by: ``"budget"``
             (default: ``max_accuracy_drop``) or ``"anticipate"`` (the largest drop the held-back
             images could still confirm if lost again there, e.g. one image of 180 for a 3-point
@@ -756,7 +756,7 @@ class PruningObjective(RateObjective):
         self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
         if accept == "confirmed":
             images = len(self.splits.val) if eval_images is None else min(int(eval_images), len(self.splits.val))
-            self.holdout = resolve_holdout(holdout, images)
+            self.holdout = resolve_holdout(holdout, images, tuple(check_precisions(precisions)) != FLOAT_ONLY)
         self.split = {"eval_images": eval_images, "holdout": self.holdout if accept == "confirmed" else 0.0,
                       "seed": int(seed)}
         self.eval_set, self.confirm_set = evaluation_parts(self.splits.val, **self.split)

@@ -20,7 +20,8 @@ store the study. ``primesvt search CONFIG.toml`` reads it; command-line flags ov
                                             #   images; "point" (the paper's rule) or "confident"
     # confidence = 0.95                     # level of the bound (confirmed and confident)
     # holdout = "auto"                      # confirmed: share of the evaluation images held back
-                                            #   ("auto": all but 200, from 0.5 to 0.8)
+                                            #   ("auto": all but 200, from 0.5 to 0.8;
+                                            #   0.5 with a precision grid)
     # search_drop = "budget"                # confirmed: the search steps by the whole budget, or by
                                             #   "anticipate": what the held-back images could confirm
     # interval = "clopper-pearson"          # confident only ("wilson" also works)

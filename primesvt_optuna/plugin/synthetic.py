@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..acceptance.confirm import DEFAULT_HOLDOUT, resolve_holdout, with_search_drop
-from ..precision.search import FLOAT_ONLY
+from ..precision.search import FLOAT_ONLY, check_precisions
 from ..precision.grid import GRID
 from .constraints import DEFAULT_GRID, Constraints
 from .objective import RateObjective
@@ -118,7 +118,8 @@ class SyntheticObjective(RateObjective):
         self.sizes = dict(layer_sizes)
         self.precision_loss = {name: {**DEFAULT_PRECISION_LOSS, **dict((precision_loss or {}).get(name, {}))}
                                for name in self.sizes}
-        self.holdout = resolve_holdout(holdout, n_images) if accept == "confirmed" else 0.0
+        quantizing = tuple(check_precisions(precisions)) != FLOAT_ONLY
+        self.holdout = resolve_holdout(holdout, n_images, quantizing) if accept == "confirmed" else 0.0
         self.n_confirm = round(self.holdout * n_images)
         self.noise, self.noise_seed = noise, int(noise_seed)
         self.sensitivity = {name: 0.1 for name in self.sizes} | dict(sensitivity or {})
