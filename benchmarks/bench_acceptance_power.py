@@ -13,9 +13,10 @@ which exactly one of them is right), the two numbers the paired bound of
 * ``power-ceiling.csv``: per benchmark and accuracy budget, the largest saving whose pooled drop
   is within the budget (the best any selection rule could deliver with these configurations), the
   largest whose expected bound passes on the images the default holds back (``holdout="auto"``:
-  half of the 359-image validation splits, 0.8 of digits-hard's), and the frontier within 3 points (each configuration with a smaller pooled drop than
-  every larger saving), each with the fewest confirmation images that would confirm it at 95% if
-  its discordance rates are the pooled ones;
+  half of the 359-image validation splits, 0.8 of digits-hard's), and the frontier within 3
+  points (each configuration with a smaller pooled drop than every larger saving), each with the
+  fewest confirmation images that would confirm it at 95% if its discordance rates are the pooled
+  ones;
 * ``power-ladder.csv``: the default's confirmation replayed on these configurations for 30 seeds
   (and with other held-back shares, ``HOLDOUTS``, for the shipped rung rule):
   each seed re-draws validation/test from the pool (as the comparison's seeds do) and search /

@@ -49,10 +49,6 @@ from pathlib import Path
 import pandas as pd
 
 from primesvt_optuna.acceptance.confirm import DEFAULT_HOLDOUT, RUNGS
-
-DEFAULT_SHARE = 0.5
-"""The held-back share of the confirmed studies that ran before ``holdout="auto"`` (and before the
-share was recorded with the study)."""
 from primesvt_optuna.plugin.objective import PruningObjective
 from primesvt_optuna.plugin.study_config import load_study_config
 from primesvt_optuna.reporting import ComparisonSpec, build_report, run_comparison
@@ -79,14 +75,17 @@ VARIANTS = {  # name: (study config overrides, policies run by default)
     "default": ({}, ("budget-aware", "prioritized", "smallest-first", "random-order", "uniform")),
 }
 OBJECTIVE_OPTIONS = {"default": {"accept": "confirmed", "recalibrate_bn": "auto"}}
+RECORDED_BEFORE_AUTO = 0.5
+"""The held-back share of a confirmed study that recorded none (it ran with half, before
+``holdout="auto"``)."""
 """Objective arguments of a variant beyond the study config (each study's own seed re-splits)."""
 
 
 def recorded_settings(storage: str, cell: str) -> dict[str, str]:
     """What the cell's studies recorded about recalibration and confirmation, over their seeds:
-    ``recalibrate_rule`` (``off``, ``absolute``, ``relative``; ``/``-joined where seeds differ)
-    , ``rungs`` (the confirmation ladder's rung count; empty without confirmation) and ``holdout``
-    (the share held back, as the studies resolved it; empty without confirmation). A confirmed
+    ``recalibrate_rule`` (``off``, ``absolute``, ``relative``; ``/``-joined where seeds differ),
+    ``rungs`` (the confirmation ladder's rung count) and ``holdout`` (the share held back, as the
+    studies resolved it); the last two empty without confirmation. A confirmed
     row without these columns ran before the relative rule and the 8-rung ladder existed, and is
     flagged (‡) in the tables."""
     import optuna
@@ -103,7 +102,7 @@ def recorded_settings(storage: str, cell: str) -> dict[str, str]:
         rules.add("off" if not recalibration else recalibration.get("rule", "absolute"))
         if (attrs.get("primesvt:constraints") or {}).get("accept") == "confirmed":
             rungs.add(str(study_rungs(attrs)))
-            holdouts.add(f"{attrs.get('primesvt:holdout', DEFAULT_SHARE):g}")  # recorded from the first
+            holdouts.add(f"{attrs.get('primesvt:holdout', RECORDED_BEFORE_AUTO):g}")
     return {"recalibrate_rule": "/".join(sorted(rules)), "rungs": "/".join(sorted(rungs)),
             "holdout": "/".join(sorted(holdouts))}
 LADDER = "bands + safe step"

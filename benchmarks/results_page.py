@@ -231,7 +231,8 @@ GOALS = {"digits": 0.575, "digits-hard": 0.454, "digits-8-64": 0.45}
 
 def power_ceiling(frames: Frames) -> pd.DataFrame:
     """Per benchmark: the largest saving within 3 points on the pooled images, the largest whose
-    expected bound passes on the images the default holds back, and the images needed to confirm the goal's saving."""
+    expected bound passes on the images the default holds back, and the images needed to confirm
+    the goal's saving."""
     table = frames["comparison/power-ceiling.csv"]
     table = table[table.budget == 0.03]
     rows = []

@@ -14,7 +14,6 @@ from typing import Any
 from ..errors import PrimeSVTError
 
 
-
 def _share_or_auto(text: str) -> float | str:
     """``--holdout``: a number, or the text as given (``auto``; anything else is refused in one line
     with the other settings, as the config's value is)."""
@@ -22,6 +21,7 @@ def _share_or_auto(text: str) -> float | str:
         return float(text)
     except ValueError:
         return text
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ..plugin.study_config import POLICIES

@@ -754,9 +754,10 @@ class PruningObjective(RateObjective):
         if checkpoint is not None:
             check_fits(self.splits, ckpt["model_config"], str(path), (self.data_spec or {}).get("img_size"))
         self.engine = Engine(model.cpu().eval(), prune_embed=prune_embed)
+        quantizing = tuple(check_precisions(precisions)) != FLOAT_ONLY  # the base class records the grid later
         if accept == "confirmed":
             images = len(self.splits.val) if eval_images is None else min(int(eval_images), len(self.splits.val))
-            self.holdout = resolve_holdout(holdout, images, tuple(check_precisions(precisions)) != FLOAT_ONLY)
+            self.holdout = resolve_holdout(holdout, images, quantizing)
         self.split = {"eval_images": eval_images, "holdout": self.holdout if accept == "confirmed" else 0.0,
                       "seed": int(seed)}
         self.eval_set, self.confirm_set = evaluation_parts(self.splits.val, **self.split)
@@ -785,7 +786,7 @@ class PruningObjective(RateObjective):
         self.recalibration_probe: dict[str, Any] | None = None
         probe: dict[str, Any] = {}
         if self.recalibrate_bn and recalibrate_rule == "auto":
-            if tuple(check_precisions(precisions)) == FLOAT_ONLY:
+            if not quantizing:
                 self.recalibrate_rule = "relative"  # pruning only: relative wherever it was measured
             else:
                 probe = self._probe_rule()

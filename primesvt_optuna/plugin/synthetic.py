@@ -139,7 +139,7 @@ class SyntheticObjective(RateObjective):
             "sizes": self.sizes, "sensitivity": self.sensitivity, "base": base_accuracy, "interaction": interaction,
             "other": other_params, "n": n_images, "fail": sorted(self.fail), "nan": sorted(self.nan),
             **({"noise": noise, "noise_seed": self.noise_seed} if noise is not None else {}),
-            **({"precision_loss": self.precision_loss} if tuple(precisions) != FLOAT_ONLY else {}),
+            **({"precision_loss": self.precision_loss} if quantizing else {}),
         }
         identity = "synthetic:" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         constraints = Constraints.from_dict({
